@@ -1,0 +1,55 @@
+# llama-operator — the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+LLAMA_OP_CACHE ?= $(HOME)/.cache/llama-operator
+export LLAMA_OP_CACHE
+# Build outputs live outside the clone so fresh clones (CI) start warm.
+export CARGO_TARGET_DIR ?= $(LLAMA_OP_CACHE)/target
+export CARGO_TERM_COLOR ?= never
+# Tests are single-threaded in compute: deterministic and quiet on a shared 2-core machine.
+export RAYON_NUM_THREADS ?= 1
+
+CARGO ?= cargo
+
+.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo model pyenv bench
+
+help:
+	@echo "make demo          run the local demo on the bundled default model"
+	@echo "make test          everything CI runs: fmt, clippy, unit+integration tests, generated-file checks, e2e"
+	@echo "make cluster-up    start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)"
+	@echo "make cluster-down  stop it and remove its state"
+	@echo "make e2e           run the e2e suite (starts and stops the local control plane unless one is up)"
+
+## The one test command.
+test: lint unit gen-check e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: pyenv model
+	LLAMA_OP_VENV=$$(bash scripts/pyenv.sh) LLAMA_OP_MODEL=$$(bash scripts/fetch-model.sh) \
+	  $(CARGO) test --workspace --locked
+
+gen-check:
+	bash scripts/gen-check.sh
+
+e2e:
+	bash e2e/run.sh
+
+cluster-build:
+	bash e2e/cluster/build.sh
+
+cluster-up:
+	@bash e2e/cluster/up.sh
+
+cluster-down:
+	@bash e2e/cluster/down.sh
+
+model:
+	@bash scripts/fetch-model.sh >/dev/null
+
+pyenv:
+	@bash scripts/pyenv.sh >/dev/null
+
+demo:
+	bash scripts/demo.sh

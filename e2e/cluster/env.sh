@@ -1,0 +1,13 @@
+# Shared settings of the local control plane (sourced by up.sh, down.sh, run.sh). Ports are overridable.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/versions.sh"
+E2E_STATE="${E2E_STATE:-$LLAMA_OP_CACHE/cluster}"
+ETCD_PORT="${ETCD_PORT:-23790}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-23800}"
+APISERVER_PORT="${APISERVER_PORT:-16443}"
+KCM_PORT="${KCM_PORT:-20257}"
+SCHEDULER_PORT="${SCHEDULER_PORT:-20259}"
+KWOK_PORT="${KWOK_PORT:-20247}"
+E2E_KUBECONFIG="$E2E_STATE/kubeconfig"
+E2E_COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler kwok"
+E2E_PORTS="$ETCD_PORT $ETCD_PEER_PORT $APISERVER_PORT $KCM_PORT $SCHEDULER_PORT $KWOK_PORT"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Generates the local control plane's PKI with openssl: a CA, the apiserver serving certificate, client
+# certificates (admin in system:masters, controller-manager, scheduler, kwok) and the service-account key pair.
+set -euo pipefail
+pki="$1"
+mkdir -p "$pki"
+cd "$pki"
+[ -f .complete ] && exit 0
+days=3650
+openssl genrsa -out ca.key 2048 2>/dev/null
+openssl req -x509 -new -nodes -key ca.key -sha256 -days $days -subj "/CN=llama-operator-e2e-ca" -out ca.crt 2>/dev/null
+
+cat > apiserver.cnf <<CNF
+[req]
+distinguished_name = dn
+[dn]
+[ext]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:10.96.0.1
+CNF
+openssl genrsa -out apiserver.key 2048 2>/dev/null
+openssl req -new -key apiserver.key -subj "/CN=kube-apiserver" -out apiserver.csr 2>/dev/null
+openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days $days -sha256 \
+  -extfile apiserver.cnf -extensions ext -out apiserver.crt 2>/dev/null
+
+client() { # client <name> <CN> [O]
+  local subj="/CN=$2"; [ -n "${3:-}" ] && subj="/O=$3/CN=$2"
+  printf '[ext]\nbasicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = clientAuth\n' > "$1.cnf"
+  openssl genrsa -out "$1.key" 2048 2>/dev/null
+  openssl req -new -key "$1.key" -subj "$subj" -out "$1.csr" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days $days -sha256 \
+    -extfile "$1.cnf" -extensions ext -out "$1.crt" 2>/dev/null
+}
+client admin admin system:masters
+client controller-manager system:kube-controller-manager
+client scheduler system:kube-scheduler
+client kwok kwok-controller system:masters
+
+openssl genrsa -out sa.key 2048 2>/dev/null
+openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+rm -f ./*.csr ./*.cnf
+touch .complete

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback: etcd, kube-apiserver (TLS, RBAC), kube-controller-manager,
+# kube-scheduler and kwok with fake nodes (one 8-GPU node, one CPU node). Prints progress on stderr and the
+# KUBECONFIG path on stdout. Idempotent: a running cluster is reused.
+set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/env.sh"
+say() { echo "cluster-up: $*" >&2; }
+
+alive() { local f="$E2E_STATE/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+api_ready() {
+  curl -sf --max-time 2 --cacert "$E2E_STATE/pki/ca.crt" --cert "$E2E_STATE/pki/admin.crt" \
+    --key "$E2E_STATE/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+all_alive=1
+for c in $E2E_COMPONENTS; do alive "$c" || all_alive=0; done
+if [ "$all_alive" = 1 ] && api_ready; then
+  say "reusing the running cluster"
+  echo "$E2E_KUBECONFIG"
+  exit 0
+fi
+# A partial cluster (crash, reboot) is torn down first so we start clean.
+if [ -d "$E2E_STATE/pids" ]; then
+  say "cleaning up a partial cluster"
+  bash "$here/down.sh" >/dev/null 2>&1 || true
+fi
+
+start=$(date +%s%3N)
+bash "$here/build.sh" >&2
+for p in $E2E_PORTS; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    say "port $p on 127.0.0.1 is already in use (set the *_PORT variables in e2e/cluster/env.sh to move)"; exit 1
+  fi
+done
+mkdir -p "$E2E_STATE"/{pids,logs,etcd,certs}
+bash "$here/pki.sh" "$E2E_STATE/pki"
+pki="$E2E_STATE/pki"
+
+kubeconfig() { # kubeconfig <file> <client cert name>
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: llama-e2e
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $pki/$2.crt
+    client-key: $pki/$2.key
+contexts:
+- name: llama-e2e
+  context: {cluster: llama-e2e, user: $2}
+current-context: llama-e2e
+KC
+}
+kubeconfig "$E2E_KUBECONFIG" admin
+kubeconfig "$E2E_STATE/controller-manager.kubeconfig" controller-manager
+kubeconfig "$E2E_STATE/scheduler.kubeconfig" scheduler
+kubeconfig "$E2E_STATE/kwok.kubeconfig" kwok
+
+launch() { # launch <name> <binary> args...: background, own session, pid file, log file
+  local name="$1"; shift
+  setsid "$@" >"$E2E_STATE/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$E2E_STATE/pids/$name.pid"
+}
+wait_until() { # wait_until <what> <seconds> <command...>
+  local what="$1" secs="$2"; shift 2
+  local deadline=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      say "timed out waiting for $what; last log lines:"; tail -20 "$E2E_STATE/logs/"*.log >&2 || true; exit 1
+    fi
+    sleep 0.3
+  done
+}
+
+say "starting etcd"
+launch etcd "$K8S_BIN/etcd" --name e2e --data-dir "$E2E_STATE/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "e2e=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --quota-backend-bytes 2147483648 \
+  --log-level warn
+wait_until "etcd /health" 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+say "starting kube-apiserver $K8S_VERSION"
+launch kube-apiserver "$K8S_BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
+  --endpoint-reconciler-type none \
+  --cert-dir "$E2E_STATE/certs" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 \
+  --authorization-mode RBAC --allow-privileged=true --profiling=false \
+  --v=1
+wait_until "kube-apiserver /readyz" 90 api_ready
+
+say "starting kube-controller-manager and kube-scheduler"
+launch kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+  --kubeconfig "$E2E_STATE/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$E2E_STATE/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$E2E_STATE/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$E2E_STATE/certs" \
+  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+  --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+  --use-service-account-credentials=true --leader-elect=false --profiling=false \
+  --node-monitor-grace-period 40s --v=1
+launch kube-scheduler "$K8S_BIN/kube-scheduler" \
+  --kubeconfig "$E2E_STATE/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$E2E_STATE/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$E2E_STATE/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$E2E_STATE/certs" \
+  --leader-elect=false --profiling=false --v=1
+
+say "starting kwok $KWOK_VERSION"
+stage_args=()
+for f in "$K8S_BIN"/kwok-stages/*.yaml; do stage_args+=(--config "$f"); done
+launch kwok "$K8S_BIN/kwok" --kubeconfig "$E2E_STATE/kwok.kubeconfig" "${stage_args[@]}" \
+  --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+  --cidr 10.244.0.1/16 --node-ip 10.0.0.1 --server-address "127.0.0.1:$KWOK_PORT"
+
+kc() { "$K8S_BIN/kubectl" --kubeconfig "$E2E_KUBECONFIG" "$@"; }
+say "creating fake nodes"
+wait_until "the apiserver to accept nodes" 30 kc get --raw /api/v1/nodes
+kc apply -f "$here/nodes.yaml" >/dev/null
+wait_until "fake nodes to become Ready" 60 kc wait --for=condition=Ready node --all --timeout=1s
+wait_until "the default ServiceAccount" 60 kc -n default get serviceaccount default
+ms=$(( $(date +%s%3N) - start ))
+say "ready in $((ms / 1000)).$(( (ms % 1000) / 100 ))s ($K8S_VERSION; logs in $E2E_STATE/logs)"
+echo "$E2E_KUBECONFIG"

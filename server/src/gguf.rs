@@ -1,0 +1,386 @@
+//! Reading GGUF files: the header (metadata + tensor directory) and individual tensors.
+//!
+//! Parsing is delegated to candle-core's `gguf_file`, wrapped so that a malformed or truncated file is an
+//! [`GgufError`], never a panic: the header read runs under `catch_unwind` (candle's reader divides by the
+//! declared alignment, for instance), and every tensor's declared shape and byte range is checked against
+//! the file before any tensor is read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+/// Errors from reading a GGUF file or resolving its metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("malformed GGUF header: {0}")]
+    Header(String),
+    #[error("missing metadata key `{0}`")]
+    MissingKey(String),
+    #[error("metadata key `{key}` has the wrong type or value: {detail}")]
+    BadKey { key: String, detail: String },
+    #[error("missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has unsupported type {dtype:?}")]
+    UnsupportedType { name: String, dtype: GgmlDType },
+    #[error("tensor `{name}`: {detail}")]
+    BadTensor { name: String, detail: String },
+    #[error("unsupported architecture `{0}` (supported: llama)")]
+    UnsupportedArchitecture(String),
+    #[error("reading tensor `{name}`: {source}")]
+    Read {
+        name: String,
+        source: candle_core::Error,
+    },
+}
+
+impl GgufError {
+    /// A short, stable label (for metrics and logs).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Open { .. } => "open",
+            Self::Header(_) => "header",
+            Self::MissingKey(_) => "missing_key",
+            Self::BadKey { .. } => "bad_key",
+            Self::MissingTensor(_) => "missing_tensor",
+            Self::UnsupportedType { .. } => "unsupported_type",
+            Self::BadTensor { .. } => "bad_tensor",
+            Self::UnsupportedArchitecture(_) => "unsupported_architecture",
+            Self::Read { .. } => "read",
+        }
+    }
+}
+
+/// Tensor types the model loader accepts.
+pub const SUPPORTED_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// An open GGUF file: its parsed header and a reader for tensor data.
+pub struct GgufFile<R> {
+    content: Content,
+    reader: R,
+    file_size: u64,
+}
+
+impl GgufFile<BufReader<File>> {
+    /// Opens and parses the header of the GGUF file at `path`.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = File::open(path).map_err(|source| GgufError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_reader(BufReader::new(file))
+    }
+}
+
+impl<R: Read + Seek> GgufFile<R> {
+    /// Parses the header from any seekable reader (used by tests and the fuzz-style checks).
+    pub fn from_reader(mut reader: R) -> Result<Self, GgufError> {
+        let file_size = reader
+            .seek(std::io::SeekFrom::End(0))
+            .and_then(|_| reader.stream_position())
+            .map_err(|e| GgufError::Header(e.to_string()))?;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| GgufError::Header(e.to_string()))?;
+        let content =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+                .map_err(|_| GgufError::Header("parser panicked on malformed input".into()))?
+                .map_err(|e| GgufError::Header(e.to_string()))?;
+        let file = Self {
+            content,
+            reader,
+            file_size,
+        };
+        file.check_tensor_directory()?;
+        Ok(file)
+    }
+
+    /// Every tensor's shape must have a representable element count divisible by its block size, and
+    /// its bytes must lie inside the file.
+    fn check_tensor_directory(&self) -> Result<(), GgufError> {
+        for (name, info) in &self.content.tensor_infos {
+            let bad = |detail: String| GgufError::BadTensor {
+                name: name.clone(),
+                detail,
+            };
+            let elems = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad(format!("shape {:?} overflows", info.shape.dims())))?;
+            let block = info.ggml_dtype.block_size();
+            if elems % block != 0 {
+                return Err(bad(format!(
+                    "{elems} elements not divisible by block size {block}"
+                )));
+            }
+            let bytes = (elems / block)
+                .checked_mul(info.ggml_dtype.type_size())
+                .ok_or_else(|| bad("byte size overflows".into()))? as u64;
+            let start = self
+                .content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .ok_or_else(|| bad("offset overflows".into()))?;
+            let end = start
+                .checked_add(bytes)
+                .ok_or_else(|| bad("offset overflows".into()))?;
+            if end > self.file_size {
+                return Err(bad(format!(
+                    "data [{start}, {end}) lies beyond the end of the file ({} bytes)",
+                    self.file_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// All metadata.
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// Whether a tensor of that name exists.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Names of all tensors.
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.content.tensor_infos.keys().map(String::as_str)
+    }
+
+    /// The type and (row-major, outermost first) shape of a tensor.
+    pub fn tensor_info(&self, name: &str) -> Result<(GgmlDType, Vec<usize>), GgufError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
+        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
+    }
+
+    /// Reads one tensor (type checked against [`SUPPORTED_TYPES`]) onto the CPU.
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor, GgufError> {
+        let (dtype, _) = self.tensor_info(name)?;
+        if !SUPPORTED_TYPES.contains(&dtype) {
+            return Err(GgufError::UnsupportedType {
+                name: name.to_string(),
+                dtype,
+            });
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|source| GgufError::Read {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// A metadata value, or [`GgufError::MissingKey`].
+    pub fn get(&self, key: &str) -> Result<&Value, GgufError> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_string()))
+    }
+
+    /// A string metadata value.
+    pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|e| bad_key(key, e))
+    }
+
+    /// An unsigned integer metadata value (any integer width).
+    pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
+        value_u64(self.get(key)?).ok_or_else(|| GgufError::BadKey {
+            key: key.to_string(),
+            detail: "expected a non-negative integer".into(),
+        })
+    }
+
+    /// A float metadata value (f32 or f64).
+    pub fn get_f64(&self, key: &str) -> Result<f64, GgufError> {
+        match self.get(key)? {
+            Value::F32(v) => Ok(f64::from(*v)),
+            Value::F64(v) => Ok(*v),
+            v => value_u64(v)
+                .map(|v| v as f64)
+                .ok_or_else(|| GgufError::BadKey {
+                    key: key.to_string(),
+                    detail: "expected a number".into(),
+                }),
+        }
+    }
+
+    /// A boolean metadata value.
+    pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
+        self.get(key)?.to_bool().map_err(|e| bad_key(key, e))
+    }
+
+    /// A string-array metadata value.
+    pub fn get_str_array(&self, key: &str) -> Result<Vec<String>, GgufError> {
+        let arr = self.get(key)?.to_vec().map_err(|e| bad_key(key, e))?;
+        arr.iter()
+            .map(|v| v.to_string().cloned().map_err(|e| bad_key(key, e)))
+            .collect()
+    }
+
+    /// A numeric-array metadata value as f32.
+    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
+        let arr = self.get(key)?.to_vec().map_err(|e| bad_key(key, e))?;
+        arr.iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                other => value_u64(other)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| bad_key(key, "expected numbers")),
+            })
+            .collect()
+    }
+
+    /// An integer-array metadata value as i64.
+    pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
+        let arr = self.get(key)?.to_vec().map_err(|e| bad_key(key, e))?;
+        arr.iter()
+            .map(|v| value_i64(v).ok_or_else(|| bad_key(key, "expected integers")))
+            .collect()
+    }
+}
+
+fn bad_key(key: &str, e: impl std::fmt::Display) -> GgufError {
+    GgufError::BadKey {
+        key: key.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn value_i64(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::U8(x) => i64::from(*x),
+        Value::I8(x) => i64::from(*x),
+        Value::U16(x) => i64::from(*x),
+        Value::I16(x) => i64::from(*x),
+        Value::U32(x) => i64::from(*x),
+        Value::I32(x) => i64::from(*x),
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    })
+}
+
+fn value_u64(v: &Value) -> Option<u64> {
+    value_i64(v).and_then(|x| u64::try_from(x).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A tiny but valid GGUF v3 file: two metadata entries and one F32 tensor.
+    fn tiny_gguf() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&2u64.to_le_bytes()); // kv
+        let s = |b: &mut Vec<u8>, s: &str| {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        };
+        s(&mut b, "general.architecture");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        s(&mut b, "llama");
+        s(&mut b, "general.alignment");
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(&32u32.to_le_bytes());
+        s(&mut b, "w");
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes());
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for i in 0..8 {
+            b.extend_from_slice(&(i as f32).to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn valid_file_parses_and_reads_its_tensor() {
+        let mut f = GgufFile::from_reader(Cursor::new(tiny_gguf())).expect("parses");
+        assert_eq!(f.get_str("general.architecture").expect("arch"), "llama");
+        let t = f.tensor("w").expect("tensor");
+        assert_eq!(t.shape().dims(), &[2, 4]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let full = tiny_gguf();
+        for len in 0..full.len() {
+            let r = GgufFile::from_reader(Cursor::new(full[..len].to_vec()));
+            assert!(r.is_err(), "truncated to {len} bytes should fail");
+        }
+    }
+
+    #[test]
+    fn corrupted_bytes_never_panic() {
+        let full = tiny_gguf();
+        // deterministic pseudo-random single and double byte corruptions
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..3000 {
+            let mut bytes = full.clone();
+            for _ in 0..2 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % bytes.len();
+                bytes[at] = (x >> 32) as u8;
+            }
+            if let Ok(mut f) = GgufFile::from_reader(Cursor::new(bytes)) {
+                let _ = f.tensor("w");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_alignment_is_an_error() {
+        let mut bytes = tiny_gguf();
+        // the alignment value 32u32 follows "general.alignment" + type
+        let pos = bytes
+            .windows(17)
+            .position(|w| w == b"general.alignment")
+            .expect("key present")
+            + 17
+            + 4;
+        bytes[pos..pos + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(GgufFile::from_reader(Cursor::new(bytes)).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! The reconciler: finalizer → validate against the hardware → server-side apply the planned children →
+//! derive status → patch status → events on transitions. All decisions live in `hardware`, `plan` and
+//! `status`; this module only reads and writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::crd::{Accelerator, LlamaDeployment};
+use crate::hardware::{self, NodeFacts};
+use crate::metrics::Metrics;
+use crate::plan::{self, MANAGER, PlanConfig, SELECTOR_LABEL};
+use crate::status::{self, Observed};
+
+/// Finalizer guarding the explicit cleanup of children.
+pub const FINALIZER: &str = "inference.llama-operator.dev/cleanup";
+
+/// Errors of one reconcile; `label` is the stable metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.label(),
+                _ => "finalizer",
+            },
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub plan: PlanConfig,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        plan: PlanConfig,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.to_owned(),
+                instance,
+            },
+        );
+        Self {
+            client,
+            metrics,
+            recorder,
+            plan,
+        }
+    }
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves (then finishes in-flight reconciles).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = namespace.as_deref();
+    let client = &ctx.client;
+    let lds: Api<LlamaDeployment> = scoped(client, ns);
+    Controller::new(lds, watcher::Config::default().any_semantic())
+        .owns(scoped::<Deployment>(client, ns), managed())
+        .owns(scoped::<Service>(client, ns), managed())
+        .owns(scoped::<PodDisruptionBudget>(client, ns), managed())
+        .watches(scoped::<Pod>(client, ns), managed(), |pod: Pod| {
+            let name = pod.labels().get(SELECTOR_LABEL)?.clone();
+            Some(ObjectRef::<LlamaDeployment>::new(&name).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(ld: Arc<LlamaDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.time_reconcile();
+    let ns = ld.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LlamaDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ld, |event| async {
+        match event {
+            finalizer::Event::Apply(ld) => apply(ld, &ctx).await,
+            finalizer::Event::Cleanup(ld) => cleanup(ld, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[label]).inc();
+    result
+}
+
+fn error_policy(ld: Arc<LlamaDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %ld.name_any(), namespace = ?ld.namespace(), error = %err, "reconcile failed");
+    ctx.metrics.errors.with_label_values(&[err.label()]).inc();
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        &obj.meta().name.clone().unwrap_or_default(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn node_facts(client: &Client) -> Result<Vec<NodeFacts>, kube::Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    Ok(nodes.items.iter().map(NodeFacts::from_node).collect())
+}
+
+async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error> {
+    let ns = ld.namespace().ok_or(Error::NoNamespace)?;
+    let name = ld.name_any();
+    let client = &ctx.client;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let nodes = match ld.spec.accelerator {
+        Accelerator::Gpu => node_facts(client).await?,
+        Accelerator::Cpu => Vec::new(),
+    };
+    let validation = hardware::validate(&ld.spec, &nodes);
+
+    let deployment = match &validation {
+        Ok(_) => {
+            let children = plan::children(&ld, &ctx.plan);
+            let dep = ssa(&deployments, &children.deployment).await?;
+            ssa(
+                &Api::<Service>::namespaced(client.clone(), &ns),
+                &children.service,
+            )
+            .await?;
+            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+            match &children.pdb {
+                Some(pdb) => drop(ssa(&pdbs, pdb).await?),
+                None => delete_if_present(&pdbs, &name).await?,
+            }
+            Some(dep)
+        }
+        // Never create children that can never schedule; whatever ran before stays as it was.
+        Err(_) => deployments.get_opt(&name).await?,
+    };
+
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&plan::selector_string(&name)))
+        .await?;
+    let problems = status::pod_problems(&pods.items);
+    let now =
+        Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let next = status::derive(
+        &ld,
+        &Observed {
+            validation: &validation,
+            deployment: deployment.as_ref(),
+            problems: &problems,
+        },
+        &now,
+    );
+    let previous = ld.status.clone().unwrap_or_default();
+    if ld.status.as_ref() != Some(&next) {
+        let api: Api<LlamaDeployment> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": next })),
+        )
+        .await?;
+        for c in status::transitions(&previous.conditions, &next.conditions) {
+            if c.type_ == status::PROGRESSING || c.type_ == status::AVAILABLE {
+                continue;
+            }
+            let bad = (c.type_ == status::DEGRADED) == (c.status == "True");
+            info!(name = %name, namespace = %ns, condition = %c.type_, status = %c.status, reason = %c.reason, "condition changed");
+            let event = Event {
+                type_: if bad {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(format!(
+                    "{}={}: {}",
+                    c.type_,
+                    c.status,
+                    truncate(&c.message, 900)
+                )),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &ld.object_ref(&())).await {
+                warn!(error = %e, "publishing event failed");
+            }
+        }
+    }
+
+    let ready = status::find(&next.conditions, status::READY).is_some_and(|c| c.status == "True");
+    Ok(match (&validation, ready) {
+        (Err(_), _) => Action::requeue(Duration::from_secs(60)),
+        (Ok(_), false) => Action::requeue(Duration::from_secs(30)),
+        (Ok(_), true) => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn cleanup(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error> {
+    let ns = ld.namespace().ok_or(Error::NoNamespace)?;
+    let name = ld.name_any();
+    let client = &ctx.client;
+    delete_if_present(&Api::<Deployment>::namespaced(client.clone(), &ns), &name).await?;
+    delete_if_present(&Api::<Service>::namespaced(client.clone(), &ns), &name).await?;
+    delete_if_present(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        &name,
+    )
+    .await?;
+    info!(name = %name, namespace = %ns, "deleted children");
+    Ok(Action::await_change())
+}

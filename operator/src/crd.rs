@@ -1,0 +1,629 @@
+//! The `LlamaDeployment` custom resource: the only schema of the API (`crds/` is generated from it).
+//!
+//! Every field carries its unit and default in its doc comment, which becomes the `description` shown by
+//! `kubectl explain llamadeployment.spec.<field>`. Cross-field invariants are CEL rules
+//! (`x-kubernetes-validations`) whose messages name the offending field.
+
+// `printcolumn(type_ = "string", ...)` repeated for several columns reads as a duplicated attribute to clippy.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, SecretKeySelector, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resources.
+pub const GROUP: &str = "inference.llama-operator.dev";
+
+/// A Llama-family model served by a set of inference-server pods behind one Service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "inference.llama-operator.dev",
+    version = "v1alpha1",
+    kind = "LlamaDeployment",
+    plural = "llamadeployments",
+    singular = "llamadeployment",
+    shortname = "llama",
+    category = "all",
+    namespaced,
+    doc = "LlamaDeployment serves a Llama-family model: the operator turns it into a Deployment of inference-server pods, a Service (the OpenAI-compatible endpoint) and a PodDisruptionBudget, validated against the cluster's hardware.",
+    status = "LlamaDeploymentStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        description = "ready/desired replicas",
+        json_path = ".status.readyOfDesired"
+    ),
+    printcolumn(name = "Model", type_ = "string", json_path = ".status.model"),
+    printcolumn(name = "Quant", type_ = "string", json_path = ".spec.quantization"),
+    printcolumn(name = "TP", type_ = "integer", json_path = ".spec.tensorParallelSize"),
+    printcolumn(
+        name = "Queue",
+        type_ = "number",
+        description = "mean waiting requests per pod",
+        json_path = ".status.queueDepth"
+    ),
+    printcolumn(
+        name = "KV%",
+        type_ = "number",
+        description = "mean KV-cache usage in percent",
+        json_path = ".status.kvCacheUsage"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("spec.replicas must lie within [spec.autoscaling.minReplicas, spec.autoscaling.maxReplicas] when spec.autoscaling is set").field_path(".replicas"))]
+#[x_kube(validation = Rule::new("!has(self.model.contextLength) || self.maxSeqLen <= self.model.contextLength").message("spec.maxSeqLen must not exceed spec.model.contextLength").field_path(".maxSeqLen"))]
+#[x_kube(validation = Rule::new("self.accelerator == 'GPU' || self.tensorParallelSize == 1").message("spec.tensorParallelSize must be 1 when spec.accelerator is CPU").field_path(".tensorParallelSize"))]
+#[serde(rename_all = "camelCase")]
+pub struct LlamaDeploymentSpec {
+    /// The model to serve: exactly one source (`url`, `pvc` or `image`) plus optional declared facts used to
+    /// validate the deployment against the hardware before anything is scheduled.
+    pub model: ModelSpec,
+
+    /// Weight format of the GGUF file (informational; used to estimate the weights' size from
+    /// `model.parameters` when `model.sizeBytes` is not declared). Default: `Q8_0`.
+    #[serde(default)]
+    pub quantization: Quantization,
+
+    /// Where the server runs: `GPU` (each pod requests `tensorParallelSize` GPUs of
+    /// `resources.gpuResourceName`) or `CPU` (no GPU request). Default: `GPU`.
+    #[serde(default)]
+    pub accelerator: Accelerator,
+
+    /// Number of GPUs the model is split across inside one pod (tensor parallelism). Must divide
+    /// `model.heads` and `model.kvHeads`; each pod requests this many GPUs. Unit: GPUs. Default: 1.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.tensorParallelSize must be at least 1"))]
+    pub tensor_parallel_size: i32,
+
+    /// Maximum number of sequences the server batches in one step (`--max-batch-size`). Unit: sequences.
+    /// Default: 16.
+    #[serde(default = "default_max_batch_size")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.maxBatchSize must be at least 1"))]
+    pub max_batch_size: i32,
+
+    /// Maximum length of one sequence, prompt plus completion (`--max-seq-len`). Unit: tokens. Default: 2048.
+    #[serde(default = "default_max_seq_len")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.maxSeqLen must be at least 1"))]
+    pub max_seq_len: i32,
+
+    /// Token budget of one engine step across all sequences, prefill chunks included
+    /// (`--max-num-batched-tokens`). Unit: tokens. Default: 2048.
+    #[serde(default = "default_max_batched_tokens")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.maxBatchedTokens must be at least 1"))]
+    pub max_batched_tokens: i32,
+
+    /// Memory reserved for the paged KV cache per pod (`--kv-cache-memory`), as a positive integer with an
+    /// optional binary (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`k`, `M`, `G`, `T`) suffix, e.g. `4Gi`. Unit: bytes.
+    /// Default: unset (the server sizes the cache for `maxBatchSize × maxSeqLen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub kv_cache_memory: Option<String>,
+
+    /// Tokens per KV-cache block (`--block-size`): a power of two between 1 and 256. Unit: tokens. Default: 16.
+    #[serde(default = "default_block_size")]
+    #[x_kube(validation = Rule::new("self in [1, 2, 4, 8, 16, 32, 64, 128, 256]").message("spec.blockSize must be a power of two between 1 and 256"))]
+    pub block_size: i32,
+
+    /// Maximum number of requests waiting in a pod's queue before it answers 429 (`--max-queue`).
+    /// Unit: requests. Default: 256.
+    #[serde(default = "default_max_queue")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.maxQueue must be at least 1"))]
+    pub max_queue: i32,
+
+    /// Time a terminating pod gets to finish in-flight requests after SIGTERM (`--drain-timeout`); the pod's
+    /// termination grace period is this plus the preStop delay plus a margin. Unit: seconds. Default: 30.
+    #[serde(default = "default_drain_timeout")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 3600").message("spec.drainTimeoutSeconds must be between 0 and 3600"))]
+    pub drain_timeout_seconds: i32,
+
+    /// Compute threads of the server (`--threads`). Unit: threads. Default: unset (derived from
+    /// `resources.cpu` when that is a whole number of cores, else the server's own default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.threads must be at least 1"))]
+    pub threads: Option<i32>,
+
+    /// Desired number of serving pods; written by `kubectl scale` and by the autoscaler through the scale
+    /// subresource. Unit: pods. Default: 1.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 0").message("spec.replicas must not be negative"))]
+    pub replicas: i32,
+
+    /// Queue-depth autoscaling with HPA semantics. Default: unset (replicas stay at `spec.replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// CPU, memory and GPU resource name of each serving pod.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+
+    /// Node labels a serving pod requires (`pod.spec.nodeSelector`); also used to pick the nodes the
+    /// hardware validation considers. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Extra tolerations of the serving pods. A toleration for the GPU resource name's taint is always added
+    /// on GPU deployments. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity of the serving pods (`pod.spec.affinity`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// PriorityClass of the serving pods. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Inference-server image. Default: `ghcr.io/llama-operator/llama-server:<operator version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Pull policy of the server image (`Always`, `IfNotPresent` or `Never`). Default: Kubernetes' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Extra environment variables of the server container. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Extra command-line arguments appended after the derived server flags. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_args: Vec<String>,
+
+    /// Secret key holding the API key clients must send (exposed to the server as `LLAMA_API_KEY`).
+    /// Default: unset (no authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeySelector>,
+}
+
+/// Where the GGUF weights come from (exactly one of `url`, `pvc`, `image`), and what the model is.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.url), has(self.pvc), has(self.image)].filter(x, x).size() == 1").message("spec.model must set exactly one of url, pvc or image"))]
+#[x_kube(validation = Rule::new("!has(self.sha256) || has(self.url)").message("spec.model.sha256 is only valid with spec.model.url").field_path(".sha256"))]
+#[x_kube(validation = Rule::new("!has(self.file) || has(self.image)").message("spec.model.file is only valid with spec.model.image").field_path(".file"))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Name clients use in the OpenAI `model` field (`--served-model-name`). Default: the LlamaDeployment's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// `http(s)://` URL of a GGUF file, fetched by an init container into a pod-local volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("spec.model.url must start with http:// or https://"))]
+    pub url: Option<String>,
+
+    /// Expected SHA-256 of the file at `url` (64 lowercase hex digits); the fetch fails on a mismatch.
+    /// Default: unset (not verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+
+    /// A PersistentVolumeClaim holding the GGUF file, mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcSource>,
+
+    /// `oci://` reference of a model image (a "modelcar": an image with the weights under `/models` and a
+    /// POSIX `sh`), run as a sidecar sharing the pod's process namespace; the server reads the weights
+    /// through `/proc/<pid>/root/models` without copying them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('oci://') && self.size() > 6").message("spec.model.image must be an oci:// reference"))]
+    pub image: Option<String>,
+
+    /// File name of the GGUF weights under the model image's `/models` directory (image source only).
+    /// Default: `model.gguf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.contains('..') && !self.startsWith('/')").message("spec.model.file must be a relative path without '..'"))]
+    pub file: Option<String>,
+
+    /// Declared number of parameters (used to estimate the weights' size). Unit: parameters. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.parameters must be positive"))]
+    pub parameters: Option<i64>,
+
+    /// Declared size of the weights file. Unit: bytes. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.sizeBytes must be positive"))]
+    pub size_bytes: Option<i64>,
+
+    /// Declared number of attention (query) heads; `tensorParallelSize` must divide it. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.heads must be positive"))]
+    pub heads: Option<i32>,
+
+    /// Declared number of key/value heads (grouped-query attention); `tensorParallelSize` must divide it.
+    /// Default: unset (treated as `heads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.kvHeads must be positive"))]
+    pub kv_heads: Option<i32>,
+
+    /// Declared number of transformer layers (used to estimate the KV cache). Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.layers must be positive"))]
+    pub layers: Option<i32>,
+
+    /// Declared hidden size (embedding width); head dimension = hiddenSize / heads. Unit: elements.
+    /// Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.hiddenSize must be positive"))]
+    pub hidden_size: Option<i32>,
+
+    /// Declared maximum context length of the model; `maxSeqLen` must not exceed it. Unit: tokens.
+    /// Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.model.contextLength must be positive"))]
+    pub context_length: Option<i32>,
+}
+
+/// A claim and the path of the GGUF file inside it.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// Name of a PersistentVolumeClaim in the LlamaDeployment's namespace.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.model.pvc.claimName must not be empty"))]
+    pub claim_name: String,
+    /// Path of the GGUF file relative to the claim's root, e.g. `llama/model-q4_k.gguf`.
+    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains('..') && !self.startsWith('/')").message("spec.model.pvc.path must be a non-empty relative path without '..'"))]
+    pub path: String,
+}
+
+/// GGUF weight formats.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    F16,
+    BF16,
+    #[default]
+    #[serde(rename = "Q8_0")]
+    Q8_0,
+    #[serde(rename = "Q4_0")]
+    Q4_0,
+    #[serde(rename = "Q4_1")]
+    Q4_1,
+    #[serde(rename = "Q4_K")]
+    Q4K,
+    #[serde(rename = "Q6_K")]
+    Q6K,
+}
+
+impl Quantization {
+    /// Average storage per weight in bits, block scales included (GGUF block layouts).
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Quantization::F16 | Quantization::BF16 => 16.0,
+            Quantization::Q8_0 => 8.5,
+            Quantization::Q4_0 => 4.5,
+            Quantization::Q4_1 => 5.0,
+            Quantization::Q4K => 4.5,
+            Quantization::Q6K => 6.5625,
+        }
+    }
+
+    /// The name used in the spec (`Q4_K`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantization::F16 => "F16",
+            Quantization::BF16 => "BF16",
+            Quantization::Q8_0 => "Q8_0",
+            Quantization::Q4_0 => "Q4_0",
+            Quantization::Q4_1 => "Q4_1",
+            Quantization::Q4K => "Q4_K",
+            Quantization::Q6K => "Q6_K",
+        }
+    }
+}
+
+/// Device class of the serving pods.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accelerator {
+    #[default]
+    #[serde(rename = "GPU")]
+    Gpu,
+    #[serde(rename = "CPU")]
+    Cpu,
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Per-pod compute resources.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    /// CPU request (and limit) of the server container, e.g. `4`. Unit: cores. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory request (and limit) of the server container, e.g. `16Gi`. Unit: bytes. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// Extended resource name of the GPUs requested on `GPU` deployments. Default: `nvidia.com/gpu`.
+    #[serde(default = "default_gpu_resource_name")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.resources.gpuResourceName must not be empty"))]
+    pub gpu_resource_name: String,
+    /// Size limit of the memory-backed `/dev/shm` volume (tensor-parallel workers exchange activations
+    /// through it). Unit: bytes. Default: `1Gi` per GPU (1Gi on CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Quantity>,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            cpu: None,
+            memory: None,
+            gpu_resource_name: default_gpu_resource_name(),
+            shm_size: None,
+        }
+    }
+}
+
+/// Queue-depth autoscaling (consumed by the operator's autoscaler loop).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas").field_path(".minReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Lower bound of replicas; 0 allows scale to zero. Unit: pods. Default: 1.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 0").message("spec.autoscaling.minReplicas must not be negative"))]
+    pub min_replicas: i32,
+    /// Upper bound of replicas. Unit: pods.
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.autoscaling.maxReplicas must be at least 1"))]
+    pub max_replicas: i32,
+    /// Target mean number of waiting requests per pod (`llama_num_requests_waiting`). Unit: requests.
+    /// Default: 4.
+    #[serde(default = "default_target_queue_depth")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("spec.autoscaling.targetQueueDepth must be positive"))]
+    pub target_queue_depth: f64,
+    /// Optional target mean KV-cache usage per pod (`llama_kv_cache_usage_perc`) as a fraction in (0, 1];
+    /// the larger of the two desired counts wins. Unit: fraction. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("spec.autoscaling.targetKvCacheUsage must be in (0, 1]"))]
+    pub target_kv_cache_usage: Option<f64>,
+    /// Scale-up behaviour. Default: HPA's (no stabilisation; max of +100% or +4 pods per 15 s).
+    #[serde(default = "ScalingRules::default_up")]
+    pub scale_up: ScalingRules,
+    /// Scale-down behaviour. Default: HPA's (300 s stabilisation; up to -100% per 15 s).
+    #[serde(default = "ScalingRules::default_down")]
+    pub scale_down: ScalingRules,
+}
+
+/// Stabilisation window and rate policies of one scaling direction (as in HPA `behavior`).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Window over which past recommendations are considered before changing replicas. Unit: seconds.
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 3600").message("stabilizationWindowSeconds must be between 0 and 3600"))]
+    pub stabilization_window_seconds: i32,
+    /// How the policies combine: `Max` (most change), `Min` (least change) or `Disabled`. Default: `Max`.
+    #[serde(default)]
+    pub select_policy: SelectPolicy,
+    /// Rate limits; each allows at most `value` pods or percent of change per `periodSeconds`.
+    pub policies: Vec<ScalingPolicy>,
+}
+
+impl ScalingRules {
+    /// HPA's default scale-up rules.
+    pub fn default_up() -> Self {
+        Self {
+            stabilization_window_seconds: 0,
+            select_policy: SelectPolicy::Max,
+            policies: vec![
+                ScalingPolicy {
+                    type_: ScalingPolicyType::Percent,
+                    value: 100,
+                    period_seconds: 15,
+                },
+                ScalingPolicy {
+                    type_: ScalingPolicyType::Pods,
+                    value: 4,
+                    period_seconds: 15,
+                },
+            ],
+        }
+    }
+
+    /// HPA's default scale-down rules.
+    pub fn default_down() -> Self {
+        Self {
+            stabilization_window_seconds: 300,
+            select_policy: SelectPolicy::Max,
+            policies: vec![ScalingPolicy {
+                type_: ScalingPolicyType::Percent,
+                value: 100,
+                period_seconds: 15,
+            }],
+        }
+    }
+}
+
+/// How rate policies combine.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectPolicy {
+    #[default]
+    Max,
+    Min,
+    Disabled,
+}
+
+/// One rate limit.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    /// `Pods` (absolute) or `Percent` (of the current replicas).
+    #[serde(rename = "type")]
+    pub type_: ScalingPolicyType,
+    /// Allowed change per period. Unit: pods or percent.
+    #[x_kube(validation = Rule::new("self > 0").message("policy value must be positive"))]
+    pub value: i32,
+    /// Length of the period. Unit: seconds.
+    #[x_kube(validation = Rule::new("self > 0 && self <= 1800").message("policy periodSeconds must be between 1 and 1800"))]
+    pub period_seconds: i32,
+}
+
+/// Unit of a scaling policy.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingPolicyType {
+    Pods,
+    Percent,
+}
+
+/// Observed state, written by the operator (and `queueDepth`/`kvCacheUsage` by its autoscaler).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LlamaDeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Serving pods that exist (scale subresource's status replicas). Unit: pods.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Serving pods that are Ready. Unit: pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Serving pods running the current pod template. Unit: pods.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_of_desired: Option<String>,
+    /// Label selector of the serving pods (scale subresource's label selector, used by HPA/KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Served model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// In-cluster base URL of the OpenAI-compatible API, e.g. `http://name.ns.svc:8000/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Mean waiting requests per ready pod, filled by the autoscaler. Unit: requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<f64>,
+    /// Mean KV-cache usage of the ready pods, filled by the autoscaler. Unit: percent (0-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_usage: Option<f64>,
+    /// `Ready`, `Available`, `Progressing`, `Degraded` and `Validated`, with reasons; `lastTransitionTime`
+    /// changes only when a condition's status changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_max_batch_size() -> i32 {
+    16
+}
+fn default_max_seq_len() -> i32 {
+    2048
+}
+fn default_max_batched_tokens() -> i32 {
+    2048
+}
+fn default_block_size() -> i32 {
+    16
+}
+fn default_max_queue() -> i32 {
+    256
+}
+fn default_drain_timeout() -> i32 {
+    30
+}
+fn default_target_queue_depth() -> f64 {
+    4.0
+}
+fn default_gpu_resource_name() -> String {
+    "nvidia.com/gpu".to_owned()
+}
+
+/// Parses `kvCacheMemory`-style sizes (`4Gi`, `512M`, `1000`) into bytes; `None` on anything else.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_suffixes() {
+        assert_eq!(parse_size("4Gi"), Some(4 << 30));
+        assert_eq!(parse_size("512M"), Some(512_000_000));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("4GB"), None);
+        assert_eq!(parse_size("Gi"), None);
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_documented_defaults() {
+        let spec: LlamaDeploymentSpec =
+            serde_json::from_value(serde_json::json!({"model": {"url": "https://x/m.gguf"}}))
+                .expect("spec");
+        assert_eq!(spec.tensor_parallel_size, 1);
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(spec.block_size, 16);
+        assert_eq!(spec.quantization, Quantization::Q8_0);
+        assert_eq!(spec.accelerator, Accelerator::Gpu);
+        assert_eq!(spec.resources.gpu_resource_name, "nvidia.com/gpu");
+    }
+
+    #[test]
+    fn quantization_names_round_trip_through_serde() {
+        for q in [
+            Quantization::F16,
+            Quantization::Q4K,
+            Quantization::Q6K,
+            Quantization::Q8_0,
+        ] {
+            let v = serde_json::to_value(q).expect("ser");
+            assert_eq!(v, serde_json::json!(q.as_str()));
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! Validation of a spec against the cluster's hardware, before anything is scheduled (pure).
+//!
+//! Checks, in order: tensor parallelism divides the declared heads and KV heads; a pod's GPUs
+//! (= `tensorParallelSize`) fit the allocatable GPUs of some node matching `nodeSelector`; and, with declared
+//! sizes, weights + KV cache per GPU fit the GPU memory advertised by the `nvidia.com/gpu.memory` node label.
+//! A failure carries a stable reason and a message with the arithmetic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Node;
+
+use crate::crd::{Accelerator, LlamaDeploymentSpec, parse_size};
+
+/// Node label with the memory of one GPU in MiB (set by NVIDIA's GPU feature discovery).
+pub const GPU_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
+
+/// Bytes per KV-cache element (the server stores K and V in f16).
+const KV_BYTES_PER_ELEMENT: u64 = 2;
+
+/// What the validation needs to know about one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFacts {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Allocatable GPUs per extended resource name.
+    pub allocatable: BTreeMap<String, i64>,
+    pub unschedulable: bool,
+}
+
+impl NodeFacts {
+    /// Reads the facts from a Node object (allocatable quantities that are not whole numbers count as 0).
+    pub fn from_node(node: &Node) -> Self {
+        let allocatable = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .map(|a| {
+                a.iter()
+                    .map(|(k, q)| (k.clone(), q.0.parse::<i64>().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            allocatable,
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+        }
+    }
+
+    fn gpu_memory_bytes(&self) -> Option<u64> {
+        self.labels
+            .get(GPU_MEMORY_LABEL)?
+            .parse::<u64>()
+            .ok()
+            .map(|mib| mib << 20)
+    }
+}
+
+/// Why a spec cannot run on this cluster.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HardwareError {
+    #[error("{0}")]
+    TensorParallelMismatch(String),
+    #[error("{0}")]
+    InsufficientGpus(String),
+    #[error("{0}")]
+    InsufficientGpuMemory(String),
+    #[error("{0}")]
+    InvalidSpec(String),
+}
+
+impl HardwareError {
+    /// Stable CamelCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HardwareError::TensorParallelMismatch(_) => "TensorParallelMismatch",
+            HardwareError::InsufficientGpus(_) => "InsufficientGPUs",
+            HardwareError::InsufficientGpuMemory(_) => "InsufficientGPUMemory",
+            HardwareError::InvalidSpec(_) => "InvalidSpec",
+        }
+    }
+}
+
+/// A successful validation, with what was checked (the `Validated` condition's message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    pub message: String,
+}
+
+/// Bytes, printed in GiB with one decimal.
+struct GiB(f64);
+
+impl fmt::Display for GiB {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1} GiB", self.0 / f64::from(1u32 << 30))
+    }
+}
+
+/// Estimated per-pod memory needs of a spec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    pub weights_bytes: Option<u64>,
+    pub kv_bytes: Option<u64>,
+}
+
+/// Weights from `sizeBytes` (or `parameters × bits per weight`); KV from `kvCacheMemory` (or
+/// `2 × layers × kvHeads × headDim × 2 bytes × maxBatchSize × maxSeqLen`).
+pub fn estimate_memory(spec: &LlamaDeploymentSpec) -> MemoryEstimate {
+    let m = &spec.model;
+    let weights_bytes = m
+        .size_bytes
+        .and_then(|b| u64::try_from(b).ok())
+        .or_else(|| {
+            let params = m.parameters? as f64;
+            Some((params * spec.quantization.bits_per_weight() / 8.0).ceil() as u64)
+        });
+    let kv_bytes = match spec.kv_cache_memory.as_deref() {
+        Some(s) => parse_size(s),
+        None => estimate_kv_bytes(spec),
+    };
+    MemoryEstimate {
+        weights_bytes,
+        kv_bytes,
+    }
+}
+
+fn estimate_kv_bytes(spec: &LlamaDeploymentSpec) -> Option<u64> {
+    let m = &spec.model;
+    let layers = u64::try_from(m.layers?).ok()?;
+    let heads = u64::try_from(m.heads?).ok()?;
+    let kv_heads = u64::try_from(m.kv_heads.unwrap_or(m.heads?)).ok()?;
+    let head_dim = u64::try_from(m.hidden_size?).ok()? / heads.max(1);
+    let tokens = u64::try_from(spec.max_batch_size).ok()? * u64::try_from(spec.max_seq_len).ok()?;
+    Some(2 * layers * kv_heads * head_dim * KV_BYTES_PER_ELEMENT * tokens)
+}
+
+/// Validates `spec` against `nodes`.
+pub fn validate(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, HardwareError> {
+    let tp = spec.tensor_parallel_size;
+    if tp < 1 {
+        return Err(HardwareError::InvalidSpec(format!(
+            "tensorParallelSize {tp} must be at least 1"
+        )));
+    }
+    if let Some(size) = spec.kv_cache_memory.as_deref()
+        && parse_size(size).is_none()
+    {
+        return Err(HardwareError::InvalidSpec(format!(
+            "kvCacheMemory {size:?} is not a size like 4Gi"
+        )));
+    }
+    let mut checked = Vec::new();
+    let heads = spec.model.heads;
+    let kv_heads = spec.model.kv_heads.or(heads);
+    for (field, value) in [("model.heads", heads), ("model.kvHeads", kv_heads)] {
+        if let Some(n) = value {
+            if n % tp != 0 {
+                return Err(HardwareError::TensorParallelMismatch(format!(
+                    "tensorParallelSize {tp} does not divide {field} {n} ({n} % {tp} = {}); \
+                     choose a tensorParallelSize that divides both heads and kvHeads",
+                    n % tp
+                )));
+            }
+            checked.push(format!("{field} {n} divisible by {tp}"));
+        }
+    }
+    if spec.accelerator == Accelerator::Cpu {
+        checked.push("CPU deployment: no GPU checks".to_owned());
+        return Ok(Fit {
+            message: checked.join("; "),
+        });
+    }
+
+    let resource = spec.resources.gpu_resource_name.as_str();
+    let candidates: Vec<&NodeFacts> = nodes
+        .iter()
+        .filter(|n| !n.unschedulable)
+        .filter(|n| {
+            spec.node_selector
+                .iter()
+                .all(|(k, v)| n.labels.get(k) == Some(v))
+        })
+        .collect();
+    let selector_note = if spec.node_selector.is_empty() {
+        ""
+    } else {
+        " matching nodeSelector"
+    };
+    let largest = candidates
+        .iter()
+        .filter_map(|n| n.allocatable.get(resource).map(|g| (*g, n.name.as_str())))
+        .max_by_key(|(g, name)| (*g, std::cmp::Reverse(*name)));
+    let fitting: Vec<&NodeFacts> = candidates
+        .iter()
+        .copied()
+        .filter(|n| {
+            n.allocatable
+                .get(resource)
+                .is_some_and(|g| *g >= i64::from(tp))
+        })
+        .collect();
+    if fitting.is_empty() {
+        let msg = match largest {
+            Some((g, name)) if g > 0 => format!(
+                "tensorParallelSize {tp} needs {tp} {resource} per pod, but the largest node{selector_note} \
+                 offers {g} ({name}: {g} < {tp})"
+            ),
+            _ => format!(
+                "tensorParallelSize {tp} needs {tp} {resource} per pod, but no schedulable node{selector_note} \
+                 offers {resource} ({} nodes considered)",
+                candidates.len()
+            ),
+        };
+        return Err(HardwareError::InsufficientGpus(msg));
+    }
+    checked.push(format!(
+        "{tp} {resource} per pod fit {} node(s)",
+        fitting.len()
+    ));
+
+    let est = estimate_memory(spec);
+    let Some(weights) = est.weights_bytes else {
+        checked.push("weights size not declared: GPU memory not checked".to_owned());
+        return Ok(Fit {
+            message: checked.join("; "),
+        });
+    };
+    let kv = est.kv_bytes.unwrap_or(0);
+    let tp_u = u64::try_from(tp).unwrap_or(1);
+    let per_gpu = weights.div_ceil(tp_u) + kv.div_ceil(tp_u);
+    let arithmetic = format!(
+        "weights {} / TP {tp} + KV cache {} / TP {tp} = {} per GPU",
+        GiB(weights as f64),
+        GiB(kv as f64),
+        GiB(per_gpu as f64)
+    );
+    let with_memory: Vec<(&NodeFacts, u64)> = fitting
+        .iter()
+        .filter_map(|n| n.gpu_memory_bytes().map(|m| (*n, m)))
+        .collect();
+    if with_memory.is_empty() {
+        checked.push(format!(
+            "{arithmetic}; GPU memory unknown (no {GPU_MEMORY_LABEL} label): not checked"
+        ));
+        return Ok(Fit {
+            message: checked.join("; "),
+        });
+    }
+    match with_memory
+        .iter()
+        .filter(|(_, m)| *m >= per_gpu)
+        .max_by_key(|(_, m)| *m)
+    {
+        Some((node, mem)) => {
+            checked.push(format!(
+                "{arithmetic} fits {} ({} per GPU)",
+                node.name,
+                GiB(*mem as f64)
+            ));
+            Ok(Fit {
+                message: checked.join("; "),
+            })
+        }
+        None => {
+            let (node, mem) = with_memory
+                .iter()
+                .max_by_key(|(_, m)| *m)
+                .copied()
+                .unwrap_or((fitting[0], 0));
+            Err(HardwareError::InsufficientGpuMemory(format!(
+                "{arithmetic} exceeds the largest GPU memory {} ({}); raise tensorParallelSize, lower \
+                 maxBatchSize × maxSeqLen or kvCacheMemory, or use a smaller quantization",
+                GiB(mem as f64),
+                node.name
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{LlamaDeploymentSpec, Quantization};
+
+    fn spec(json: serde_json::Value) -> LlamaDeploymentSpec {
+        serde_json::from_value(json).expect("valid spec")
+    }
+
+    fn gpu_node(name: &str, gpus: i64, mem_mib: Option<u64>) -> NodeFacts {
+        let mut labels = BTreeMap::from([("nvidia.com/gpu.present".to_owned(), "true".to_owned())]);
+        if let Some(m) = mem_mib {
+            labels.insert(GPU_MEMORY_LABEL.to_owned(), m.to_string());
+        }
+        NodeFacts {
+            name: name.to_owned(),
+            labels,
+            allocatable: BTreeMap::from([
+                ("nvidia.com/gpu".to_owned(), gpus),
+                ("cpu".to_owned(), 32),
+            ]),
+            unschedulable: false,
+        }
+    }
+
+    fn cpu_node() -> NodeFacts {
+        NodeFacts {
+            name: "cpu-node-0".to_owned(),
+            labels: BTreeMap::new(),
+            allocatable: BTreeMap::from([("cpu".to_owned(), 16)]),
+            unschedulable: false,
+        }
+    }
+
+    fn cluster() -> Vec<NodeFacts> {
+        vec![gpu_node("gpu-node-0", 8, Some(81559)), cpu_node()]
+    }
+
+    fn smollm(tp: i32) -> LlamaDeploymentSpec {
+        spec(serde_json::json!({
+            "model": {"url": "https://example.com/smollm2.gguf", "heads": 9, "kvHeads": 3, "layers": 30,
+                      "hiddenSize": 576, "sizeBytes": 145_000_000},
+            "tensorParallelSize": tp
+        }))
+    }
+
+    #[test]
+    fn tensor_parallel_size_two_is_refused_for_nine_heads_with_the_arithmetic() {
+        let err = validate(&smollm(2), &cluster()).expect_err("9 heads cannot split in 2");
+        assert_eq!(err.reason(), "TensorParallelMismatch");
+        assert!(
+            err.to_string()
+                .contains("tensorParallelSize 2 does not divide model.heads 9 (9 % 2 = 1)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tensor_parallel_size_must_also_divide_kv_heads() {
+        let err = validate(&smollm(9), &[gpu_node("big", 16, None)])
+            .expect_err("3 kv heads cannot split in 9");
+        assert!(
+            err.to_string()
+                .contains("does not divide model.kvHeads 3 (3 % 9 = 3)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sixteen_gpus_per_pod_do_not_fit_a_node_with_eight() {
+        let mut s = smollm(1);
+        s.model.heads = Some(32);
+        s.model.kv_heads = Some(16);
+        s.tensor_parallel_size = 16;
+        let err = validate(&s, &cluster()).expect_err("no node has 16 GPUs");
+        assert_eq!(err.reason(), "InsufficientGPUs");
+        assert_eq!(
+            err.to_string(),
+            "tensorParallelSize 16 needs 16 nvidia.com/gpu per pod, but the largest node offers 8 \
+             (gpu-node-0: 8 < 16)"
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_gpus_says_so() {
+        let err = validate(&smollm(1), &[cpu_node()]).expect_err("no GPUs");
+        assert!(
+            err.to_string()
+                .contains("no schedulable node offers nvidia.com/gpu (1 nodes considered)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_selector_limits_the_nodes_considered() {
+        let mut s = smollm(1);
+        s.node_selector.insert("pool".to_owned(), "a100".to_owned());
+        let err = validate(&s, &cluster()).expect_err("no node in that pool");
+        assert!(
+            err.to_string()
+                .contains("no schedulable node matching nodeSelector offers"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_small_model_fits_and_the_message_shows_the_arithmetic() {
+        let fit = validate(&smollm(1), &cluster()).expect("fits");
+        assert!(
+            fit.message.contains("fits gpu-node-0 (79.6 GiB per GPU)"),
+            "{}",
+            fit.message
+        );
+        assert!(
+            fit.message.contains("model.heads 9 divisible by 1"),
+            "{}",
+            fit.message
+        );
+    }
+
+    #[test]
+    fn a_seventy_billion_model_in_f16_does_not_fit_one_h100() {
+        let s = spec(serde_json::json!({
+            "model": {"pvc": {"claimName": "m", "path": "l70b.gguf"}, "parameters": 70_000_000_000_i64,
+                      "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
+            "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096
+        }));
+        let err = validate(&s, &cluster()).expect_err("140 GB of weights on one 80 GB GPU");
+        assert_eq!(err.reason(), "InsufficientGPUMemory");
+        assert!(
+            err.to_string().starts_with("weights 130.4 GiB / TP 1 + KV cache 10.0 GiB / TP 1 = 140.4 GiB per GPU exceeds the largest GPU memory 79.6 GiB (gpu-node-0)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_same_model_split_over_four_gpus_fits() {
+        let s = spec(serde_json::json!({
+            "model": {"pvc": {"claimName": "m", "path": "l70b.gguf"}, "parameters": 70_000_000_000_i64,
+                      "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
+            "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096, "tensorParallelSize": 4
+        }));
+        let fit = validate(&s, &cluster()).expect("35 GiB per GPU fits");
+        assert!(
+            fit.message.contains("= 35.1 GiB per GPU fits gpu-node-0"),
+            "{}",
+            fit.message
+        );
+    }
+
+    #[test]
+    fn declared_kv_cache_memory_replaces_the_estimate() {
+        let mut s = smollm(1);
+        s.kv_cache_memory = Some("100Gi".to_owned());
+        let err = validate(&s, &cluster()).expect_err("100 GiB of KV on an 80 GiB GPU");
+        assert_eq!(err.reason(), "InsufficientGPUMemory");
+    }
+
+    #[test]
+    fn unknown_gpu_memory_is_not_a_failure() {
+        let fit = validate(&smollm(1), &[gpu_node("g", 1, None)]).expect("fits");
+        assert!(
+            fit.message.contains("GPU memory unknown"),
+            "{}",
+            fit.message
+        );
+    }
+
+    #[test]
+    fn cpu_deployments_skip_gpu_checks() {
+        let mut s = smollm(1);
+        s.accelerator = Accelerator::Cpu;
+        assert!(validate(&s, &[cpu_node()]).is_ok());
+    }
+
+    #[test]
+    fn weights_are_estimated_from_parameters_and_quantization() {
+        let mut s = smollm(1);
+        s.model.size_bytes = None;
+        s.model.parameters = Some(1_000_000_000);
+        s.quantization = Quantization::Q4_0;
+        assert_eq!(estimate_memory(&s).weights_bytes, Some(562_500_000));
+    }
+
+    #[test]
+    fn unschedulable_nodes_are_ignored() {
+        let mut n = gpu_node("cordoned", 8, None);
+        n.unschedulable = true;
+        assert_eq!(
+            validate(&smollm(1), &[n]).expect_err("cordoned").reason(),
+            "InsufficientGPUs"
+        );
+    }
+}

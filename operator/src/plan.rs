@@ -1,0 +1,559 @@
+//! Desired children of a LlamaDeployment (pure): a Deployment of serving pods, a Service and, with more
+//! than one replica, a PodDisruptionBudget. The controller server-side applies exactly what this returns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{Accelerator, LlamaDeployment, LlamaDeploymentSpec, parse_size};
+use crate::hardware::estimate_memory;
+
+/// Port the server listens on (container and Service).
+pub const HTTP_PORT: i32 = 8000;
+/// Label selecting a LlamaDeployment's pods (its value is the LlamaDeployment's name).
+pub const SELECTOR_LABEL: &str = "inference.llama-operator.dev/deployment";
+/// Value of `app.kubernetes.io/managed-by` on everything the operator creates.
+pub const MANAGER: &str = "llama-operator";
+/// UID/GID the serving pod runs as (non-root; the modelcar runs as the same user so the server may read
+/// `/proc/<pid>/root` of the sidecar).
+pub const RUN_AS_USER: i64 = 65532;
+/// Seconds the preStop hook waits so endpoints drop the pod before SIGTERM starts the drain.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+/// Extra seconds of grace beyond preStop + drain timeout.
+pub const GRACE_MARGIN_SECONDS: i64 = 10;
+/// Where model weights appear inside the server container.
+const MODEL_DIR: &str = "/models";
+/// Shared directory where the modelcar publishes a link to its `/models`.
+const MODELCAR_DIR: &str = "/modelcar";
+
+/// Operator-level settings the plan depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanConfig {
+    /// Server image used when the spec sets none.
+    pub default_image: String,
+    /// Image of the init container that fetches `url` models (needs `sh`, `curl`, `sha256sum`).
+    pub fetch_image: String,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            default_image: format!(
+                "ghcr.io/llama-operator/llama-server:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            fetch_image: "docker.io/curlimages/curl:8.11.1".to_owned(),
+        }
+    }
+}
+
+/// Everything the controller applies for one LlamaDeployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub deployment: Deployment,
+    pub service: Service,
+    /// `None` means: delete the PDB if one exists.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// Labels on every child (the selector label included).
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "llama-server".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
+        (SELECTOR_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The pods' label selector, as a string for `status.selector`.
+pub fn selector_string(name: &str) -> String {
+    format!("{SELECTOR_LABEL}={name}")
+}
+
+fn selector(name: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            SELECTOR_LABEL.to_owned(),
+            name.to_owned(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The served model name.
+pub fn served_model_name(ld: &LlamaDeployment) -> String {
+    ld.spec.model.name.clone().unwrap_or_else(|| ld.name_any())
+}
+
+/// In-cluster URL of the OpenAI API.
+pub fn endpoint(ld: &LlamaDeployment) -> String {
+    format!(
+        "http://{}.{}.svc:{HTTP_PORT}/v1",
+        ld.name_any(),
+        ld.namespace().unwrap_or_default()
+    )
+}
+
+fn meta(ld: &LlamaDeployment) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(ld.name_any()),
+        namespace: ld.namespace(),
+        labels: Some(labels(&ld.name_any())),
+        owner_references: ld
+            .controller_owner_ref(&())
+            .map(|o: OwnerReference| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Builds all children.
+pub fn children(ld: &LlamaDeployment, cfg: &PlanConfig) -> Children {
+    Children {
+        deployment: deployment(ld, cfg),
+        service: service(ld),
+        pdb: pdb(ld),
+    }
+}
+
+/// Path of the GGUF file as the server sees it.
+pub fn model_path(spec: &LlamaDeploymentSpec) -> String {
+    let m = &spec.model;
+    if let Some(pvc) = &m.pvc {
+        format!("{MODEL_DIR}/{}", pvc.path)
+    } else if m.image.is_some() {
+        format!(
+            "{MODELCAR_DIR}/models/{}",
+            m.file.as_deref().unwrap_or("model.gguf")
+        )
+    } else {
+        format!("{MODEL_DIR}/model.gguf")
+    }
+}
+
+/// Server flags derived from the spec (then `serverArgs`).
+pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
+    let s = &ld.spec;
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--model".into(),
+        model_path(s),
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        HTTP_PORT.to_string(),
+        "--served-model-name".into(),
+        served_model_name(ld),
+        "--tensor-parallel-size".into(),
+        s.tensor_parallel_size.to_string(),
+        "--max-batch-size".into(),
+        s.max_batch_size.to_string(),
+        "--max-seq-len".into(),
+        s.max_seq_len.to_string(),
+        "--max-num-batched-tokens".into(),
+        s.max_batched_tokens.to_string(),
+    ];
+    if let Some(bytes) = s.kv_cache_memory.as_deref().and_then(parse_size) {
+        args.extend(["--kv-cache-memory".into(), bytes.to_string()]);
+    }
+    args.extend([
+        "--block-size".into(),
+        s.block_size.to_string(),
+        "--max-queue".into(),
+        s.max_queue.to_string(),
+        "--drain-timeout".into(),
+        s.drain_timeout_seconds.to_string(),
+    ]);
+    let threads = s.threads.or_else(|| {
+        let cpu = s.resources.cpu.as_ref()?;
+        cpu.0.parse::<i32>().ok().filter(|n| *n >= 1)
+    });
+    if let Some(t) = threads {
+        args.extend(["--threads".into(), t.to_string()]);
+    }
+    args.extend(s.server_args.iter().cloned());
+    args
+}
+
+fn http_probe(path: &str, period: i32, failures: i32, timeout: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(timeout),
+        ..Default::default()
+    }
+}
+
+/// Startup budget in seconds: 10 minutes plus 1 minute per GiB of weights a GPU loads.
+pub fn startup_budget_seconds(spec: &LlamaDeploymentSpec) -> i32 {
+    let per_pod = estimate_memory(spec).weights_bytes.unwrap_or(0);
+    let tp = u64::try_from(spec.tensor_parallel_size.max(1)).unwrap_or(1);
+    let gib = (per_pod / tp).div_ceil(1 << 30);
+    600 + i32::try_from(gib.saturating_mul(60))
+        .unwrap_or(i32::MAX - 600)
+        .min(3 * 3600)
+}
+
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str, medium: Option<&str>, size: Option<Quantity>) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(str::to_owned),
+            size_limit: size,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Shell of the init container that fetches a `url` model; reads `MODEL_URL` and `MODEL_SHA256` from the
+/// environment (never interpolated into the script) and publishes the file atomically.
+const FETCH_SCRIPT: &str = r#"set -eu
+out=/models/model.gguf
+if [ -s "$out" ]; then echo "model already present"; exit 0; fi
+curl -fL --retry 5 --retry-delay 3 --retry-connrefused -o "$out.part" "$MODEL_URL"
+if [ -n "${MODEL_SHA256:-}" ]; then
+  echo "$MODEL_SHA256  $out.part" | sha256sum -c -
+fi
+mv "$out.part" "$out"
+"#;
+
+/// Shell of the modelcar sidecar: publish a link to this process's root `/models` (reachable by the server
+/// through the shared process namespace as `/proc/<pid>/root/models`) in the shared `/modelcar` volume, then
+/// wait for SIGTERM. `$$` is the sidecar shell's own pid as the pod's other containers see it, so no pid search
+/// is needed; the sidecar's startup probe holds the server back until the link resolves.
+const MODELCAR_SCRIPT: &str = r#"ln -sfn "/proc/$$/root/models" /modelcar/models
+trap 'exit 0' TERM INT
+while true; do sleep 3600 & wait $!; done
+"#;
+
+fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
+    let s = &ld.spec;
+    let name = ld.name_any();
+    let gpu = s.accelerator == Accelerator::Gpu;
+    let gpu_name = s.resources.gpu_resource_name.clone();
+
+    let mut quantities = BTreeMap::new();
+    if let Some(cpu) = &s.resources.cpu {
+        quantities.insert("cpu".to_owned(), cpu.clone());
+    }
+    if let Some(mem) = &s.resources.memory {
+        quantities.insert("memory".to_owned(), mem.clone());
+    }
+    if gpu {
+        quantities.insert(
+            gpu_name.clone(),
+            Quantity(s.tensor_parallel_size.to_string()),
+        );
+    }
+    let resources = (!quantities.is_empty()).then(|| ResourceRequirements {
+        requests: Some(quantities.clone()),
+        limits: Some(quantities),
+        ..Default::default()
+    });
+
+    let mut env = Vec::new();
+    if let Some(secret) = &s.api_key_secret_ref {
+        env.push(EnvVar {
+            name: "LLAMA_API_KEY".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(secret.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    env.extend(s.env.iter().cloned());
+
+    let shm_size = s.resources.shm_size.clone().unwrap_or_else(|| {
+        let gib = if gpu {
+            s.tensor_parallel_size.max(1)
+        } else {
+            1
+        };
+        Quantity(format!("{gib}Gi"))
+    });
+    let mut volumes = vec![
+        empty_dir("dshm", Some("Memory"), Some(shm_size)),
+        empty_dir("tmp", None, None),
+    ];
+    let mut mounts = vec![
+        mount("dshm", "/dev/shm", false),
+        mount("tmp", "/tmp", false),
+    ];
+    let mut init_containers = Vec::new();
+    let mut share_process_namespace = None;
+    let m = &s.model;
+    if let Some(url) = &m.url {
+        let size = m
+            .size_bytes
+            .map(|b| Quantity(format!("{}Mi", (b + b / 10).div_euclid(1 << 20) + 64)));
+        volumes.push(empty_dir("model", None, size));
+        mounts.push(mount("model", MODEL_DIR, true));
+        let mut fetch_env = vec![EnvVar {
+            name: "MODEL_URL".to_owned(),
+            value: Some(url.clone()),
+            ..Default::default()
+        }];
+        if let Some(sha) = &m.sha256 {
+            fetch_env.push(EnvVar {
+                name: "MODEL_SHA256".to_owned(),
+                value: Some(sha.clone()),
+                ..Default::default()
+            });
+        }
+        init_containers.push(Container {
+            name: "model-fetch".to_owned(),
+            image: Some(cfg.fetch_image.clone()),
+            command: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                FETCH_SCRIPT.to_owned(),
+            ]),
+            env: Some(fetch_env),
+            volume_mounts: Some(vec![
+                mount("model", MODEL_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]),
+            security_context: Some(restricted_container_security()),
+            ..Default::default()
+        });
+    } else if let Some(pvc) = &m.pvc {
+        volumes.push(Volume {
+            name: "model".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("model", MODEL_DIR, true));
+    } else if let Some(image) = &m.image {
+        share_process_namespace = Some(true);
+        volumes.push(empty_dir(
+            "modelcar",
+            None,
+            Some(Quantity("1Mi".to_owned())),
+        ));
+        mounts.push(mount("modelcar", MODELCAR_DIR, true));
+        init_containers.push(Container {
+            name: "modelcar".to_owned(),
+            image: Some(image.trim_start_matches("oci://").to_owned()),
+            // A native sidecar: started before, and stopped after, the server.
+            restart_policy: Some("Always".to_owned()),
+            command: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                MODELCAR_SCRIPT.to_owned(),
+            ]),
+            volume_mounts: Some(vec![mount("modelcar", MODELCAR_DIR, false)]),
+            startup_probe: Some(Probe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "test".into(),
+                        "-e".into(),
+                        format!("{MODELCAR_DIR}/models/"),
+                    ]),
+                }),
+                period_seconds: Some(1),
+                failure_threshold: Some(300),
+                ..Default::default()
+            }),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_owned(), Quantity("10m".to_owned())),
+                    ("memory".to_owned(), Quantity("16Mi".to_owned())),
+                ])),
+                limits: Some(BTreeMap::from([(
+                    "memory".to_owned(),
+                    Quantity("64Mi".to_owned()),
+                )])),
+                ..Default::default()
+            }),
+            security_context: Some(restricted_container_security()),
+            ..Default::default()
+        });
+    }
+
+    let startup_period = 10;
+    let server = Container {
+        name: "server".to_owned(),
+        image: Some(s.image.clone().unwrap_or_else(|| cfg.default_image.clone())),
+        image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_owned()),
+        command: Some(vec!["llama-server".to_owned()]),
+        args: Some(server_args(ld)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        resources,
+        volume_mounts: Some(mounts),
+        startup_probe: Some(http_probe(
+            "/ready",
+            startup_period,
+            startup_budget_seconds(s) / startup_period,
+            5,
+        )),
+        readiness_probe: Some(http_probe("/ready", 5, 2, 3)),
+        liveness_probe: Some(http_probe("/health", 10, 3, 5)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRESTOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Default::default()
+    };
+
+    let mut tolerations = Vec::new();
+    if gpu {
+        tolerations.push(Toleration {
+            key: Some(gpu_name),
+            operator: Some("Exists".to_owned()),
+            effect: Some("NoSchedule".to_owned()),
+            ..Default::default()
+        });
+    }
+    tolerations.extend(s.tolerations.iter().cloned());
+
+    let pod = PodSpec {
+        containers: vec![server],
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
+        volumes: Some(volumes),
+        share_process_namespace,
+        node_selector: (!s.node_selector.is_empty()).then(|| s.node_selector.clone()),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity: s.affinity.clone(),
+        priority_class_name: s.priority_class_name.clone(),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(
+            i64::from(s.drain_timeout_seconds) + PRESTOP_SLEEP_SECONDS + GRACE_MARGIN_SECONDS,
+        ),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: meta(ld),
+        spec: Some(DeploymentSpec {
+            replicas: Some(s.replicas),
+            selector: selector(&name),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name)),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn service(ld: &LlamaDeployment) -> Service {
+    Service {
+        metadata: meta(ld),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(BTreeMap::from([(SELECTOR_LABEL.to_owned(), ld.name_any())])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                app_protocol: Some("http".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(ld: &LlamaDeployment) -> Option<PodDisruptionBudget> {
+    (ld.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(ld),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(&ld.name_any())),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

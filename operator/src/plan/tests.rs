@@ -1,0 +1,190 @@
+use super::*;
+use crate::crd::LlamaDeployment;
+
+/// A LlamaDeployment as the apiserver would hand it over (defaults applied, uid set).
+pub(crate) fn llama(name: &str, spec: serde_json::Value) -> LlamaDeployment {
+    let mut ld: LlamaDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "inference.llama-operator.dev/v1alpha1",
+        "kind": "LlamaDeployment",
+        "metadata": {"name": name, "namespace": "ml", "uid": "0000-1111", "generation": 1},
+        "spec": spec,
+    }))
+    .expect("valid LlamaDeployment");
+    ld.metadata.generation = Some(1);
+    ld
+}
+
+/// Compares `value` rendered as YAML with `src/testdata/<file>`; `UPDATE_GOLDEN=1` rewrites the file.
+fn assert_golden<T: serde::Serialize>(file: &str, value: &T) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/testdata")
+        .join(file);
+    let actual = serde_yaml::to_string(value).expect("yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{file} differs from the plan (UPDATE_GOLDEN=1 cargo test -p llama-operator to accept):\n{actual}"
+    );
+}
+
+fn smollm_cpu() -> LlamaDeployment {
+    llama(
+        "smollm2",
+        serde_json::json!({
+            "model": {"url": "https://huggingface.co/x/SmolLM2-135M-Instruct-Q8_0.gguf",
+                      "sha256": "a".repeat(64), "heads": 9, "kvHeads": 3, "layers": 30, "hiddenSize": 576,
+                      "sizeBytes": 144_810_368, "name": "smollm2-135m"},
+            "accelerator": "CPU",
+            "resources": {"cpu": "2", "memory": "1Gi"},
+            "apiKeySecretRef": {"name": "llama-key", "key": "token"},
+        }),
+    )
+}
+
+fn llama_tp2_gpu() -> LlamaDeployment {
+    llama(
+        "llama-8b",
+        serde_json::json!({
+            "model": {"pvc": {"claimName": "models", "path": "llama-3.1-8b/q4_k.gguf"},
+                      "parameters": 8_030_000_000_i64, "heads": 32, "kvHeads": 8, "layers": 32, "hiddenSize": 4096},
+            "quantization": "Q4_K", "tensorParallelSize": 2, "replicas": 2, "kvCacheMemory": "8Gi",
+            "resources": {"cpu": "8", "memory": "32Gi"},
+            "nodeSelector": {"nvidia.com/gpu.present": "true"},
+            "serverArgs": ["--log-format", "json"],
+        }),
+    )
+}
+
+#[test]
+fn cpu_smollm2_from_a_url_plans_a_fetching_init_container_and_no_gpus() {
+    let c = children(&smollm_cpu(), &PlanConfig::default());
+    assert_golden("smollm2-cpu-deployment.yaml", &c.deployment);
+    assert_golden("smollm2-cpu-service.yaml", &c.service);
+    assert!(c.pdb.is_none(), "one replica gets no PDB");
+}
+
+#[test]
+fn tensor_parallel_gpu_deployment_requests_tp_gpus_and_gets_a_pdb() {
+    let c = children(&llama_tp2_gpu(), &PlanConfig::default());
+    assert_golden("llama-8b-tp2-deployment.yaml", &c.deployment);
+    assert_golden("llama-8b-tp2-pdb.yaml", &c.pdb);
+    let pod = c
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    let limits = pod.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(
+        limits.get("nvidia.com/gpu"),
+        Some(&Quantity("2".to_owned()))
+    );
+}
+
+#[test]
+fn modelcar_source_runs_the_model_image_as_a_native_sidecar_sharing_the_process_namespace() {
+    let ld = llama(
+        "modelcar",
+        serde_json::json!({"model": {"image": "oci://registry.example/models/llama:q4", "file": "q4.gguf"}}),
+    );
+    let c = children(&ld, &PlanConfig::default());
+    assert_golden("modelcar-deployment.yaml", &c.deployment);
+    let pod = c
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(pod.share_process_namespace, Some(true));
+    let sidecar = &pod.init_containers.expect("sidecar")[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.example/models/llama:q4")
+    );
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+}
+
+#[test]
+fn server_args_follow_the_spec_and_end_with_extra_args() {
+    let args = server_args(&llama_tp2_gpu());
+    let joined = args.join(" ");
+    assert!(
+        joined
+            .starts_with("serve --model /models/llama-3.1-8b/q4_k.gguf --host 0.0.0.0 --port 8000"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("--served-model-name llama-8b --tensor-parallel-size 2"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("--kv-cache-memory 8589934592 --block-size 16"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("--drain-timeout 30 --threads 8"),
+        "{joined}"
+    );
+    assert!(joined.ends_with("--log-format json"), "{joined}");
+}
+
+#[test]
+fn grace_period_covers_prestop_and_the_drain_timeout() {
+    let mut ld = smollm_cpu();
+    ld.spec.drain_timeout_seconds = 120;
+    let c = children(&ld, &PlanConfig::default());
+    let pod = c
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(120 + PRESTOP_SLEEP_SECONDS + GRACE_MARGIN_SECONDS)
+    );
+}
+
+#[test]
+fn a_bigger_model_gets_a_longer_startup_budget() {
+    let small = startup_budget_seconds(&smollm_cpu().spec);
+    let mut big = llama_tp2_gpu().spec;
+    big.model.parameters = Some(70_000_000_000);
+    assert_eq!(small, 660);
+    assert!(
+        startup_budget_seconds(&big) > 1700,
+        "{}",
+        startup_budget_seconds(&big)
+    );
+}
+
+#[test]
+fn changing_the_spec_changes_the_pod_template_so_pods_roll() {
+    let before = children(&llama_tp2_gpu(), &PlanConfig::default()).deployment;
+    let mut ld = llama_tp2_gpu();
+    ld.spec.max_batch_size = 32;
+    let after = children(&ld, &PlanConfig::default()).deployment;
+    let tpl = |d: &Deployment| d.spec.as_ref().map(|s| s.template.clone());
+    assert_ne!(tpl(&before), tpl(&after));
+    let strategy = after
+        .spec
+        .and_then(|s| s.strategy)
+        .and_then(|s| s.rolling_update)
+        .expect("rolling");
+    assert_eq!(strategy.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(0)));
+}
+
+#[test]
+fn children_are_owned_by_the_llama_deployment_as_controller() {
+    let c = children(&smollm_cpu(), &PlanConfig::default());
+    let owners = c.service.metadata.owner_references.expect("owner");
+    assert_eq!(owners[0].kind, "LlamaDeployment");
+    assert_eq!(owners[0].controller, Some(true));
+    assert_eq!(owners[0].uid, "0000-1111");
+}

@@ -1,0 +1,306 @@
+//! Status derivation (pure): from what the controller observed to `LlamaDeploymentStatus`, with conditions
+//! whose `lastTransitionTime` only moves when their status changes.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{LlamaDeployment, LlamaDeploymentStatus};
+use crate::hardware::{Fit, HardwareError};
+use crate::plan::{endpoint, selector_string, served_model_name};
+
+pub const READY: &str = "Ready";
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+pub const VALIDATED: &str = "Validated";
+
+/// A pod-level failure worth surfacing on the LlamaDeployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodProblem {
+    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull` or `OOMKilled`.
+    pub reason: String,
+    pub pod: String,
+    pub message: String,
+}
+
+/// Finds the failures of the given pods, in a stable order (by pod name, then reason).
+pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let Some(status) = &pod.status else { continue };
+        for c in status.conditions.iter().flatten() {
+            if c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+            {
+                out.push(PodProblem {
+                    reason: "Unschedulable".to_owned(),
+                    pod: name.clone(),
+                    message: c.message.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for cs in containers {
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if let Some(w) = waiting {
+                let reason = w.reason.as_deref().unwrap_or_default();
+                if matches!(
+                    reason,
+                    "CrashLoopBackOff"
+                        | "ImagePullBackOff"
+                        | "ErrImagePull"
+                        | "CreateContainerConfigError"
+                ) {
+                    out.push(PodProblem {
+                        reason: reason.to_owned(),
+                        pod: name.clone(),
+                        message: format!(
+                            "container {}: {}",
+                            cs.name,
+                            w.message.clone().unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            let oom = [cs.state.as_ref(), cs.last_state.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.terminated.as_ref())
+                .any(|t| t.reason.as_deref() == Some("OOMKilled"));
+            if oom {
+                out.push(PodProblem {
+                    reason: "OOMKilled".to_owned(),
+                    pod: name.clone(),
+                    message: format!(
+                        "container {} was killed for exceeding its memory limit (restarts: {})",
+                        cs.name, cs.restart_count
+                    ),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.pod, &a.reason).cmp(&(&b.pod, &b.reason)));
+    out.dedup();
+    out
+}
+
+/// What the controller observed in one reconcile.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub validation: &'a Result<Fit, HardwareError>,
+    /// The Deployment as read back after applying (None when it does not exist).
+    pub deployment: Option<&'a Deployment>,
+    pub problems: &'a [PodProblem],
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Keeps the previous `lastTransitionTime` of each condition whose status did not change.
+pub fn merge_conditions(previous: &[Condition], mut next: Vec<Condition>) -> Vec<Condition> {
+    for c in &mut next {
+        if let Some(p) = previous.iter().find(|p| p.type_ == c.type_)
+            && p.status == c.status
+        {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+    }
+    next
+}
+
+/// Conditions whose status or reason differ from before (including new ones): the events to publish.
+pub fn transitions<'a>(previous: &[Condition], next: &'a [Condition]) -> Vec<&'a Condition> {
+    next.iter()
+        .filter(|c| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason)
+        })
+        .collect()
+}
+
+/// Derives the full status.
+pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDeploymentStatus {
+    let generation = ld.metadata.generation;
+    let desired = ld.spec.replicas;
+    let previous = ld.status.clone().unwrap_or_default();
+    let ds = obs
+        .deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let dep_current = obs.deployment.is_some_and(|d| {
+        d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation
+            && d.spec.as_ref().and_then(|s| s.replicas) == Some(desired)
+    });
+    let replicas = ds.replicas.unwrap_or(0);
+    let ready = ds.ready_replicas.unwrap_or(0);
+    let updated = ds.updated_replicas.unwrap_or(0);
+    let available = ds.available_replicas.unwrap_or(0);
+    let progress = format!("{ready}/{desired} replicas ready, {updated}/{desired} updated");
+    let rolled_out = dep_current && ready >= desired && updated >= desired && replicas == desired;
+    let first_problem = obs.problems.first();
+
+    let validated = match obs.validation {
+        Ok(fit) => condition(
+            VALIDATED,
+            true,
+            "HardwareFits",
+            fit.message.clone(),
+            generation,
+            now,
+        ),
+        Err(e) => condition(VALIDATED, false, e.reason(), e.to_string(), generation, now),
+    };
+    let degraded = match first_problem {
+        Some(p) => condition(
+            DEGRADED,
+            true,
+            &p.reason,
+            format!(
+                "pod {}: {} ({} problem(s) in total)",
+                p.pod,
+                p.message,
+                obs.problems.len()
+            ),
+            generation,
+            now,
+        ),
+        None => condition(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "no pod-level failures".to_owned(),
+            generation,
+            now,
+        ),
+    };
+    let available_c = if available >= 1 {
+        condition(
+            AVAILABLE,
+            true,
+            "MinimumReplicasAvailable",
+            format!("{available} replica(s) available"),
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            AVAILABLE,
+            false,
+            "NoReplicasAvailable",
+            "no replica is available".to_owned(),
+            generation,
+            now,
+        )
+    };
+    let progressing = match obs.validation {
+        Err(_) => condition(
+            PROGRESSING,
+            false,
+            "ValidationFailed",
+            "spec not applied: see Validated".to_owned(),
+            generation,
+            now,
+        ),
+        Ok(_) if rolled_out => condition(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            progress.clone(),
+            generation,
+            now,
+        ),
+        Ok(_) => condition(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            progress.clone(),
+            generation,
+            now,
+        ),
+    };
+    let ready_c = match (obs.validation, first_problem) {
+        (Err(e), _) => condition(READY, false, e.reason(), e.to_string(), generation, now),
+        (Ok(_), _) if desired == 0 && rolled_out => condition(
+            READY,
+            true,
+            "ScaledToZero",
+            "scaled to zero replicas".to_owned(),
+            generation,
+            now,
+        ),
+        (Ok(_), _) if rolled_out => condition(
+            READY,
+            true,
+            "AllReplicasReady",
+            progress.clone(),
+            generation,
+            now,
+        ),
+        (Ok(_), Some(p)) => condition(
+            READY,
+            false,
+            &p.reason,
+            format!("{progress}; pod {}: {}", p.pod, p.message),
+            generation,
+            now,
+        ),
+        (Ok(_), None) => condition(
+            READY,
+            false,
+            "ReplicasNotReady",
+            progress.clone(),
+            generation,
+            now,
+        ),
+    };
+
+    let conditions = merge_conditions(
+        &previous.conditions,
+        vec![ready_c, available_c, progressing, degraded, validated],
+    );
+    LlamaDeploymentStatus {
+        observed_generation: generation,
+        replicas,
+        ready_replicas: ready,
+        updated_replicas: updated,
+        ready_of_desired: Some(format!("{ready}/{desired}")),
+        selector: Some(selector_string(&ld.name_any())),
+        model: Some(served_model_name(ld)),
+        endpoint: Some(endpoint(ld)),
+        queue_depth: previous.queue_depth,
+        kv_cache_usage: previous.kv_cache_usage,
+        conditions,
+    }
+}
+
+/// The condition of a type, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests;

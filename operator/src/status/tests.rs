@@ -1,0 +1,303 @@
+use super::*;
+use crate::hardware::{Fit, HardwareError};
+use crate::plan::tests::llama;
+use k8s_openapi::jiff::Timestamp;
+
+fn at(secs: i64) -> Time {
+    Time(Timestamp::from_second(1_800_000_000 + secs).expect("valid time"))
+}
+
+fn deployment(generation: i64, replicas: i32, ready: i32, updated: i32) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "d", "generation": generation},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}},
+        "status": {"observedGeneration": generation, "replicas": replicas, "readyReplicas": ready,
+                   "availableReplicas": ready, "updatedReplicas": updated}
+    }))
+    .expect("deployment")
+}
+
+fn two_replicas() -> crate::crd::LlamaDeployment {
+    llama(
+        "m",
+        serde_json::json!({"model": {"url": "https://x/m.gguf"}, "replicas": 2}),
+    )
+}
+
+fn fit() -> Result<Fit, HardwareError> {
+    Ok(Fit {
+        message: "fits".to_owned(),
+    })
+}
+
+fn status_of(c: &[Condition], t: &str) -> (String, String) {
+    let c = find(c, t).expect("condition present");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn all_replicas_ready_makes_the_deployment_ready_and_available() {
+    let d = deployment(1, 2, 2, 2);
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+        },
+        &at(0),
+    );
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("True".into(), "AllReplicasReady".into())
+    );
+    assert_eq!(
+        status_of(&s.conditions, AVAILABLE),
+        ("True".into(), "MinimumReplicasAvailable".into())
+    );
+    assert_eq!(
+        status_of(&s.conditions, PROGRESSING),
+        ("False".into(), "RolloutComplete".into())
+    );
+    assert_eq!(s.ready_of_desired.as_deref(), Some("2/2"));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("inference.llama-operator.dev/deployment=m")
+    );
+    assert_eq!(s.endpoint.as_deref(), Some("http://m.ml.svc:8000/v1"));
+}
+
+#[test]
+fn a_rollout_in_flight_is_progressing_and_not_ready() {
+    let d = deployment(1, 2, 1, 1);
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+        },
+        &at(0),
+    );
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("False".into(), "ReplicasNotReady".into())
+    );
+    assert_eq!(
+        status_of(&s.conditions, PROGRESSING),
+        ("True".into(), "RollingOut".into())
+    );
+    assert_eq!(
+        find(&s.conditions, READY).map(|c| c.message.as_str()),
+        Some("1/2 replicas ready, 1/2 updated")
+    );
+}
+
+#[test]
+fn failed_validation_is_not_ready_with_the_reason_and_arithmetic() {
+    let err = Err(HardwareError::TensorParallelMismatch(
+        "tensorParallelSize 2 does not divide model.heads 9 (9 % 2 = 1)".into(),
+    ));
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &err,
+            deployment: None,
+            problems: &[],
+        },
+        &at(0),
+    );
+    let ready = find(&s.conditions, READY).expect("ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TensorParallelMismatch")
+    );
+    assert!(ready.message.contains("9 % 2 = 1"));
+    assert_eq!(
+        status_of(&s.conditions, VALIDATED),
+        ("False".into(), "TensorParallelMismatch".into())
+    );
+}
+
+#[test]
+fn last_transition_time_moves_only_when_the_status_changes() {
+    let mut ld = two_replicas();
+    let rolling = deployment(1, 2, 1, 1);
+    let first = derive(
+        &ld,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&rolling),
+            problems: &[],
+        },
+        &at(0),
+    );
+    ld.status = Some(first.clone());
+    let again = derive(
+        &ld,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&rolling),
+            problems: &[],
+        },
+        &at(60),
+    );
+    assert_eq!(
+        again, first,
+        "nothing changed, so nothing moves (and no status patch is needed)"
+    );
+    ld.status = Some(again);
+    let done = deployment(1, 2, 2, 2);
+    let later = derive(
+        &ld,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&done),
+            problems: &[],
+        },
+        &at(120),
+    );
+    assert_eq!(
+        find(&later.conditions, READY).map(|c| c.last_transition_time.clone()),
+        Some(at(120))
+    );
+    assert_eq!(
+        find(&later.conditions, VALIDATED).map(|c| c.last_transition_time.clone()),
+        Some(at(0))
+    );
+    let changed: Vec<&str> = transitions(&first.conditions, &later.conditions)
+        .iter()
+        .map(|c| c.type_.as_str())
+        .collect();
+    assert_eq!(changed, vec![READY, PROGRESSING]);
+}
+
+#[test]
+fn pod_failures_surface_as_degraded_and_explain_not_ready() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m-abc"},
+        "status": {"containerStatuses": [{
+            "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+        }]}
+    }))
+    .expect("pod");
+    let problems = pod_problems(&[pod]);
+    assert_eq!(
+        problems
+            .iter()
+            .map(|p| p.reason.as_str())
+            .collect::<Vec<_>>(),
+        vec!["CrashLoopBackOff", "OOMKilled"]
+    );
+    let d = deployment(1, 2, 1, 2);
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &problems,
+        },
+        &at(0),
+    );
+    assert_eq!(
+        status_of(&s.conditions, DEGRADED),
+        ("True".into(), "CrashLoopBackOff".into())
+    );
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("False".into(), "CrashLoopBackOff".into())
+    );
+}
+
+#[test]
+fn unschedulable_pods_are_reported_with_the_scheduler_message() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m-xyz"},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                   "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}
+    }))
+    .expect("pod");
+    let problems = pod_problems(&[pod]);
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].reason, "Unschedulable");
+    assert!(problems[0].message.contains("Insufficient nvidia.com/gpu"));
+}
+
+#[test]
+fn zero_replicas_is_ready_as_scaled_to_zero() {
+    let mut ld = two_replicas();
+    ld.spec.replicas = 0;
+    let d = deployment(1, 0, 0, 0);
+    let s = derive(
+        &ld,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+        },
+        &at(0),
+    );
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("True".into(), "ScaledToZero".into())
+    );
+}
+
+#[test]
+fn a_deployment_not_yet_observed_by_its_controller_is_not_ready() {
+    let mut d = deployment(1, 2, 2, 2);
+    d.metadata.generation = Some(2);
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+        },
+        &at(0),
+    );
+    assert_eq!(status_of(&s.conditions, READY).0, "False");
+}
+
+#[test]
+fn autoscaler_fields_survive_a_status_derivation() {
+    let mut ld = two_replicas();
+    ld.status = Some(LlamaDeploymentStatus {
+        queue_depth: Some(3.5),
+        kv_cache_usage: Some(42.0),
+        ..Default::default()
+    });
+    let s = derive(
+        &ld,
+        &Observed {
+            validation: &fit(),
+            deployment: None,
+            problems: &[],
+        },
+        &at(0),
+    );
+    assert_eq!((s.queue_depth, s.kv_cache_usage), (Some(3.5), Some(42.0)));
+}
+
+#[test]
+fn status_golden() {
+    let d = deployment(1, 2, 2, 2);
+    let s = derive(
+        &two_replicas(),
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+        },
+        &at(0),
+    );
+    let actual = serde_yaml::to_string(&s).expect("yaml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/status-ready.yaml");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).expect("write");
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), actual);
+}

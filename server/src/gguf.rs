@@ -96,7 +96,6 @@ impl<R: Read + Seek> GgufFile<R> {
     pub fn from_reader(mut reader: R) -> Result<Self, GgufError> {
         let file_size = reader
             .seek(std::io::SeekFrom::End(0))
-            .and_then(|_| reader.stream_position())
             .map_err(|e| GgufError::Header(e.to_string()))?;
         reader
             .seek(std::io::SeekFrom::Start(0))
@@ -114,8 +113,8 @@ impl<R: Read + Seek> GgufFile<R> {
         Ok(file)
     }
 
-    /// Every tensor's shape must have a representable element count divisible by its block size, and
-    /// its bytes must lie inside the file.
+    /// Every tensor's shape must have a positive, representable element count divisible by its block size,
+    /// and its bytes must lie inside the file.
     fn check_tensor_directory(&self) -> Result<(), GgufError> {
         for (name, info) in &self.content.tensor_infos {
             let bad = |detail: String| GgufError::BadTensor {
@@ -128,8 +127,12 @@ impl<R: Read + Seek> GgufFile<R> {
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| bad(format!("shape {:?} overflows", info.shape.dims())))?;
+            if elems == 0 {
+                // candle would build a typed slice from an empty (dangling, unaligned) buffer
+                return Err(bad("has no elements".into()));
+            }
             let block = info.ggml_dtype.block_size();
-            if elems % block != 0 {
+            if !elems.is_multiple_of(block) {
                 return Err(bad(format!(
                     "{elems} elements not divisible by block size {block}"
                 )));

@@ -2,3 +2,10 @@
 //! OpenAI-compatible HTTP API.
 
 pub mod batch;
+pub mod chat;
+pub mod cli;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;

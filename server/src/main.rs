@@ -1,4 +1,42 @@
-fn main() {
-    eprintln!("llama-server: not built yet (see issues 3 and 4)");
-    std::process::exit(2);
+//! `llama-server`: subcommands `generate` and `bench` (engine) — the serving side adds `serve` here as
+//! `Serve(llama_server::serve::ServeArgs)` with its own dispatch arm.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use llama_server::cli;
+
+#[derive(Debug, Parser)]
+#[command(name = "llama-server", version, about = "GGUF Llama inference server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Generate a completion for one prompt and print it.
+    Generate(cli::GenerateArgs),
+    /// Measure prefill and decode speed.
+    Bench(cli::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match &args.command {
+        Commands::Generate(g) => {
+            if let Some(code) = cli::apply_threads(g.model.threads) {
+                return code;
+            }
+            cli::run_generate(g)
+        }
+        Commands::Bench(b) => cli::run_bench(b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llama-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

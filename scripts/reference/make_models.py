@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Generates test models (idempotent; existing files are kept) into a directory, default
+$LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
+
+  smollm2-<type>.gguf   re-encodings of SmolLM2-135M-Instruct.Q4_1.gguf as F16, BF16, Q8_0, Q4_0
+                        (norms stay F32; each tensor is dequantized from Q4_1 and re-quantized)
+  tiny-<type>.gguf      tiny random Llamas (2 layers, dim 256, 4 heads / 2 KV heads, ffn 512, vocab 320,
+                        untied output) with every matrix of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
+                        Q5_K or Q6_K (K-quants are random blocks: `gguf` cannot quantize to them)
+  tiny-f32-tied.gguf    as tiny-f32 but with the LM head tied to the embedding
+
+Usage: make_models.py [--dir DIR] [--only smollm2|tiny] ; prints the directory.
+Needs numpy and gguf (scripts/requirements.txt).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q, GGUFReader, GGUFValueType, GGUFWriter
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_TYPES = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+TINY_TYPES = {
+    "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
+    "q4_k": Q.Q4_K, "q5_k": Q.Q5_K, "q6_k": Q.Q6_K,
+}
+TINY = dict(vocab=320, dim=256, layers=2, heads=4, kv_heads=2, ffn=512, ctx=256)
+
+
+def write_atomic(path, fill):
+    tmp = path + ".part"
+    w = GGUFWriter(tmp, arch="llama")
+    fill(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+
+
+def requantize_smollm2(src, dst, qtype):
+    r = GGUFReader(src)
+
+    def fill(w):
+        for name, field in r.fields.items():
+            if name.startswith("GGUF.") or name == "general.architecture":
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        for t in r.tensors:
+            data = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            if data.ndim == 1:
+                w.add_tensor(t.name, data)
+            else:
+                w.add_tensor(t.name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+    write_atomic(dst, fill)
+
+
+def random_kquant(rng, rows, cols, qtype, std):
+    """Random K-quant blocks rescaled (through their f16 super-block scales) to roughly `std`."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    nb = rows * cols // block
+    raw = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
+    # byte offsets of the f16 scale fields: Q4_K/Q5_K start with d, dmin; Q6_K ends with d
+    fields = [0, 2] if qtype in (Q.Q4_K, Q.Q5_K) else [size - 2]
+    for off in fields:
+        raw[:, off:off + 2] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+    probe = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
+    scale = std / max(float(probe.std()), 1e-12)
+    for i, off in enumerate(fields):
+        # vary the scales a little per block so they matter
+        d = (scale * rng.uniform(0.5, 1.5, size=nb)).astype(np.float16)
+        raw[:, off:off + 2] = d.view(np.uint8).reshape(nb, 2)
+    return raw.reshape(rows, -1)
+
+
+def tiny_model(dst, qtype, tied=False, seed=0):
+    c = TINY
+    rng = np.random.default_rng(seed)
+    head_dim = c["dim"] // c["heads"]
+
+    def mat(rows, cols, std):
+        if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+            return random_kquant(rng, rows, cols, qtype, std)
+        data = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        return gguf.quants.quantize(data, qtype) if qtype != Q.F32 else data
+
+    def fill(w):
+        w.add_name("tiny-random-llama")
+        w.add_block_count(c["layers"])
+        w.add_context_length(c["ctx"])
+        w.add_embedding_length(c["dim"])
+        w.add_feed_forward_length(c["ffn"])
+        w.add_head_count(c["heads"])
+        w.add_head_count_kv(c["kv_heads"])
+        w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+
+        def add(name, arr):
+            if arr.dtype == np.float32 or arr.ndim == 1:
+                w.add_tensor(name, arr)
+            else:
+                w.add_tensor(name, arr, raw_dtype=qtype)
+
+        dim, ffn, kv = c["dim"], c["ffn"], c["kv_heads"] * head_dim
+        add("token_embd.weight", mat(c["vocab"], dim, 1.0))
+        for i in range(c["layers"]):
+            p = f"blk.{i}."
+            add(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+            add(p + "attn_q.weight", mat(dim, dim, dim ** -0.5))
+            add(p + "attn_k.weight", mat(kv, dim, dim ** -0.5))
+            add(p + "attn_v.weight", mat(kv, dim, dim ** -0.5))
+            add(p + "attn_output.weight", mat(dim, dim, dim ** -0.5))
+            add(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+            add(p + "ffn_gate.weight", mat(ffn, dim, dim ** -0.5))
+            add(p + "ffn_up.weight", mat(ffn, dim, dim ** -0.5))
+            add(p + "ffn_down.weight", mat(dim, ffn, ffn ** -0.5))
+        add("output_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+        if not tied:
+            add("output.weight", mat(c["vocab"], dim, dim ** -0.5))
+
+    write_atomic(dst, fill)
+
+
+def main():
+    cache = os.environ.get("LLAMA_OP_CACHE", os.path.expanduser("~/.cache/llama-operator"))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default=os.path.join(cache, "models"))
+    ap.add_argument("--only", choices=["smollm2", "tiny"])
+    a = ap.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    if a.only in (None, "tiny"):
+        for name, q in TINY_TYPES.items():
+            path = os.path.join(a.dir, f"tiny-{name}.gguf")
+            if not os.path.exists(path):
+                tiny_model(path, q)
+        path = os.path.join(a.dir, "tiny-f32-tied.gguf")
+        if not os.path.exists(path):
+            tiny_model(path, Q.F32, tied=True)
+    if a.only in (None, "smollm2"):
+        src = os.path.join(a.dir, SMOL)
+        for name, q in SMOL_TYPES.items():
+            path = os.path.join(a.dir, f"smollm2-{name}.gguf")
+            if not os.path.exists(path):
+                if not os.path.exists(src):
+                    sys.exit(f"missing {src}: run scripts/fetch-model.sh")
+                print(f"==> writing {path}", file=sys.stderr)
+                requantize_smollm2(src, path, q)
+    print(a.dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+//! Command-line subcommands owned by the engine: `generate` and `bench` (the serving side adds `serve`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::Device;
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvDType;
+use crate::model::generate::generate;
+use crate::model::{LoadOptions, Model};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// File name of the default model.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$LLAMA_OP_CACHE` or `~/.cache/llama-operator`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LLAMA_OP_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".cache/llama-operator")
+}
+
+/// The model path to use: `explicit`, else the cached default model, fetched (with a progress line on
+/// stderr) by `scripts/fetch-model.sh` when missing.
+pub fn resolve_model(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let path = cache_dir().join("models").join(DEFAULT_MODEL_FILE);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
+    eprintln!(
+        "llama-server: default model not found at {}; fetching it with {}",
+        path.display(),
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("fetching the default model failed; pass --model PATH");
+    }
+    let fetched = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Ok(fetched)
+}
+
+/// Compute threads. candle and rayon read `RAYON_NUM_THREADS` from the environment, so a process that
+/// was asked for a different count re-runs itself with the variable set (no in-process `set_var`).
+/// Returns the child's exit code when it re-ran, `None` when this process should carry on.
+pub fn apply_threads(threads: Option<usize>) -> Option<ExitCode> {
+    let n = threads?;
+    let current = std::env::var("RAYON_NUM_THREADS").ok();
+    if current.as_deref() == Some(n.to_string().as_str()) {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let status = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("RAYON_NUM_THREADS", n.to_string())
+        .status()
+        .ok()?;
+    Some(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
+/// Options shared by commands that load a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// GGUF model file (default: the cached SmolLM2-135M-Instruct Q4_1, fetched on first use).
+    #[arg(long, env = "LLAMA_OP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// KV cache element type: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_dtype: KvDType,
+    /// Keep Q4_1 weights as Q4_1 (slow scalar kernel) instead of re-encoding them as Q8_0 at load.
+    #[arg(long)]
+    pub no_repack_q4_1: bool,
+}
+
+impl ModelArgs {
+    /// Load options from the flags.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            repack_q4_1: !self.no_repack_q4_1,
+        }
+    }
+}
+
+/// `llama-server generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt (raw text, or the user message with --chat).
+    #[arg(long)]
+    pub prompt: String,
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Min-p (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Jinja chat template file overriding the model's.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+}
+
+/// Runs `generate`: the generated text goes to stdout, timings to stderr.
+pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let path = resolve_model(args.model.model.as_deref())?;
+    let t0 = Instant::now();
+    let file = GgufFile::open(&path)?;
+    let tok = Tokenizer::from_gguf(&file)?;
+    let prompt = if args.chat {
+        let tmpl = match &args.chat_template {
+            Some(p) => ChatTemplate::from_file(p, &file)?,
+            None => ChatTemplate::from_gguf(&file)?,
+        };
+        tmpl.render(&[ChatMessage::new("user", args.prompt.clone())], true)?
+    } else {
+        args.prompt.clone()
+    };
+    drop(file);
+    let model = Model::load(&path, &Device::Cpu, args.model.load_options())?;
+    eprintln!(
+        "loaded {} in {:.2}s ({} layers, {})",
+        path.display(),
+        t0.elapsed().as_secs_f64(),
+        model.config().n_layers,
+        model.weight_kinds()
+    );
+    let ids = tok.encode(&prompt, true, args.chat)?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    let mut sampler = Sampler::new(params);
+    let mut detok = IncrementalDecoder::new(true);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut err: Option<anyhow::Error> = None;
+    let stats = generate(
+        &model,
+        &ids,
+        args.max_tokens,
+        &mut sampler,
+        tok.eos_token_ids(),
+        args.model.kv_dtype,
+        |s, _| {
+            if tok.eos_token_ids().contains(&s.token) {
+                return false;
+            }
+            match detok.push(&tok, s.token) {
+                Ok(text) => {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                    true
+                }
+                Err(e) => {
+                    err = Some(e.into());
+                    false
+                }
+            }
+        },
+    )?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let rest = detok.flush(&tok)?;
+    out.write_all(rest.as_bytes())?;
+    writeln!(out)?;
+    eprintln!(
+        "prompt {} tokens: {:.1} tok/s; generated {} tokens: {:.1} tok/s ({} threads)",
+        stats.prompt_tokens,
+        stats.prefill_tok_s(),
+        stats.generated_tokens,
+        stats.decode_tok_s(),
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}
+
+/// `llama-server bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// GGUF model files (default: the cached SmolLM2 Q4_1).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// Thread counts to measure, e.g. `1,2`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Repetitions (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
+    /// Keep Q4_1 weights as Q4_1 instead of re-encoding them as Q8_0.
+    #[arg(long)]
+    pub no_repack_q4_1: bool,
+    /// Internal: measure one model in this process (the parent sets the threads).
+    #[arg(long, hide = true)]
+    pub single: bool,
+}
+
+/// Runs `bench`: one child process per (model, threads), a table on stdout.
+pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let models = if args.models.is_empty() {
+        vec![resolve_model(None)?]
+    } else {
+        args.models.clone()
+    };
+    if args.single {
+        let path = models.first().context("no model")?;
+        return bench_one(path, args);
+    }
+    println!(
+        "| model | weights | threads | prefill tok/s ({} tok) | decode tok/s ({} tok) |",
+        args.prompt_tokens, args.gen_tokens
+    );
+    println!("|---|---|---|---|---|");
+    let exe = std::env::current_exe()?;
+    for m in &models {
+        for &t in &args.threads {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("bench")
+                .arg("--single")
+                .arg("--models")
+                .arg(m)
+                .arg("--prompt-tokens")
+                .arg(args.prompt_tokens.to_string())
+                .arg("--gen-tokens")
+                .arg(args.gen_tokens.to_string())
+                .arg("--repeat")
+                .arg(args.repeat.to_string())
+                .env("RAYON_NUM_THREADS", t.to_string());
+            if args.no_repack_q4_1 {
+                cmd.arg("--no-repack-q4-1");
+            }
+            let out = cmd.output()?;
+            let line = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+                bail!("bench of {} failed", m.display());
+            }
+            print!("{line}");
+        }
+    }
+    Ok(())
+}
+
+fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let opts = LoadOptions {
+        repack_q4_1: !args.no_repack_q4_1,
+    };
+    let model = Model::load(path, &Device::Cpu, opts)?;
+    let vocab = model.config().vocab_size as u32;
+    // a deterministic, non-degenerate prompt
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab.min(30_000))
+        .collect();
+    let (mut best_p, mut best_d) = (0f64, 0f64);
+    for _ in 0..args.repeat.max(1) {
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        let stats = generate(
+            &model,
+            &prompt,
+            args.gen_tokens,
+            &mut sampler,
+            &[],
+            KvDType::F16,
+            |_, _| true,
+        )?;
+        best_p = best_p.max(stats.prefill_tok_s());
+        best_d = best_d.max(stats.decode_tok_s());
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!(
+        "| {name} | {} | {} | {best_p:.1} | {best_d:.1} |",
+        model.weight_kinds(),
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}

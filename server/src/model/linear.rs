@@ -1,0 +1,148 @@
+//! Linear layers over dense or quantized weights.
+//!
+//! A [`Linear`] computes `x · Wᵀ` for `x: [tokens, in]` and a weight stored `[out, in]` (GGUF `ne = [in, out]`).
+//! Weights that share an input (Q/K/V, gate/up) are fused into one matrix at load by stacking rows
+//! ([`Linear::fused`]); for quantized weights of one type that is a byte concatenation, because GGUF blocks run
+//! along a row.
+//!
+//! Tensor parallelism slots in as more variants (column-parallel: split the rows; row-parallel: split the
+//! columns and all-reduce) without touching the model's `forward`.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+/// Options applied while turning GGUF tensors into layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Re-encode Q4_1 weights as Q8_0 at load. candle-core's Q4_1 CPU matmul is scalar (≈20× slower than
+    /// its Q8_0 one); Q8_0 represents every Q4_1 value to within 1/254 of the block's absolute maximum.
+    pub repack_q4_1: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { repack_q4_1: true }
+    }
+}
+
+/// A weight matrix `[out, in]` and how it is multiplied.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// A dense f32 matrix (F32/F16/BF16 GGUF tensors are widened at load).
+    Dense(Tensor),
+    /// A block-quantized matrix, multiplied by candle's quantized kernels.
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    /// A layer from one GGUF tensor, moved to `device`.
+    pub fn new(w: QTensor, device: &Device, opts: LoadOptions) -> Result<Self> {
+        Self::fused(vec![w], device, opts)
+    }
+
+    /// One layer whose output is the concatenation of the outputs of `parts` (all with the same `in`).
+    /// Same-type quantized parts are stacked as raw blocks; mixed types are widened to a dense matrix.
+    pub fn fused(parts: Vec<QTensor>, device: &Device, opts: LoadOptions) -> Result<Self> {
+        let parts = parts
+            .into_iter()
+            .map(|p| repack(p, opts))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = parts.first() else {
+            candle_core::bail!("no weights to fuse");
+        };
+        let dtype = first.dtype();
+        let (_, cols) = first.shape().dims2()?;
+        let mut rows = 0;
+        for p in &parts {
+            let (r, c) = p.shape().dims2()?;
+            if c != cols {
+                candle_core::bail!("cannot fuse weights with {c} and {cols} input columns");
+            }
+            rows += r;
+        }
+        let same_type = parts.iter().all(|p| p.dtype() == dtype);
+        let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if same_type && !dense {
+            if parts.len() == 1 && device.is_cpu() {
+                let only = parts
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| candle_core::Error::msg("no weights to fuse"))?;
+                return Ok(Self::Quantized(QMatMul::from_qtensor(only)?));
+            }
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            let storage = QStorage::from_data(Cow::Owned(data), device, dtype)?;
+            let q = QTensor::new(storage, (rows, cols))?;
+            return Ok(Self::Quantized(QMatMul::from_qtensor(q)?));
+        }
+        let dense = parts
+            .iter()
+            .map(|p| p.dequantize(&Device::Cpu))
+            .collect::<Result<Vec<_>>>()?;
+        let w = Tensor::cat(&dense, 0)?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        Ok(Self::Dense(w))
+    }
+
+    /// `x: [tokens, in]` → `[tokens, out]` (f32).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => x.matmul(&w.t()?),
+            Self::Quantized(q) => q.forward(x),
+        }
+    }
+
+    /// Output features (rows of the weight).
+    pub fn out_features(&self) -> Result<usize> {
+        match self {
+            Self::Dense(w) => w.dim(0),
+            Self::Quantized(QMatMul::QTensor(q)) => q.shape().dims2().map(|(r, _)| r),
+            Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
+        }
+    }
+
+    /// A short description of the weight type (for load logs and benchmarks).
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Dense(_) => "dense f32".into(),
+            Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
+            Self::Quantized(_) => "dequantized".into(),
+        }
+    }
+}
+
+fn repack(w: QTensor, opts: LoadOptions) -> Result<QTensor> {
+    if opts.repack_q4_1 && w.dtype() == GgmlDType::Q4_1 {
+        let dense = w.dequantize(&Device::Cpu)?;
+        return QTensor::quantize(&dense, GgmlDType::Q8_0);
+    }
+    Ok(w)
+}
+
+/// Dequantizes selected rows of a `[rows, cols]` GGUF matrix (an embedding lookup that never widens the
+/// whole table).
+pub fn gather_rows(w: &QTensor, ids: &[u32], device: &Device) -> Result<Tensor> {
+    let (rows, cols) = w.shape().dims2()?;
+    let dtype = w.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = w.data()?;
+    let mut picked = Vec::with_capacity(ids.len() * row_bytes);
+    for &id in ids {
+        let id = id as usize;
+        if id >= rows {
+            candle_core::bail!("token id {id} is outside the vocabulary ({rows})");
+        }
+        picked.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
+    }
+    let storage = QStorage::from_data(Cow::Owned(picked), &Device::Cpu, dtype)?;
+    QTensor::new(storage, (ids.len(), cols))?
+        .dequantize(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .to_device(device)
+}

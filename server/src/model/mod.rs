@@ -1,0 +1,412 @@
+//! The Llama forward pass on candle-core over a flat, unpadded batch and the paged KV cache.
+//!
+//! Names follow the GGUF tensor names (`blk.N.attn_q.weight`, …). Each layer is a struct with `load` and
+//! `forward`; quantization lives in [`Linear`], so `forward` never asks what the weights are.
+
+mod config;
+pub mod generate;
+mod linear;
+
+use std::io::{Read, Seek};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Result, Tensor};
+
+pub use config::{ModelConfig, RopeStyle};
+pub use linear::{Linear, LoadOptions, gather_rows};
+
+use crate::batch::BatchInput;
+use crate::gguf::{GgufError, GgufFile};
+use crate::kv_cache::KvCache;
+
+/// Errors from loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("building layer from `{name}`: {source}")]
+    Build {
+        name: String,
+        source: candle_core::Error,
+    },
+    #[error("tensor `{name}` has shape {got:?}, expected {want:?}")]
+    Shape {
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
+}
+
+struct Loader<'a, R> {
+    file: &'a mut GgufFile<R>,
+    device: &'a Device,
+    opts: LoadOptions,
+}
+
+impl<R: Read + Seek> Loader<'_, R> {
+    fn raw(&mut self, name: &str, want: &[usize]) -> std::result::Result<QTensor, LoadError> {
+        let t = self.file.tensor(name)?;
+        if t.shape().dims() != want {
+            return Err(LoadError::Shape {
+                name: name.into(),
+                got: t.shape().dims().to_vec(),
+                want: want.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn linear(
+        &mut self,
+        names: &[(&str, usize)],
+        cols: usize,
+    ) -> std::result::Result<Linear, LoadError> {
+        let mut parts = Vec::with_capacity(names.len());
+        for &(name, rows) in names {
+            parts.push(self.raw(name, &[rows, cols])?);
+        }
+        Linear::fused(parts, self.device, self.opts).map_err(|source| LoadError::Build {
+            name: names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join("+"),
+            source,
+        })
+    }
+
+    fn norm(&mut self, name: &str, dim: usize) -> std::result::Result<RmsNorm, LoadError> {
+        let t = self.raw(name, &[dim])?;
+        let weight = t
+            .dequantize(&Device::Cpu)
+            .and_then(|w| w.to_dtype(DType::F32))
+            .and_then(|w| w.to_device(self.device))
+            .map_err(|source| LoadError::Build {
+                name: name.into(),
+                source,
+            })?;
+        Ok(RmsNorm { weight })
+    }
+}
+
+/// RMSNorm with a learned scale.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, eps as f32)
+    }
+}
+
+/// Precomputed RoPE tables for every position up to the context length.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| (cfg.rope_theta.powf(-2.0 * i as f64 / cfg.head_dim as f64)) as f32)
+            .collect();
+        let n = cfg.max_context;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, half), device)?,
+            sin: Tensor::from_vec(sin, (n, half), device)?,
+            style: cfg.rope_style,
+        })
+    }
+
+    /// `x: [tokens, heads, head_dim]` rotated by each token's position (`positions: [tokens]` u32).
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (tokens, heads, head_dim) = x.dims3()?;
+        // one "batch" entry per token, each with its own cos/sin row: no transposes, any positions
+        let x = x.reshape((tokens, heads, 1, head_dim))?.contiguous()?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+            RopeStyle::NeoX => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+        };
+        y.reshape((tokens, heads, head_dim))
+    }
+
+    fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let tokens = positions.dim(0)?;
+        let half = self.cos.dim(1)?;
+        let cos = self
+            .cos
+            .index_select(positions, 0)?
+            .reshape((tokens, 1, half))?;
+        let sin = self
+            .sin
+            .index_select(positions, 0)?
+            .reshape((tokens, 1, half))?;
+        Ok((cos, sin))
+    }
+}
+
+/// Self-attention with fused Q/K/V.
+#[derive(Debug, Clone)]
+struct Attention {
+    attn_qkv: Linear,
+    attn_output: Linear,
+}
+
+/// SwiGLU MLP with fused gate/up.
+#[derive(Debug, Clone)]
+struct Mlp {
+    ffn_gate_up: Linear,
+    ffn_down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate_up = self.ffn_gate_up.forward(x)?;
+        let (_tokens, width) = gate_up.dims2()?;
+        let hidden = width / 2;
+        let gate = gate_up.narrow(1, 0, hidden)?;
+        let up = gate_up.narrow(1, hidden, hidden)?;
+        self.ffn_down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load<R: Read + Seek>(
+        l: &mut Loader<'_, R>,
+        cfg: &ModelConfig,
+        i: usize,
+    ) -> std::result::Result<Self, LoadError> {
+        let e = cfg.embedding_length;
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let (q, k, v) = (n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight"));
+        let (gate, up) = (n("ffn_gate.weight"), n("ffn_up.weight"));
+        Ok(Self {
+            attn_norm: l.norm(&n("attn_norm.weight"), e)?,
+            attn: Attention {
+                attn_qkv: l.linear(
+                    &[
+                        (q.as_str(), cfg.q_dim()),
+                        (k.as_str(), cfg.kv_dim()),
+                        (v.as_str(), cfg.kv_dim()),
+                    ],
+                    e,
+                )?,
+                attn_output: l.linear(&[(n("attn_output.weight").as_str(), e)], cfg.q_dim())?,
+            },
+            ffn_norm: l.norm(&n("ffn_norm.weight"), e)?,
+            mlp: Mlp {
+                ffn_gate_up: l.linear(
+                    &[
+                        (gate.as_str(), cfg.feed_forward_length),
+                        (up.as_str(), cfg.feed_forward_length),
+                    ],
+                    e,
+                )?,
+                ffn_down: l.linear(
+                    &[(n("ffn_down.weight").as_str(), e)],
+                    cfg.feed_forward_length,
+                )?,
+            },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        cfg: &ModelConfig,
+        layer: usize,
+        x: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        batch: &BatchInput,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (tokens, _) = x.dims2()?;
+        let h = self.attn_norm.forward(x, cfg.rms_norm_eps)?;
+        let qkv = self.attn.attn_qkv.forward(&h)?;
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let q = qkv
+            .narrow(1, 0, qd)?
+            .reshape((tokens, cfg.n_heads, cfg.head_dim))?;
+        let k = qkv
+            .narrow(1, qd, kvd)?
+            .reshape((tokens, cfg.n_kv_heads, cfg.head_dim))?;
+        let v = qkv
+            .narrow(1, qd + kvd, kvd)?
+            .reshape((tokens, cfg.n_kv_heads, cfg.head_dim))?;
+        let q = rope.forward(&q, cos, sin)?;
+        let k = rope.forward(&k, cos, sin)?;
+        let attn = cache.attend(layer, &q, &k, &v.contiguous()?, batch)?;
+        let x = (x + self.attn.attn_output.forward(&attn)?)?;
+        let h = self.ffn_norm.forward(&x, cfg.rms_norm_eps)?;
+        x + self.mlp.forward(&h)?
+    }
+}
+
+/// A loaded Llama-family model.
+pub struct Model {
+    config: ModelConfig,
+    token_embd: QTensor,
+    blocks: Vec<Block>,
+    output_norm: RmsNorm,
+    output: Linear,
+    rope: Rope,
+    device: Device,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads a model from a GGUF file.
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> std::result::Result<Self, LoadError> {
+        let mut file = GgufFile::open(path)?;
+        Self::from_gguf(&mut file, device, opts)
+    }
+
+    /// Loads a model from an opened GGUF file.
+    pub fn from_gguf<R: Read + Seek>(
+        file: &mut GgufFile<R>,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> std::result::Result<Self, LoadError> {
+        let start = Instant::now();
+        let cfg = ModelConfig::from_gguf(file)?;
+        let mut l = Loader { file, device, opts };
+        let e = cfg.embedding_length;
+        let token_embd = l.raw("token_embd.weight", &[cfg.vocab_size, e])?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            blocks.push(Block::load(&mut l, &cfg, i)?);
+        }
+        let output_norm = l.norm("output_norm.weight", e)?;
+        let output = if l.file.has_tensor("output.weight") {
+            l.linear(&[("output.weight", cfg.vocab_size)], e)?
+        } else {
+            // tied embeddings: the LM head is the embedding matrix itself
+            let w = l.raw("token_embd.weight", &[cfg.vocab_size, e])?;
+            Linear::new(w, device, LoadOptions { repack_q4_1: false }).map_err(|source| {
+                LoadError::Build {
+                    name: "token_embd.weight (tied output)".into(),
+                    source,
+                }
+            })?
+        };
+        let rope = Rope::new(&cfg, device).map_err(|source| LoadError::Build {
+            name: "rope tables".into(),
+            source,
+        })?;
+        Ok(Self {
+            config: cfg,
+            token_embd,
+            blocks,
+            output_norm,
+            output,
+            rope,
+            device: device.clone(),
+            load_time: start.elapsed(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// How long loading took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// Weight type of each kind of layer (for logs and benchmarks), e.g. `qkv=Q8_0 ... output=Q8_0`.
+    pub fn weight_kinds(&self) -> String {
+        match self.blocks.first() {
+            Some(b) => format!(
+                "qkv={} attn_output={} gate_up={} down={} output={}",
+                b.attn.attn_qkv.kind(),
+                b.attn.attn_output.kind(),
+                b.mlp.ffn_gate_up.kind(),
+                b.mlp.ffn_down.kind(),
+                self.output.kind()
+            ),
+            None => format!("output={}", self.output.kind()),
+        }
+    }
+
+    /// Runs one step: writes the batch's K/V into `cache` and returns f32 logits
+    /// `[number of seqs with wants_logits, vocab]`, in `batch.seqs` order.
+    pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Result<Tensor> {
+        cache.check_batch(batch)?;
+        let cfg = &self.config;
+        if let Some(&p) = batch
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= cfg.max_context)
+        {
+            candle_core::bail!(
+                "position {p} exceeds the context length {}",
+                cfg.max_context
+            );
+        }
+        let wanted: Vec<u32> = batch
+            .seqs
+            .iter()
+            .filter(|s| s.wants_logits)
+            .map(|s| (s.start + s.len - 1) as u32)
+            .collect();
+        if batch.num_tokens() == 0 {
+            return Tensor::zeros((0, cfg.vocab_size), DType::F32, &self.device);
+        }
+        let mut x = gather_rows(&self.token_embd, &batch.token_ids, &self.device)?;
+        let positions = Tensor::from_slice(&batch.positions, batch.num_tokens(), &self.device)?;
+        let (cos, sin) = self.rope.tables(&positions)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(cfg, i, &x, &self.rope, &cos, &sin, batch, cache)?;
+        }
+        if wanted.is_empty() {
+            return Tensor::zeros((0, cfg.vocab_size), DType::F32, &self.device);
+        }
+        let idx = Tensor::from_vec(wanted.clone(), wanted.len(), &self.device)?;
+        let x = x.index_select(&idx, 0)?;
+        let x = self.output_norm.forward(&x, cfg.rms_norm_eps)?;
+        self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+}

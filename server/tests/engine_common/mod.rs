@@ -1,0 +1,80 @@
+//! Shared helpers of the engine tests: locating the model, the python env and the generated test models.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("server/ has a parent")
+        .to_path_buf()
+}
+
+fn script_output(script: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The default SmolLM2 Q4_1 model (`LLAMA_OP_MODEL`, else `scripts/fetch-model.sh`).
+pub fn smollm2() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| match std::env::var_os("LLAMA_OP_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => script_output("scripts/fetch-model.sh"),
+    })
+    .clone()
+}
+
+/// The venv's python (`LLAMA_OP_VENV`, else `scripts/pyenv.sh`).
+pub fn python() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let venv = match std::env::var_os("LLAMA_OP_VENV") {
+            Some(p) => PathBuf::from(p),
+            None => script_output("scripts/pyenv.sh"),
+        };
+        venv.join("bin/python")
+    })
+    .clone()
+}
+
+/// Directory of the generated test models; `which` is `tiny` or `smollm2` (created on demand, cached).
+pub fn test_models(which: &str) -> PathBuf {
+    static TINY: OnceLock<PathBuf> = OnceLock::new();
+    static SMOL: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if which == "tiny" { &TINY } else { &SMOL };
+    cell.get_or_init(|| make_models(which)).clone()
+}
+
+fn make_models(which: &str) -> PathBuf {
+    let _ = smollm2(); // the smollm2 re-encodings need the original next to them
+    let dir = smollm2()
+        .parent()
+        .expect("model has a directory")
+        .to_path_buf();
+    let out = Command::new(python())
+        .arg(repo_root().join("scripts/reference/make_models.py"))
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--only")
+        .arg(which)
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .output()
+        .expect("running make_models.py");
+    assert!(
+        out.status.success(),
+        "make_models.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}

@@ -1,0 +1,166 @@
+//! The tokenizer against llama.cpp's own vocabulary test vectors (gpt-2, llama-bpe, llama-spm), the SmolLM2
+//! tokenizer against known ids, round trips, and the streaming detokenizer.
+
+mod engine_common;
+
+use std::path::{Path, PathBuf};
+
+use llama_server::gguf::GgufFile;
+use llama_server::tokenizer::{IncrementalDecoder, Tokenizer};
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llama.cpp-vocab")
+}
+
+fn sdist_models() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(engine_common::repo_root().join("scripts/reference/fetch-llamacpp-sdist.sh"))
+        .output()
+        .expect("fetch-llamacpp-sdist.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("models")
+}
+
+fn load(path: &Path) -> Tokenizer {
+    let f = GgufFile::open(path).expect("open vocab");
+    Tokenizer::from_gguf(&f).expect("tokenizer")
+}
+
+fn cases(name: &str) -> Vec<(String, Vec<u32>)> {
+    let inp = std::fs::read_to_string(data_dir().join(format!("{name}.gguf.inp"))).expect("inp");
+    let out = std::fs::read_to_string(data_dir().join(format!("{name}.gguf.out"))).expect("out");
+    // as llama.cpp's test-tokenizer-0 reads them: the file ends with a separator
+    let mut texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    if texts.last() == Some(&"") {
+        texts.pop();
+    }
+    let ids: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(texts.len(), ids.len(), "{name}: inp/out mismatch");
+    texts.into_iter().map(String::from).zip(ids).collect()
+}
+
+fn check_vectors(name: &str, vocab: &Path) {
+    let tok = load(vocab);
+    let mut failures = Vec::new();
+    for (text, want) in cases(name) {
+        let got = tok.encode(&text, false, false).expect("encode");
+        if got != want {
+            failures.push(format!("{text:?}: got {got:?}, llama.cpp {want:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gpt2_vocab_matches_llama_cpp_test_vectors() {
+    check_vectors(
+        "ggml-vocab-gpt-2",
+        &data_dir().join("ggml-vocab-gpt-2.gguf"),
+    );
+}
+
+#[test]
+fn llama_bpe_vocab_matches_llama_cpp_test_vectors() {
+    check_vectors(
+        "ggml-vocab-llama-bpe",
+        &sdist_models().join("ggml-vocab-llama-bpe.gguf"),
+    );
+}
+
+#[test]
+fn llama_spm_vocab_matches_llama_cpp_test_vectors() {
+    check_vectors(
+        "ggml-vocab-llama-spm",
+        &data_dir().join("ggml-vocab-llama-spm.gguf"),
+    );
+}
+
+#[test]
+fn every_test_vector_round_trips_through_decode() {
+    for name in ["ggml-vocab-gpt-2", "ggml-vocab-llama-spm"] {
+        let tok = load(&data_dir().join(format!("{name}.gguf")));
+        for (text, _) in cases(name) {
+            let ids = tok.encode(&text, false, false).expect("encode");
+            let back = tok.decode(&ids, false).expect("decode");
+            // SentencePiece adds one leading space that decoding strips again
+            assert_eq!(back, text, "{name}");
+        }
+    }
+}
+
+fn smollm2() -> Tokenizer {
+    load(&engine_common::smollm2())
+}
+
+#[test]
+fn smollm2_tokenizes_like_llama_cpp() {
+    let tok = smollm2();
+    assert_eq!(
+        tok.encode("Once upon a time", true, false).expect("encode"),
+        vec![6403, 1980, 253, 655]
+    );
+    assert_eq!(tok.bos_token_id(), Some(1));
+    assert!(!tok.add_bos());
+    assert_eq!(tok.eos_token_ids(), &[2]);
+    // digits are split one by one (pre-tokenizer `smollm`)
+    let ids = tok.encode("12345", false, false).expect("encode");
+    assert_eq!(ids.len(), 5);
+}
+
+#[test]
+fn special_tokens_are_parsed_only_when_asked() {
+    let tok = smollm2();
+    let parsed = tok.encode("<|im_start|>user", false, true).expect("encode");
+    assert_eq!(parsed[0], 1);
+    let raw = tok
+        .encode("<|im_start|>user", false, false)
+        .expect("encode");
+    assert!(!raw.contains(&1));
+    assert!(tok.is_special(1));
+}
+
+#[test]
+fn incremental_decoding_equals_full_decoding_even_across_split_characters() {
+    let tok = smollm2();
+    let text = "Héllo wörld — 你好, 🦙 llamas! Ünïcödé 12345 ...";
+    let ids = tok.encode(text, false, false).expect("encode");
+    let mut dec = IncrementalDecoder::new(false);
+    let mut streamed = String::new();
+    for &id in &ids {
+        let piece = dec.push(&tok, id).expect("push");
+        assert!(!piece.contains('\u{FFFD}'), "partial character emitted");
+        streamed.push_str(&piece);
+    }
+    streamed.push_str(&dec.flush(&tok).expect("flush"));
+    assert_eq!(streamed, text);
+}
+
+#[test]
+fn incremental_decoding_keeps_spm_spaces() {
+    let tok = load(&data_dir().join("ggml-vocab-llama-spm.gguf"));
+    let text = "Hello world, this is  a test 🦙";
+    let ids = tok.encode(text, false, false).expect("encode");
+    let mut dec = IncrementalDecoder::new(false);
+    let mut streamed = String::new();
+    for &id in &ids {
+        streamed.push_str(&dec.push(&tok, id).expect("push"));
+    }
+    streamed.push_str(&dec.flush(&tok).expect("flush"));
+    assert_eq!(streamed, text);
+}

@@ -238,13 +238,14 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
         )
         .await?;
         for c in status::transitions(&previous.conditions, &next.conditions) {
-            if c.type_ == status::PROGRESSING || c.type_ == status::AVAILABLE {
+            let Some(type_) =
+                status::event_type(c, status::find(&previous.conditions, &c.type_).is_some())
+            else {
                 continue;
-            }
-            let bad = (c.type_ == status::DEGRADED) == (c.status == "True");
+            };
             info!(name = %name, namespace = %ns, condition = %c.type_, status = %c.status, reason = %c.reason, "condition changed");
             let event = Event {
-                type_: if bad {
+                type_: if type_ == status::EventKind::Warning {
                     EventType::Warning
                 } else {
                     EventType::Normal

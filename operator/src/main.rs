@@ -13,7 +13,7 @@ use llama_operator::controller::{self, Context};
 use llama_operator::leader::Elector;
 use llama_operator::metrics::Metrics;
 use llama_operator::plan::PlanConfig;
-use tracing::{error, info};
+use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -140,11 +140,6 @@ async fn main() -> Result<()> {
         &identity,
         Duration::from_secs(15),
     );
-    if !args.no_leader_elect && !elector.acquire(Duration::from_secs(2), &stop_rx).await {
-        http.stop(true).await;
-        return Ok(());
-    }
-    metrics.leader.set(1);
 
     let mut plan = PlanConfig::default();
     if let Some(i) = args.server_image {
@@ -160,42 +155,44 @@ async fn main() -> Result<()> {
         Some(identity.clone()),
     ));
 
-    // The controller stops when a signal arrives or when leadership is lost.
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let keeper = {
-        let stop = stop_rx.clone();
-        let no_le = args.no_leader_elect;
-        async move {
-            if no_le {
-                let mut stop = stop;
-                let _ = stop.wait_for(|s| *s).await;
-                return true;
+    // Campaign, lead until a signal arrives or leadership is lost (e.g. the apiserver was unreachable for
+    // longer than the lease), then stop the controller and, unless shutting down, campaign again.
+    loop {
+        if !args.no_leader_elect && !elector.acquire(Duration::from_secs(2), &stop_rx).await {
+            break;
+        }
+        metrics.leader.set(1);
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = lost_rx => {}
             }
-            let kept = elector.keep(Duration::from_secs(5), &stop).await;
-            if !kept {
+        };
+        let controller = controller::run(ctx.clone(), args.watch_namespace.clone(), shutdown);
+        info!(namespace = ?args.watch_namespace, "controller starting");
+        if args.no_leader_elect {
+            let _never_lost = lost_tx;
+            controller.await;
+        } else {
+            let keep = async {
+                let kept = elector.keep(Duration::from_secs(5), &stop_rx).await;
                 let _ = lost_tx.send(());
+                kept
+            };
+            let ((), _) = tokio::join!(controller, keep);
+        }
+        metrics.leader.set(0);
+        info!("controller stopped");
+        if *stop_rx.borrow() {
+            if !args.no_leader_elect {
+                elector.release().await;
             }
-            elector.release().await;
-            kept
+            break;
         }
-    };
-    let keeper = tokio::spawn(keeper);
-    let mut stop = stop_rx.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => {}
-            _ = lost_rx => {}
-        }
-    };
-    info!(namespace = ?args.watch_namespace, "controller starting");
-    controller::run(ctx, args.watch_namespace.clone(), shutdown).await;
-    info!("controller stopped");
-    metrics.leader.set(0);
-    let kept = keeper.await.unwrap_or(false);
-    http.stop(true).await;
-    if !kept {
-        error!("exiting after losing leadership");
-        std::process::exit(1);
+        warn!("lost leadership: campaigning again");
     }
+    http.stop(true).await;
     Ok(())
 }

@@ -142,6 +142,33 @@ pub fn transitions<'a>(previous: &[Condition], next: &'a [Condition]) -> Vec<&'a
         .collect()
 }
 
+/// Severity of the event published for a condition transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+/// Whether (and how) a transition of `c` is announced as an event: failures are warnings; progress is
+/// normal; the first appearance of a healthy `Degraded=False` or of `Progressing`/`Available` is not news.
+pub fn event_type(c: &Condition, existed_before: bool) -> Option<EventKind> {
+    let failed = match c.type_.as_str() {
+        DEGRADED => c.status == "True",
+        VALIDATED => c.status == "False",
+        READY => c.status == "False" && c.reason != "ReplicasNotReady",
+        _ => false,
+    };
+    if failed {
+        return Some(EventKind::Warning);
+    }
+    match c.type_.as_str() {
+        READY => Some(EventKind::Normal),
+        DEGRADED | VALIDATED if existed_before => Some(EventKind::Normal),
+        VALIDATED => Some(EventKind::Normal),
+        _ => None,
+    }
+}
+
 /// Derives the full status.
 pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDeploymentStatus {
     let generation = ld.metadata.generation;

@@ -301,3 +301,33 @@ fn status_golden() {
     }
     assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), actual);
 }
+
+#[test]
+fn failures_are_warning_events_and_routine_conditions_are_quiet() {
+    let c = |t: &str, s: &str, r: &str| condition(t, s == "True", r, String::new(), None, &at(0));
+    assert_eq!(
+        event_type(&c(READY, "False", "TensorParallelMismatch"), false),
+        Some(EventKind::Warning)
+    );
+    assert_eq!(
+        event_type(&c(READY, "False", "ReplicasNotReady"), false),
+        Some(EventKind::Normal)
+    );
+    assert_eq!(
+        event_type(&c(READY, "True", "AllReplicasReady"), true),
+        Some(EventKind::Normal)
+    );
+    assert_eq!(
+        event_type(&c(DEGRADED, "True", "CrashLoopBackOff"), true),
+        Some(EventKind::Warning)
+    );
+    assert_eq!(event_type(&c(DEGRADED, "False", "AsExpected"), false), None);
+    assert_eq!(
+        event_type(&c(DEGRADED, "False", "AsExpected"), true),
+        Some(EventKind::Normal)
+    );
+    assert_eq!(
+        event_type(&c(PROGRESSING, "True", "RollingOut"), true),
+        None
+    );
+}

@@ -1,0 +1,714 @@
+//! The operator against the real control plane: it runs out of cluster (the binary built by
+//! `cargo build -p llama-operator`), one operator per test, scoped to the test's namespace with
+//! `--watch-namespace`, so tests run in parallel without sharing a leader Lease.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use e2e::{TestNamespace, client, existing_cluster, run_tool, wait_for};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=llama-operator";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The operator binary: `$LLAMA_OPERATOR_BIN`, else `$CARGO_TARGET_DIR/debug/llama-operator`, else
+/// `<workspace>/target/debug/llama-operator` (e2e/run.sh builds it before the suite).
+fn operator_bin() -> Result<PathBuf> {
+    let candidates = [
+        std::env::var_os("LLAMA_OPERATOR_BIN").map(PathBuf::from),
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug/llama-operator")),
+        Some(root().join("target/debug/llama-operator")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .context("llama-operator binary not found: run `cargo build -p llama-operator` first")
+}
+
+/// A running operator process, killed when dropped.
+struct Operator {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(namespace: &str, identity: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::env::temp_dir().join(format!("llama-operator-{namespace}-{identity}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(operator_bin()?)
+            .args([
+                "--watch-namespace",
+                namespace,
+                "--identity",
+                identity,
+                "--log-format",
+                "text",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .context("spawning llama-operator")?;
+        Ok(Self { child, port, log })
+    }
+
+    fn get(&self, path: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    /// Sum of a counter over all its label sets.
+    fn counter(&self, name: &str) -> Result<f64> {
+        let text = self.get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ld_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "inference.llama-operator.dev",
+            "v1alpha1",
+            "LlamaDeployment",
+        ),
+        "llamadeployments",
+    )
+}
+
+fn lds(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ld_resource())
+}
+
+/// Installs (server-side applies) the generated CRD and waits until it is established.
+async fn install_crd() -> Result<()> {
+    let crd = root().join("crds/llamadeployments.yaml");
+    run_tool(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=e2e",
+            "-f",
+            &crd.to_string_lossy(),
+        ],
+    )?;
+    run_tool(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/llamadeployments.inference.llama-operator.dev",
+        ],
+    )?;
+    Ok(())
+}
+
+fn llama(name: &str, spec: Value) -> Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "inference.llama-operator.dev/v1alpha1",
+        "kind": "LlamaDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+fn smollm_spec() -> Value {
+    json!({
+        "model": {"url": "https://example.invalid/SmolLM2-135M-Instruct-Q8_0.gguf", "heads": 9, "kvHeads": 3,
+                  "layers": 30, "hiddenSize": 576, "sizeBytes": 144810368, "contextLength": 8192},
+        "accelerator": "CPU",
+        "resources": {"cpu": "1", "memory": "1Gi"},
+    })
+}
+
+fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    let conds = obj.data.get("status")?.get("conditions")?.as_array()?;
+    let c = conds.iter().find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str().unwrap_or_default().to_owned(),
+        c["message"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// Waits for the Ready condition to have `status`; returns (reason, message).
+async fn wait_ready(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: &str,
+    timeout: Duration,
+) -> Result<(String, String)> {
+    let result = wait_for(
+        &format!("LlamaDeployment {name} Ready={status}"),
+        timeout,
+        || async {
+            let obj = api.get(name).await?;
+            Ok(condition(&obj, "Ready")
+                .filter(|(s, _, _)| s == status)
+                .map(|(_, r, m)| (r, m)))
+        },
+    )
+    .await;
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let last = api
+                .get(name)
+                .await
+                .map(|o| o.data["status"].to_string())
+                .unwrap_or_default();
+            Err(e.context(format!("last status of {name}: {last}")))
+        }
+    }
+}
+
+async fn apply_example(client: &Client, ns: &str, file: &str) -> Result<String> {
+    let text = std::fs::read_to_string(root().join("manifests/examples").join(file))?;
+    let obj: DynamicObject = serde_yaml::from_str(&text)?;
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .context("example without a name")?;
+    lds(client, ns)
+        .patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    Ok(name)
+}
+
+/// A PersistentVolume pre-bound to `ns/models`, so pods mounting the claim can schedule.
+async fn models_pvc(ns: &str) -> Result<String> {
+    let pv = format!("e2e-models-{ns}");
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+             "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                      "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/tmp/e2e-models"},
+                      "claimRef": {"namespace": ns, "name": "models"}}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": ns},
+             "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
+                      "resources": {"requests": {"storage": "10Gi"}}}}
+        ]
+    });
+    let file = std::env::temp_dir().join(format!("{pv}.json"));
+    std::fs::write(&file, manifest.to_string())?;
+    run_tool("kubectl", &["apply", "-f", &file.to_string_lossy()])?;
+    Ok(pv)
+}
+
+async fn pods_of(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
+    let sel = format!("inference.llama-operator.dev/deployment={name}");
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&sel))
+        .await?
+        .items)
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -> Result<()> {
+    if existing_cluster() {
+        return Ok(()); // needs kwok's fake GPU node
+    }
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-examples").await?;
+    let pv = models_pvc(&ns.name).await?;
+    let op = Operator::start(&ns.name, "a")?;
+    let api = lds(&client, &ns.name);
+    let mut names = Vec::new();
+    for file in ["smollm2-cpu.yaml", "llama-tp2-gpu.yaml", "autoscaling.yaml"] {
+        names.push(apply_example(&client, &ns.name, file).await?);
+    }
+    for name in &names {
+        let r = wait_ready(&api, name, "True", Duration::from_secs(120)).await;
+        if r.is_err() {
+            eprintln!("operator log:\n{}", op.logs());
+        }
+        r?;
+    }
+
+    // GPU pods request TP GPUs and land on the GPU node; the CPU pod on the CPU node.
+    for pod in pods_of(&client, &ns.name, "llama-8b-tp2").await? {
+        let spec = pod.spec.context("pod spec")?;
+        assert_eq!(spec.node_name.as_deref(), Some("gpu-node-0"));
+        let limits = spec.containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            limits.get("nvidia.com/gpu").map(|q| q.0.as_str()),
+            Some("2")
+        );
+    }
+    assert_eq!(pods_of(&client, &ns.name, "llama-8b-tp2").await?.len(), 2);
+    for pod in pods_of(&client, &ns.name, "smollm2-cpu").await? {
+        assert_eq!(
+            pod.spec.and_then(|s| s.node_name).as_deref(),
+            Some("cpu-node-0")
+        );
+    }
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name);
+    assert!(
+        pdbs.get_opt("llama-8b-tp2").await?.is_some(),
+        "2 replicas get a PDB"
+    );
+    assert!(
+        pdbs.get_opt("smollm2-cpu").await?.is_none(),
+        "1 replica gets none"
+    );
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("smollm2-cpu")
+        .await?;
+    let port = &svc.spec.and_then(|s| s.ports).unwrap_or_default()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8000));
+
+    // `kubectl get llama` shows the printer columns.
+    let table = run_tool("kubectl", &["get", "llama", "-n", &ns.name])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "READY", "REPLICAS", "MODEL", "QUANT", "TP", "QUEUE", "KV%", "AGE"
+        ],
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("llama-8b-tp2"))
+        .unwrap_or_default()
+        .to_owned();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[1..6],
+        ["True", "2/2", "llama-3.1-8b-instruct", "Q4_K", "2"],
+        "{table}"
+    );
+
+    // `kubectl scale` goes through the scale subresource to the Deployment and the status.
+    run_tool(
+        "kubectl",
+        &["scale", "llama/smollm2-cpu", "--replicas=3", "-n", &ns.name],
+    )?;
+    wait_for(
+        "smollm2-cpu scaled to 3/3",
+        Duration::from_secs(60),
+        || async {
+            let obj = api.get("smollm2-cpu").await?;
+            let ready = obj.data["status"]["readyOfDesired"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Ok(
+                (ready == "3/3" && condition(&obj, "Ready").is_some_and(|c| c.0 == "True"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    let dep = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("smollm2-cpu")
+        .await?;
+    assert_eq!(dep.spec.and_then(|s| s.replicas), Some(3));
+    assert!(
+        pdbs.get_opt("smollm2-cpu").await?.is_some(),
+        "3 replicas get a PDB"
+    );
+    let scale = run_tool(
+        "kubectl",
+        &[
+            "get",
+            "--raw",
+            &format!(
+                "/apis/inference.llama-operator.dev/v1alpha1/namespaces/{}/llamadeployments/smollm2-cpu/scale",
+                ns.name
+            ),
+        ],
+    )?;
+    let scale: Value = serde_json::from_str(&scale)?;
+    assert_eq!(
+        scale["status"]["selector"], "inference.llama-operator.dev/deployment=smollm2-cpu",
+        "{scale}"
+    );
+    assert_eq!(scale["status"]["replicas"], 3);
+
+    drop(op);
+    ns.cleanup().await?;
+    run_tool("kubectl", &["delete", "pv", &pv, "--wait=false"])?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-invalid").await?;
+    let api = lds(&client, &ns.name);
+    let url = json!({"url": "https://example.invalid/m.gguf"});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "two-sources",
+            json!({"model": {"url": "https://x/m.gguf", "pvc": {"claimName": "c", "path": "m.gguf"}}}),
+            "spec.model must set exactly one of url, pvc or image",
+        ),
+        (
+            "no-source",
+            json!({"model": {}}),
+            "spec.model must set exactly one of url, pvc or image",
+        ),
+        (
+            "ftp-url",
+            json!({"model": {"url": "ftp://x/m.gguf"}}),
+            "spec.model.url must start with http:// or https://",
+        ),
+        (
+            "block-size",
+            json!({"model": url, "blockSize": 12}),
+            "spec.blockSize must be a power of two",
+        ),
+        (
+            "min-over-max",
+            json!({"model": url, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+            "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas",
+        ),
+        (
+            "replicas-out-of-range",
+            json!({"model": url, "replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
+            "spec.replicas must lie within",
+        ),
+        (
+            "tp-zero",
+            json!({"model": url, "tensorParallelSize": 0}),
+            "spec.tensorParallelSize must be at least 1",
+        ),
+        (
+            "quantization",
+            json!({"model": url, "quantization": "Q3_X"}),
+            "spec.quantization",
+        ),
+        (
+            "seq-over-context",
+            json!({"model": {"url": "https://x/m.gguf", "contextLength": 1024}, "maxSeqLen": 4096}),
+            "spec.maxSeqLen must not exceed spec.model.contextLength",
+        ),
+        (
+            "kv-size",
+            json!({"model": url, "kvCacheMemory": "lots"}),
+            "spec.kvCacheMemory",
+        ),
+        (
+            "sha-without-url",
+            json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "sha256": "a".repeat(64)}}),
+            "spec.model.sha256 is only valid with spec.model.url",
+        ),
+        (
+            "cpu-tp",
+            json!({"model": url, "accelerator": "CPU", "tensorParallelSize": 2}),
+            "spec.tensorParallelSize must be 1 when spec.accelerator is CPU",
+        ),
+        (
+            "kv-target",
+            json!({"model": url, "autoscaling": {"maxReplicas": 2, "targetKvCacheUsage": 1.5}}),
+            "spec.autoscaling.targetKvCacheUsage must be in (0, 1]",
+        ),
+        (
+            "negative-size",
+            json!({"model": {"url": "https://x/m.gguf", "sizeBytes": -1}}),
+            "spec.model.sizeBytes must be positive",
+        ),
+        (
+            "pvc-escape",
+            json!({"model": {"pvc": {"claimName": "c", "path": "../etc/passwd"}}}),
+            "spec.model.pvc.path must be a non-empty relative path",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, spec, expected) in &cases {
+        match api
+            .create(&PostParams::default(), &llama(name, spec.clone())?)
+            .await
+        {
+            Ok(_) => failures.push(format!("{name}: accepted")),
+            Err(kube::Error::Api(s)) => {
+                if s.code != 422 || !s.message.contains(expected) {
+                    failures.push(format!(
+                        "{name}: {} {:?} does not contain {expected:?}",
+                        s.code, s.message
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    // `kubectl explain` shows the field docs with unit and default.
+    let explain = run_tool("kubectl", &["explain", "llamadeployment.spec.blockSize"])?;
+    assert!(explain.contains("Unit: tokens. Default: 16."), "{explain}");
+
+    // A valid object with only a URL is accepted, and the apiserver fills the documented defaults.
+    let ok = api
+        .create(
+            &PostParams::default(),
+            &llama("valid", json!({"model": url}))?,
+        )
+        .await?;
+    assert_eq!(ok.data["spec"]["blockSize"], 16);
+    assert_eq!(ok.data["spec"]["replicas"], 1);
+    assert_eq!(ok.data["spec"]["tensorParallelSize"], 1);
+    ns.cleanup().await?;
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid objects misjudged:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_refuses_impossible_tensor_parallelism_with_the_arithmetic() -> Result<()> {
+    if existing_cluster() {
+        return Ok(());
+    }
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-tp").await?;
+    let op = Operator::start(&ns.name, "a")?;
+    let api = lds(&client, &ns.name);
+    let mut smollm_tp2 = smollm_spec();
+    smollm_tp2["accelerator"] = json!("GPU");
+    smollm_tp2["tensorParallelSize"] = json!(2);
+    api.create(&PostParams::default(), &llama("smollm-tp2", smollm_tp2)?)
+        .await?;
+    let tp16 = json!({"model": {"url": "https://x/m.gguf", "heads": 32, "kvHeads": 16}, "tensorParallelSize": 16});
+    api.create(&PostParams::default(), &llama("tp16", tp16)?)
+        .await?;
+
+    let (reason, message) =
+        wait_ready(&api, "smollm-tp2", "False", Duration::from_secs(60)).await?;
+    assert_eq!(reason, "TensorParallelMismatch", "{message}");
+    assert!(
+        message.contains("tensorParallelSize 2 does not divide model.heads 9 (9 % 2 = 1)"),
+        "{message}"
+    );
+    let (reason, message) = wait_ready(&api, "tp16", "False", Duration::from_secs(60)).await?;
+    assert_eq!(reason, "InsufficientGPUs", "{message}");
+    assert!(
+        message.contains(
+            "needs 16 nvidia.com/gpu per pod, but the largest node offers 8 (gpu-node-0: 8 < 16)"
+        ),
+        "{message}"
+    );
+
+    // No children that could never schedule.
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await?;
+    assert!(deps.items.is_empty(), "no Deployment for invalid specs");
+    let events = run_tool(
+        "kubectl",
+        &["get", "events.events.k8s.io", "-n", &ns.name, "-o", "json"],
+    )?;
+    assert!(
+        events.contains("TensorParallelMismatch"),
+        "a Warning event explains the refusal"
+    );
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_rolls_pods_on_spec_change_and_delete_removes_children() -> Result<()> {
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-roll").await?;
+    let op = Operator::start(&ns.name, "a")?;
+    let api = lds(&client, &ns.name);
+    api.create(&PostParams::default(), &llama("roll", smollm_spec())?)
+        .await?;
+    wait_ready(&api, "roll", "True", Duration::from_secs(90)).await?;
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let before = pods_of(&client, &ns.name, "roll").await?;
+    let old_pod = before
+        .first()
+        .and_then(|p| p.metadata.name.clone())
+        .context("a pod")?;
+
+    api.patch(
+        "roll",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"maxBatchSize": 4}})),
+    )
+    .await?;
+    wait_for(
+        "a new pod with --max-batch-size 4 and the old pod gone",
+        Duration::from_secs(90),
+        || async {
+            let pods = pods_of(&client, &ns.name, "roll").await?;
+            let rolled = pods.iter().all(|p| {
+                p.metadata.name.as_deref() != Some(&old_pod)
+                    && p.spec
+                        .as_ref()
+                        .and_then(|s| s.containers[0].args.clone())
+                        .unwrap_or_default()
+                        .windows(2)
+                        .any(|w| w[0] == "--max-batch-size" && w[1] == "4")
+            });
+            Ok((rolled && !pods.is_empty()).then_some(()))
+        },
+    )
+    .await?;
+    wait_ready(&api, "roll", "True", Duration::from_secs(60)).await?;
+    let obj = api.get("roll").await?;
+    assert_eq!(
+        obj.data["status"]["observedGeneration"],
+        obj.metadata.generation.map(Value::from).unwrap_or_default()
+    );
+
+    api.delete("roll", &DeleteParams::default()).await?;
+    wait_for(
+        "LlamaDeployment and its children gone",
+        Duration::from_secs(60),
+        || async {
+            let gone = api.get_opt("roll").await?.is_none()
+                && deps.get_opt("roll").await?.is_none()
+                && Api::<Service>::namespaced(client.clone(), &ns.name)
+                    .get_opt("roll")
+                    .await?
+                    .is_none();
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    drop(op);
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loop() -> Result<()> {
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-restart").await?;
+    let api = lds(&client, &ns.name);
+    let first = Operator::start(&ns.name, "first")?;
+    for name in ["r1", "r2"] {
+        api.create(&PostParams::default(), &llama(name, smollm_spec())?)
+            .await?;
+    }
+    wait_ready(&api, "r1", "True", Duration::from_secs(90)).await?;
+    // A second replica waits on the Lease while the first leads.
+    let second = Operator::start(&ns.name, "second")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        second.counter("llama_operator_leader")?,
+        0.0,
+        "{}",
+        second.logs()
+    );
+    assert_eq!(first.counter("llama_operator_leader")?, 1.0);
+
+    // Kill the leader mid-work (new object just created); the standby takes over once the Lease expires.
+    api.create(&PostParams::default(), &llama("r3", smollm_spec())?)
+        .await?;
+    drop(first);
+    for name in ["r1", "r2", "r3"] {
+        wait_ready(&api, name, "True", Duration::from_secs(90))
+            .await
+            .with_context(|| second.logs())?;
+    }
+    assert_eq!(second.counter("llama_operator_leader")?, 1.0);
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels(MANAGED))
+        .await?;
+    assert_eq!(deps.items.len(), 3, "one Deployment per LlamaDeployment");
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await?;
+    assert_eq!(
+        rs.items.len(),
+        3,
+        "no spurious rollouts (one ReplicaSet each)"
+    );
+    let svcs = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels(MANAGED))
+        .await?;
+    assert_eq!(svcs.items.len(), 3);
+
+    // Settled: the reconcile count stays bounded (no hot loop).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = second.counter("llama_operator_reconciles_total")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let b = second.counter("llama_operator_reconciles_total")?;
+    eprintln!("reconciles after takeover: {a}, 10 s later: {b}");
+    assert!(
+        b - a <= 3.0,
+        "reconciles kept running while idle: {a} -> {b}"
+    );
+    if b > 60.0 {
+        bail!("too many reconciles for 3 objects: {b}");
+    }
+    drop(second);
+    ns.cleanup().await?;
+    Ok(())
+}

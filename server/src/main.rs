@@ -19,6 +19,8 @@ enum Commands {
     Generate(cli::GenerateArgs),
     /// Measure prefill and decode speed.
     Bench(cli::BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API with continuous batching.
+    Serve(llama_server::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
             cli::run_generate(g)
         }
         Commands::Bench(b) => cli::run_bench(b),
+        Commands::Serve(s) => return llama_server::serve::main(s),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,184 @@
+//! The one error type of the HTTP boundary. Each variant has a short stable label (metrics and the JSON `code`);
+//! the HTTP status is decided only in the `ResponseError` impl below.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing, of the wrong shape, or outside its bound.
+    #[error("{message}")]
+    InvalidField { param: String, message: String },
+    /// The body is not JSON of the expected shape.
+    #[error("malformed request body: {0}")]
+    MalformedJson(String),
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("the server is at capacity ({queued} requests queued); retry after {retry_after_s} s")]
+    QueueFull { queued: usize, retry_after_s: u64 },
+    #[error("the server is shutting down and accepts no new requests")]
+    Draining,
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A field error: `param` is the JSON field, `message` names its bound.
+    pub fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Short stable label, used as the JSON `code` and as a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } => "invalid_value",
+            Self::MalformedJson(_) => "invalid_json",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::Unauthorized => "invalid_api_key",
+            Self::QueueFull { .. } => "queue_full",
+            Self::Draining => "draining",
+            Self::NotFound(_) => "not_found",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. }
+            | Self::MalformedJson(_)
+            | Self::ModelNotFound(_)
+            | Self::NotFound(_) => "invalid_request_error",
+            Self::Unauthorized => "authentication_error",
+            Self::QueueFull { .. } => "rate_limit_error",
+            Self::Draining => "service_unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { param, .. } => Some(param),
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-style body `{"error":{"message","type","param","code"}}`.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                r#type: self.error_type().to_string(),
+                param: self.param().map(str::to_string),
+                code: self.label().to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub message: String,
+    pub r#type: String,
+    pub param: Option<String>,
+    pub code: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Self::QueueFull { retry_after_s, .. } = self {
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
+        }
+        if let Self::Unauthorized = self {
+            resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        resp.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_error_names_the_field_in_param_and_is_a_400() {
+        let e = ApiError::field("temperature", "temperature must be in [0, 2], got 5");
+        assert_eq!(e.status_code(), StatusCode::BAD_REQUEST);
+        let b = e.body();
+        assert_eq!(b.error.param.as_deref(), Some("temperature"));
+        assert_eq!(b.error.code, "invalid_value");
+        assert_eq!(b.error.r#type, "invalid_request_error");
+        assert!(b.error.message.contains("[0, 2]"));
+    }
+
+    #[test]
+    fn queue_full_is_a_429_with_retry_after() {
+        let resp = ApiError::QueueFull {
+            queued: 9,
+            retry_after_s: 3,
+        }
+        .error_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+    }
+
+    #[test]
+    fn every_variant_has_a_distinct_label() {
+        let all = [
+            ApiError::field("a", "b"),
+            ApiError::MalformedJson(String::new()),
+            ApiError::ModelNotFound(String::new()),
+            ApiError::Unauthorized,
+            ApiError::QueueFull {
+                queued: 0,
+                retry_after_s: 1,
+            },
+            ApiError::Draining,
+            ApiError::NotFound(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        let mut labels: Vec<_> = all.iter().map(ApiError::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
+    }
+
+    #[test]
+    fn unknown_model_is_a_404_naming_model() {
+        let e = ApiError::ModelNotFound("gpt-9".into());
+        assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(e.body().error.param.as_deref(), Some("model"));
+        assert_eq!(e.body().error.code, "model_not_found");
+    }
+}

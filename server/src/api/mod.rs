@@ -1,0 +1,11 @@
+//! The HTTP API: wire types, the one validation step, the error type, SSE framing and the handlers.
+
+pub mod error;
+pub mod handlers;
+pub mod respond;
+pub mod sse;
+pub mod stop;
+pub mod types;
+pub mod validate;
+
+pub use error::ApiError;

@@ -1,0 +1,790 @@
+//! Parse, don't validate: one step turns a permissive wire request into a [`ValidRequest`] (token ids, resolved
+//! sampling, resolved stop criteria) or an [`ApiError`] naming the field and its bound. Nothing after this
+//! re-checks.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::types::{ChatCompletionRequest, CommonParams, CompletionRequest};
+
+/// Most choices per request (`n`).
+pub const MAX_N: usize = 16;
+/// Most alternatives per token in `logprobs` / `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most stop strings.
+pub const MAX_STOP: usize = 16;
+
+/// One chat turn after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    pub role: String,
+    pub content: String,
+}
+
+/// What validation needs from the tokenizer and chat template.
+pub trait PromptEncoder {
+    /// Token ids of a prompt, with whatever special prefix (BOS) the model expects. `special`: recognise
+    /// special-token text (true for rendered chat templates, false for untrusted raw prompts).
+    fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String>;
+    /// The chat template applied to `turns` (ending with the assistant header when `add_generation_prompt`).
+    fn render_chat(
+        &self,
+        turns: &[ChatTurn],
+        add_generation_prompt: bool,
+    ) -> Result<String, String>;
+    /// Token ids at or above this are invalid.
+    fn vocab_size(&self) -> usize;
+    /// Tokens that end generation unless `ignore_eos`.
+    fn eos_token_ids(&self) -> Vec<u32>;
+}
+
+/// Server-side bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub served_model_name: String,
+    pub max_seq_len: usize,
+}
+
+/// Resolved sampling: plain numbers, no `Option`s except the seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// 1 = off.
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+/// Which endpoint a request came through (it decides the response shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// A checked request, ready for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub prompt_tokens: Vec<u32>,
+    /// Most output tokens per choice (prompt + this ≤ max_seq_len).
+    pub max_tokens: usize,
+    pub n: usize,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    /// Tokens that end a choice with `finish_reason = "stop"` (EOS unless `ignore_eos`, plus `stop_token_ids`).
+    pub stop_token_ids: Vec<u32>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// `Some(k)`: return the chosen token's log-probability and the `k` most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+fn bounded_f(
+    param: &str,
+    v: Option<f64>,
+    default: f64,
+    lo: f64,
+    hi: f64,
+    lo_open: bool,
+) -> Result<f32, ApiError> {
+    let Some(x) = v else {
+        return Ok(default as f32);
+    };
+    let ok = x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi;
+    if ok {
+        Ok(x as f32)
+    } else {
+        let open = if lo_open { "(" } else { "[" };
+        Err(ApiError::field(
+            param,
+            format!("{param} must be in {open}{lo}, {hi}], got {x}"),
+        ))
+    }
+}
+
+fn check_model(model: &Option<String>, limits: &Limits) -> Result<String, ApiError> {
+    match model {
+        Some(m) if m != &limits.served_model_name => Err(ApiError::ModelNotFound(m.clone())),
+        _ => Ok(limits.served_model_name.clone()),
+    }
+}
+
+/// The endpoint-specific parts `check_common` needs.
+struct Specific<'a> {
+    endpoint: Endpoint,
+    prompt_tokens: Vec<u32>,
+    prompt_param: &'a str,
+    max_tokens: Option<i64>,
+    max_tokens_param: &'a str,
+    logprobs: Option<usize>,
+}
+
+fn check_common(
+    c: &CommonParams,
+    sp: Specific<'_>,
+    enc: &dyn PromptEncoder,
+    limits: &Limits,
+) -> Result<ValidRequest, ApiError> {
+    let Specific {
+        endpoint,
+        prompt_tokens,
+        prompt_param,
+        max_tokens,
+        max_tokens_param,
+        logprobs,
+    } = sp;
+    let model = check_model(&c.model, limits)?;
+    let max_seq_len = limits.max_seq_len;
+    if prompt_tokens.is_empty() {
+        return Err(ApiError::field(
+            prompt_param,
+            format!("{prompt_param} must not be empty"),
+        ));
+    }
+    if prompt_tokens.len() >= max_seq_len {
+        return Err(ApiError::field(
+            prompt_param,
+            format!(
+                "{prompt_param} has {} tokens; this model's maximum context length is {max_seq_len} tokens \
+                 (prompt + output), so the prompt must be shorter than {max_seq_len}",
+                prompt_tokens.len()
+            ),
+        ));
+    }
+    let room = max_seq_len - prompt_tokens.len();
+    let max_tokens = match max_tokens {
+        None => room,
+        Some(m) if m < 1 => {
+            return Err(ApiError::field(
+                max_tokens_param,
+                format!("{max_tokens_param} must be at least 1, got {m}"),
+            ));
+        }
+        Some(m) if m as u64 > room as u64 => {
+            return Err(ApiError::field(
+                max_tokens_param,
+                format!(
+                    "{max_tokens_param} is {m} but the prompt has {} tokens and the maximum context length is \
+                     {max_seq_len}: at most {room} tokens can be generated",
+                    prompt_tokens.len()
+                ),
+            ));
+        }
+        Some(m) => m as usize,
+    };
+    let n = match c.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::field(
+                "n",
+                format!("n must be in [1, {MAX_N}], got {n}"),
+            ));
+        }
+    };
+    let top_k = match c.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::field(
+                "top_k",
+                format!("top_k must be -1 (off) or positive, got {k}"),
+            ));
+        }
+    };
+    let seed = match c.seed {
+        None => None,
+        Some(s) if s >= 0 => Some(s as u64),
+        Some(s) => {
+            return Err(ApiError::field(
+                "seed",
+                format!("seed must be non-negative, got {s}"),
+            ));
+        }
+    };
+    let sampling = Sampling {
+        temperature: bounded_f("temperature", c.temperature, 1.0, 0.0, 2.0, false)?,
+        top_p: bounded_f("top_p", c.top_p, 1.0, 0.0, 1.0, true)?,
+        top_k,
+        min_p: bounded_f("min_p", c.min_p, 0.0, 0.0, 1.0, false)?,
+        presence_penalty: bounded_f(
+            "presence_penalty",
+            c.presence_penalty,
+            0.0,
+            -2.0,
+            2.0,
+            false,
+        )?,
+        frequency_penalty: bounded_f(
+            "frequency_penalty",
+            c.frequency_penalty,
+            0.0,
+            -2.0,
+            2.0,
+            false,
+        )?,
+        repetition_penalty: bounded_f(
+            "repetition_penalty",
+            c.repetition_penalty,
+            1.0,
+            0.0,
+            2.0,
+            true,
+        )?,
+        seed,
+    };
+    let stop = match &c.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    _ => {
+                        return Err(ApiError::field(
+                            "stop",
+                            "stop must be a string or an array of strings",
+                        ));
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            return Err(ApiError::field(
+                "stop",
+                "stop must be a string or an array of strings",
+            ));
+        }
+    };
+    if stop.len() > MAX_STOP {
+        return Err(ApiError::field(
+            "stop",
+            format!("at most {MAX_STOP} stop strings, got {}", stop.len()),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::field("stop", "stop strings must not be empty"));
+    }
+    let vocab = enc.vocab_size();
+    let mut stop_token_ids = Vec::new();
+    if !c.ignore_eos.unwrap_or(false) {
+        stop_token_ids.extend(enc.eos_token_ids());
+    }
+    for &t in c.stop_token_ids.iter().flatten() {
+        if t < 0 || t as u64 >= vocab as u64 {
+            return Err(ApiError::field(
+                "stop_token_ids",
+                format!("token ids must be in [0, {vocab}), got {t}"),
+            ));
+        }
+        stop_token_ids.push(t as u32);
+    }
+    let stream = c.stream.unwrap_or(false);
+    if c.stream_options.is_some() && !stream {
+        return Err(ApiError::field(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    let include_usage = c
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    Ok(ValidRequest {
+        endpoint,
+        model,
+        prompt_tokens,
+        max_tokens,
+        n,
+        sampling,
+        stop,
+        stop_token_ids,
+        stream,
+        include_usage,
+        logprobs,
+    })
+}
+
+fn check_top_logprobs(param: &str, k: i64) -> Result<usize, ApiError> {
+    if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+        Ok(k as usize)
+    } else {
+        Err(ApiError::field(
+            param,
+            format!("{param} must be in [0, {MAX_TOP_LOGPROBS}], got {k}"),
+        ))
+    }
+}
+
+fn token_ids(param: &str, items: &[Value], vocab: usize) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .map(|v| match v.as_i64() {
+            Some(t) if t >= 0 && (t as u64) < vocab as u64 => Ok(t as u32),
+            _ => Err(ApiError::field(
+                param,
+                format!("token ids must be integers in [0, {vocab}), got {v}"),
+            )),
+        })
+        .collect()
+}
+
+fn encode(
+    enc: &dyn PromptEncoder,
+    param: &str,
+    text: &str,
+    special: bool,
+) -> Result<Vec<u32>, ApiError> {
+    enc.encode(text, special)
+        .map_err(|e| ApiError::field(param, format!("cannot tokenize {param}: {e}")))
+}
+
+/// Checks a `/v1/completions` request.
+pub fn validate_completion(
+    req: &CompletionRequest,
+    enc: &dyn PromptEncoder,
+    limits: &Limits,
+) -> Result<ValidRequest, ApiError> {
+    check_model(&req.common.model, limits)?;
+    let vocab = enc.vocab_size();
+    let one_prompt = "only one prompt per request is supported";
+    let prompt_tokens = match &req.prompt {
+        None | Some(Value::Null) => return Err(ApiError::field("prompt", "prompt is required")),
+        Some(Value::String(s)) => encode(enc, "prompt", s, false)?,
+        Some(Value::Array(items)) => match items.as_slice() {
+            [] => return Err(ApiError::field("prompt", "prompt must not be empty")),
+            [Value::String(s)] => encode(enc, "prompt", s, false)?,
+            [Value::Array(ids)] => token_ids("prompt", ids, vocab)?,
+            [Value::String(_) | Value::Array(_), _, ..] => {
+                return Err(ApiError::field("prompt", one_prompt));
+            }
+            ids => token_ids("prompt", ids, vocab)?,
+        },
+        Some(_) => {
+            return Err(ApiError::field(
+                "prompt",
+                "prompt must be a string or an array of token ids",
+            ));
+        }
+    };
+    if req.echo == Some(true) {
+        return Err(ApiError::field("echo", "echo is not supported"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::field("suffix", "suffix is not supported"));
+    }
+    if let Some(b) = req.best_of
+        && b != 1
+        && Some(b) != req.common.n
+    {
+        return Err(ApiError::field(
+            "best_of",
+            "best_of must equal n (it is not supported otherwise)",
+        ));
+    }
+    let logprobs = req
+        .logprobs
+        .map(|k| check_top_logprobs("logprobs", k))
+        .transpose()?;
+    let sp = Specific {
+        endpoint: Endpoint::Completions,
+        prompt_tokens,
+        prompt_param: "prompt",
+        max_tokens: req.common.max_tokens,
+        max_tokens_param: "max_tokens",
+        logprobs,
+    };
+    check_common(&req.common, sp, enc, limits)
+}
+
+fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::field(
+            "messages",
+            "messages must contain at least one message",
+        ));
+    }
+    let mut turns = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some(r @ ("system" | "developer" | "user" | "assistant" | "tool")) => r.to_string(),
+            Some(r) => {
+                return Err(ApiError::field(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "role must be one of system, developer, user, assistant, tool; got `{r}`"
+                    ),
+                ));
+            }
+            None => {
+                return Err(ApiError::field(
+                    format!("messages[{i}].role"),
+                    "each message needs a string role",
+                ));
+            }
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (
+                        part.get("type").and_then(Value::as_str),
+                        part.get("text").and_then(Value::as_str),
+                    ) {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError::field(
+                                format!("messages[{i}].content"),
+                                "only text content parts ({\"type\":\"text\",\"text\":...}) are supported",
+                            ));
+                        }
+                    }
+                }
+                text
+            }
+            _ => {
+                return Err(ApiError::field(
+                    format!("messages[{i}].content"),
+                    "content must be a string or an array of text parts",
+                ));
+            }
+        };
+        turns.push(ChatTurn { role, content });
+    }
+    Ok(turns)
+}
+
+/// The prompt tokens of a chat request (also used by `/tokenize`).
+pub fn chat_prompt_tokens(
+    messages: &[Value],
+    add_generation_prompt: bool,
+    enc: &dyn PromptEncoder,
+) -> Result<Vec<u32>, ApiError> {
+    let turns = chat_turns(messages)?;
+    let text = enc
+        .render_chat(&turns, add_generation_prompt)
+        .map_err(|e| ApiError::field("messages", format!("cannot apply the chat template: {e}")))?;
+    encode(enc, "messages", &text, true)
+}
+
+/// Checks a `/v1/chat/completions` request.
+pub fn validate_chat(
+    req: &ChatCompletionRequest,
+    enc: &dyn PromptEncoder,
+    limits: &Limits,
+) -> Result<ValidRequest, ApiError> {
+    check_model(&req.common.model, limits)?;
+    let Some(messages) = &req.messages else {
+        return Err(ApiError::field("messages", "messages is required"));
+    };
+    if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::field("tools", "tools are not supported"));
+    }
+    let prompt_tokens = chat_prompt_tokens(messages, true, enc)?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, Some(_)) => {
+            return Err(ApiError::field(
+                "top_logprobs",
+                "top_logprobs requires logprobs to be true",
+            ));
+        }
+        (false, None) => None,
+        (true, k) => Some(check_top_logprobs("top_logprobs", k.unwrap_or(0))?),
+    };
+    let (max_tokens, param) = match req.max_completion_tokens {
+        Some(m) => (Some(m), "max_completion_tokens"),
+        None => (req.common.max_tokens, "max_tokens"),
+    };
+    let sp = Specific {
+        endpoint: Endpoint::Chat,
+        prompt_tokens,
+        prompt_param: "messages",
+        max_tokens,
+        max_tokens_param: param,
+        logprobs,
+    };
+    check_common(&req.common, sp, enc, limits)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// One token per byte (+1 so 0 stays free for BOS); the chat template is `role: content\n`.
+    pub(crate) struct ByteEncoder;
+
+    impl PromptEncoder for ByteEncoder {
+        fn encode(&self, text: &str, _special: bool) -> Result<Vec<u32>, String> {
+            Ok(text.bytes().map(|b| b as u32 + 1).collect())
+        }
+        fn render_chat(
+            &self,
+            turns: &[ChatTurn],
+            add_generation_prompt: bool,
+        ) -> Result<String, String> {
+            let mut s: String = turns
+                .iter()
+                .map(|t| format!("{}: {}\n", t.role, t.content))
+                .collect();
+            if add_generation_prompt {
+                s.push_str("assistant: ");
+            }
+            Ok(s)
+        }
+        fn vocab_size(&self) -> usize {
+            300
+        }
+        fn eos_token_ids(&self) -> Vec<u32> {
+            vec![0]
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            served_model_name: "smol".into(),
+            max_seq_len: 64,
+        }
+    }
+
+    fn completion(v: serde_json::Value) -> Result<ValidRequest, ApiError> {
+        let req: CompletionRequest = serde_json::from_value(v).expect("parses");
+        validate_completion(&req, &ByteEncoder, &limits())
+    }
+
+    fn chat(v: serde_json::Value) -> Result<ValidRequest, ApiError> {
+        let req: ChatCompletionRequest = serde_json::from_value(v).expect("parses");
+        validate_chat(&req, &ByteEncoder, &limits())
+    }
+
+    fn param_of(r: Result<ValidRequest, ApiError>) -> String {
+        match r {
+            Err(ApiError::InvalidField { param, .. }) => param,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_completion_resolves_defaults() {
+        let v = completion(json!({"model": "smol", "prompt": "hi"})).unwrap();
+        assert_eq!(v.prompt_tokens, vec![105, 106]);
+        assert_eq!(v.max_tokens, 62, "defaults to the room left in the context");
+        assert_eq!(v.n, 1);
+        assert_eq!(v.sampling.temperature, 1.0);
+        assert_eq!(v.stop_token_ids, vec![0]);
+        assert!(!v.stream);
+        assert_eq!(v.logprobs, None);
+    }
+
+    #[test]
+    fn prompts_may_be_token_ids_or_one_element_arrays() {
+        assert_eq!(
+            completion(json!({"prompt": [5, 6]})).unwrap().prompt_tokens,
+            vec![5, 6]
+        );
+        assert_eq!(
+            completion(json!({"prompt": [[5, 6]]}))
+                .unwrap()
+                .prompt_tokens,
+            vec![5, 6]
+        );
+        assert_eq!(
+            completion(json!({"prompt": ["a"]})).unwrap().prompt_tokens,
+            vec![98]
+        );
+        assert_eq!(
+            param_of(completion(json!({"prompt": ["a", "b"]}))),
+            "prompt"
+        );
+        assert_eq!(param_of(completion(json!({"prompt": [5, 300]}))), "prompt");
+        assert_eq!(param_of(completion(json!({"prompt": [-1]}))), "prompt");
+    }
+
+    #[test]
+    fn each_bad_field_is_named_in_the_error() {
+        let cases = [
+            (json!({"prompt": "x", "temperature": 2.5}), "temperature"),
+            (json!({"prompt": "x", "temperature": -0.1}), "temperature"),
+            (json!({"prompt": "x", "top_p": 0}), "top_p"),
+            (json!({"prompt": "x", "top_p": 1.5}), "top_p"),
+            (json!({"prompt": "x", "top_k": -5}), "top_k"),
+            (json!({"prompt": "x", "min_p": 2}), "min_p"),
+            (
+                json!({"prompt": "x", "presence_penalty": 3}),
+                "presence_penalty",
+            ),
+            (
+                json!({"prompt": "x", "frequency_penalty": -3}),
+                "frequency_penalty",
+            ),
+            (
+                json!({"prompt": "x", "repetition_penalty": 0}),
+                "repetition_penalty",
+            ),
+            (json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
+            (json!({"prompt": "x", "max_tokens": 64}), "max_tokens"),
+            (json!({"prompt": "x", "n": 0}), "n"),
+            (json!({"prompt": "x", "n": 17}), "n"),
+            (json!({"prompt": "x", "seed": -1}), "seed"),
+            (json!({"prompt": "x", "stop": 5}), "stop"),
+            (json!({"prompt": "x", "stop": [""]}), "stop"),
+            (json!({"prompt": "x", "logprobs": 21}), "logprobs"),
+            (
+                json!({"prompt": "x", "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                json!({"prompt": "x", "stop_token_ids": [999]}),
+                "stop_token_ids",
+            ),
+            (json!({"prompt": "x", "echo": true}), "echo"),
+            (json!({"prompt": ""}), "prompt"),
+            (json!({}), "prompt"),
+            (json!({"prompt": {"a": 1}}), "prompt"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(param_of(completion(body.clone())), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_prompt_at_max_seq_len_is_rejected_with_the_bound_in_the_message() {
+        let long = "x".repeat(64);
+        match completion(json!({"prompt": long})) {
+            Err(ApiError::InvalidField { param, message }) => {
+                assert_eq!(param, "prompt");
+                assert!(message.contains("64"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            completion(json!({"prompt": "x".repeat(60), "max_tokens": 4}))
+                .unwrap()
+                .max_tokens,
+            4
+        );
+        assert_eq!(
+            param_of(completion(
+                json!({"prompt": "x".repeat(60), "max_tokens": 5})
+            )),
+            "max_tokens"
+        );
+    }
+
+    #[test]
+    fn another_model_name_is_model_not_found() {
+        assert_eq!(
+            completion(json!({"model": "gpt-4", "prompt": "x"})),
+            Err(ApiError::ModelNotFound("gpt-4".into()))
+        );
+    }
+
+    #[test]
+    fn chat_messages_go_through_the_template() {
+        let v = chat(
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}),
+        )
+        .unwrap();
+        let text: String = v
+            .prompt_tokens
+            .iter()
+            .map(|&t| (t - 1) as u8 as char)
+            .collect();
+        assert_eq!(text, "user: hi\nassistant: ");
+        assert_eq!(v.max_tokens, 3);
+        assert_eq!(v.endpoint, Endpoint::Chat);
+    }
+
+    #[test]
+    fn chat_content_parts_are_concatenated() {
+        let parts = json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]);
+        let v = chat(json!({"messages": [{"role": "user", "content": parts}]})).unwrap();
+        assert_eq!(v.prompt_tokens.len(), "user: ab\nassistant: ".len());
+    }
+
+    #[test]
+    fn bad_chat_requests_name_the_field() {
+        let cases = [
+            (json!({}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+            (
+                json!({"messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+                "top_logprobs",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 99}),
+                "top_logprobs",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}),
+                "max_completion_tokens",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x".repeat(80)}]}),
+                "messages",
+            ),
+        ];
+        for (body, field) in cases {
+            assert_eq!(param_of(chat(body.clone())), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn sampling_logprobs_and_stream_options_resolve() {
+        let v = chat(json!({
+            "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0, "top_k": 5, "seed": 7, "n": 2, "stop": ["a", "b"], "ignore_eos": true,
+            "logprobs": true, "top_logprobs": 3, "stream": true, "stream_options": {"include_usage": true}
+        }))
+        .unwrap();
+        assert_eq!(v.sampling.temperature, 0.0);
+        assert_eq!(v.sampling.top_k, 5);
+        assert_eq!(v.sampling.seed, Some(7));
+        assert_eq!(v.n, 2);
+        assert_eq!(v.stop, vec!["a", "b"]);
+        assert!(v.stop_token_ids.is_empty(), "ignore_eos drops EOS");
+        assert_eq!(v.logprobs, Some(3));
+        assert!(v.stream && v.include_usage);
+    }
+}

@@ -1,0 +1,370 @@
+//! `llama-server serve`: load the model, start the engine thread and the actix-web server, drain on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, web};
+use anyhow::{Context, bail};
+use candle_core::Device;
+
+use crate::api::handlers::{self, AppState};
+use crate::api::validate::Limits;
+use crate::block_manager::BlockManager;
+use crate::chat::ChatTemplate;
+use crate::cli::resolve_model;
+use crate::engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
+use crate::gguf::GgufFile;
+use crate::kv_cache::{KvCache, KvDType};
+use crate::metrics::Metrics;
+use crate::model::{LoadOptions, Model};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::tokenizer::Tokenizer;
+
+/// `llama-server serve` flags; every flag can also come from the `LLAMA_*` environment variable named beside it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// GGUF model file (default: the cached SmolLM2-135M-Instruct Q4_1, fetched on first use).
+    #[arg(long, env = "LLAMA_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "LLAMA_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "LLAMA_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Model name clients use (default: the GGUF's `general.name`, else the file stem).
+    #[arg(long, env = "LLAMA_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Compute threads (default: RAYON_NUM_THREADS, else all cores).
+    #[arg(long, env = "LLAMA_THREADS")]
+    pub threads: Option<usize>,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// KV cache size in bytes (default: --kv-cache-fraction of available memory, at most what
+    /// --max-batch-size full-length sequences need).
+    #[arg(long, env = "LLAMA_KV_CACHE_MEMORY")]
+    pub kv_cache_memory: Option<u64>,
+    /// Fraction of available memory for the KV cache when --kv-cache-memory is not given.
+    #[arg(long, env = "LLAMA_KV_CACHE_FRACTION", default_value_t = 0.25)]
+    pub kv_cache_fraction: f64,
+    /// KV cache element type: f16, bf16 or f32.
+    #[arg(long, env = "LLAMA_KV_DTYPE", default_value = "f16")]
+    pub kv_dtype: KvDType,
+    /// Most new tokens (prompt chunks + decodes) in one engine step.
+    #[arg(long, env = "LLAMA_MAX_NUM_BATCHED_TOKENS", default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Most sequences running at once (the CRD's maxBatchSize).
+    #[arg(long, env = "LLAMA_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// Most tokens (prompt + output) per sequence (default: the model's context length, bounded by the cache).
+    #[arg(long, env = "LLAMA_MAX_SEQ_LEN")]
+    pub max_seq_len: Option<usize>,
+    /// Most requests waiting for a batch slot; beyond it new requests get 429.
+    #[arg(long, env = "LLAMA_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LLAMA_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize.
+    #[arg(long, env = "LLAMA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Disable prefix caching.
+    #[arg(long, env = "LLAMA_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
+    /// Jinja chat template file overriding the model's.
+    #[arg(long, env = "LLAMA_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+    /// Log lines as JSON.
+    #[arg(long, env = "LLAMA_LOG_JSON")]
+    pub log_json: bool,
+    /// HTTP worker threads.
+    #[arg(long, env = "LLAMA_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    /// Keep Q4_1 weights as Q4_1 instead of re-encoding them as Q8_0 at load.
+    #[arg(long, env = "LLAMA_NO_REPACK_Q4_1")]
+    pub no_repack_q4_1: bool,
+}
+
+/// Entry point of the subcommand (called from `main`).
+pub fn main(args: &ServeArgs) -> ExitCode {
+    if let Some(n) = args.threads
+        && std::env::var("RAYON_NUM_THREADS").ok() != Some(n.to_string())
+    {
+        return rerun_with_threads(n);
+    }
+    init_tracing(args.log_json);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("llama-server serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// candle reads the thread count from `RAYON_NUM_THREADS`: run a child with it set, forwarding SIGTERM/SIGINT so
+/// drain still works.
+fn rerun_with_threads(n: usize) -> ExitCode {
+    let run = || -> anyhow::Result<i32> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let exe = std::env::current_exe()?;
+            let mut child = tokio::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("RAYON_NUM_THREADS", n.to_string())
+                .spawn()?;
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            loop {
+                let sig = tokio::select! {
+                    st = child.wait() => return Ok(st?.code().unwrap_or(1)),
+                    _ = term.recv() => "-TERM",
+                    _ = int.recv() => "-INT",
+                };
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .arg(sig)
+                        .arg(pid.to_string())
+                        .status()
+                        .await;
+                }
+            }
+        })
+    };
+    match run() {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("llama-server serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Everything `serve` resolved at startup.
+struct Loaded {
+    runner: ModelRunner,
+    tokenizer: Tokenizer,
+    chat_template: ChatTemplate,
+    name: String,
+    num_blocks: usize,
+    max_seq_len: usize,
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
+    if args.block_size == 0 {
+        bail!("--block-size must be positive");
+    }
+    if args.max_batch_size == 0 || args.max_num_batched_tokens == 0 {
+        bail!("--max-batch-size and --max-num-batched-tokens must be positive");
+    }
+    let path = resolve_model(args.model.as_deref())?;
+    let file = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let chat_template = match &args.chat_template {
+        Some(p) => ChatTemplate::from_file(p, &file)?,
+        None => ChatTemplate::from_gguf(&file)?,
+    };
+    let name = match &args.served_model_name {
+        Some(n) => n.clone(),
+        None => match file.get_str("general.name") {
+            Ok(n) if !n.trim().is_empty() => n.trim().to_string(),
+            _ => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+        },
+    };
+    drop(file);
+    let device = Device::Cpu;
+    let model = Model::load(
+        &path,
+        &device,
+        LoadOptions {
+            repack_q4_1: !args.no_repack_q4_1,
+        },
+    )?;
+    let cfg = model.config().clone();
+    let per_block = KvCache::bytes_per_block(&cfg, args.block_size, args.kv_dtype) as u64;
+    let want_seq_len = args
+        .max_seq_len
+        .unwrap_or(cfg.max_context)
+        .min(cfg.max_context);
+    let budget = match args.kv_cache_memory {
+        Some(b) => b,
+        None => {
+            let avail = mem_available_bytes().unwrap_or(4 << 30);
+            let by_fraction = (avail as f64 * args.kv_cache_fraction.clamp(0.0, 1.0)) as u64;
+            let enough = (args.max_batch_size as u64)
+                * (want_seq_len.div_ceil(args.block_size) as u64)
+                * per_block;
+            by_fraction.min(enough)
+        }
+    };
+    let num_blocks = (budget / per_block.max(1)) as usize;
+    if num_blocks < 2 {
+        bail!(
+            "the KV cache budget of {budget} bytes holds fewer than 2 blocks of {per_block} bytes"
+        );
+    }
+    // A lone sequence must always fit in the cache, or it could never finish.
+    let max_seq_len = want_seq_len.min(num_blocks * args.block_size);
+    let cache = KvCache::new(&cfg, num_blocks, args.block_size, args.kv_dtype, &device)?;
+    tracing::info!(
+        model = %path.display(),
+        served_model_name = %name,
+        num_blocks,
+        block_size = args.block_size,
+        kv_cache_bytes = num_blocks as u64 * per_block,
+        max_seq_len,
+        threads = candle_core::utils::get_num_threads(),
+        "model loaded"
+    );
+    Ok(Loaded {
+        runner: ModelRunner { model, cache },
+        tokenizer,
+        chat_template,
+        name,
+        num_blocks,
+        max_seq_len,
+    })
+}
+
+fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let loaded = load(args)?;
+    let metrics = Metrics::new(&loaded.name)?;
+    let sched_cfg = SchedulerConfig {
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        max_batch_size: args.max_batch_size,
+        max_seq_len: loaded.max_seq_len,
+    };
+    let (num_blocks, block_size, prefix) =
+        (loaded.num_blocks, args.block_size, !args.no_prefix_caching);
+    let (engine, engine_thread) = Engine::spawn(
+        loaded.runner,
+        move || Scheduler::new(sched_cfg, BlockManager::new(num_blocks, block_size, prefix)),
+        metrics.clone(),
+        EngineConfig {
+            max_queue: args.max_queue,
+        },
+    )?;
+    let state = web::Data::new(AppState {
+        engine: engine.clone(),
+        tokenizer: Arc::new(loaded.tokenizer),
+        chat_template: Arc::new(loaded.chat_template),
+        limits: Limits {
+            served_model_name: loaded.name.clone(),
+            max_seq_len: loaded.max_seq_len,
+        },
+        metrics: metrics.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        ready: AtomicBool::new(false),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    });
+    let addr = (args.host.clone(), args.port);
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let workers = args.http_workers.max(1);
+    actix_web::rt::System::new().block_on(async move {
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::PayloadConfig::new(16 << 20))
+                .configure(handlers::routes)
+                .default_service(web::to(handlers::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .bind(addr.clone())
+        .with_context(|| format!("binding {}:{}", addr.0, addr.1))?
+        .run();
+        let handle = server.handle();
+        state.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            host = %addr.0, port = addr.1, startup_s = t0.elapsed().as_secs_f64(),
+            "serving OpenAI-compatible API on http://{}:{}/v1", addr.0, addr.1
+        );
+        let drain = drain_on_signal(engine, state.clone(), metrics, drain_timeout, handle);
+        let (served, ()) = futures::join!(server, drain);
+        served.context("http server")
+    })?;
+    drop(engine_thread);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish
+/// (at most `timeout`), the server stops.
+async fn drain_on_signal(
+    engine: EngineHandle,
+    state: web::Data<AppState>,
+    metrics: Metrics,
+    timeout: Duration,
+    server: actix_web::dev::ServerHandle,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; drain on SIGTERM is unavailable");
+        return;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    state.ready.store(false, Ordering::SeqCst);
+    engine.start_draining();
+    metrics.draining.set(1);
+    let in_flight = engine.in_flight();
+    tracing::info!(
+        signal = which,
+        in_flight,
+        timeout_s = timeout.as_secs(),
+        "draining"
+    );
+    let start = Instant::now();
+    while engine.in_flight() > 0 && start.elapsed() < timeout {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = engine.in_flight();
+    if left > 0 {
+        tracing::warn!(left, "drain timeout: stopping with requests in flight");
+    }
+    // Let finished streams flush their last chunks.
+    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    server.stop(true).await;
+}

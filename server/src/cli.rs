@@ -88,16 +88,16 @@ pub struct ModelArgs {
     /// KV cache element type: f16, bf16 or f32.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: KvDType,
-    /// Keep Q4_1 weights as Q4_1 (slow scalar kernel) instead of re-encoding them as Q8_0 at load.
+    /// Re-encode Q4_1 weights as Q8_0 at load (experiment; the default exact Q4_1 kernel is as fast).
     #[arg(long)]
-    pub no_repack_q4_1: bool,
+    pub repack_q4_1: bool,
 }
 
 impl ModelArgs {
     /// Load options from the flags.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            repack_q4_1: !self.no_repack_q4_1,
+            repack_q4_1: self.repack_q4_1,
         }
     }
 }
@@ -237,9 +237,9 @@ pub struct BenchArgs {
     /// Repetitions (the best is reported).
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
-    /// Keep Q4_1 weights as Q4_1 instead of re-encoding them as Q8_0.
+    /// Re-encode Q4_1 weights as Q8_0 at load (experiment).
     #[arg(long)]
-    pub no_repack_q4_1: bool,
+    pub repack_q4_1: bool,
     /// Internal: measure one model in this process (the parent sets the threads).
     #[arg(long, hide = true)]
     pub single: bool,
@@ -276,8 +276,8 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .arg("--repeat")
                 .arg(args.repeat.to_string())
                 .env("RAYON_NUM_THREADS", t.to_string());
-            if args.no_repack_q4_1 {
-                cmd.arg("--no-repack-q4-1");
+            if args.repack_q4_1 {
+                cmd.arg("--repack-q4-1");
             }
             let out = cmd.output()?;
             let line = String::from_utf8_lossy(&out.stdout);
@@ -293,7 +293,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
-        repack_q4_1: !args.no_repack_q4_1,
+        repack_q4_1: args.repack_q4_1,
     };
     let model = Model::load(path, &Device::Cpu, opts)?;
     let vocab = model.config().vocab_size as u32;

@@ -13,18 +13,15 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-/// Options applied while turning GGUF tensors into layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoadOptions {
-    /// Re-encode Q4_1 weights as Q8_0 at load. candle-core's Q4_1 CPU matmul is scalar (≈20× slower than
-    /// its Q8_0 one); Q8_0 represents every Q4_1 value to within 1/254 of the block's absolute maximum.
-    pub repack_q4_1: bool,
-}
+use super::kernels::{Q4_1Matrix, Q8_0Matrix};
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { repack_q4_1: true }
-    }
+/// Options applied while turning GGUF tensors into layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Re-encode Q4_1 weights as Q8_0 at load (an experiment kept for benchmarks). Off by default: on the
+    /// CPU Q4_1 runs on our own exact AVX2 kernel ([`super::kernels`]), while the re-encoding rounds every
+    /// weight again (to 1/254 of its block's maximum) and measurably moved greedy text off llama.cpp's.
+    pub repack_q4_1: bool,
 }
 
 /// A weight matrix `[out, in]` and how it is multiplied.
@@ -34,6 +31,11 @@ pub enum Linear {
     Dense(Tensor),
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
+    /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization
+    /// (see [`super::kernels`]).
+    Q8_0(Q8_0Matrix),
+    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by an AVX2 kernel.
+    Q4_1(Q4_1Matrix),
 }
 
 impl Linear {
@@ -64,6 +66,20 @@ impl Linear {
         }
         let same_type = parts.iter().all(|p| p.dtype() == dtype);
         let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if same_type && dtype == GgmlDType::Q4_1 && device.is_cpu() {
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            return Ok(Self::Q4_1(Q4_1Matrix::from_bytes(&data, rows, cols)?));
+        }
+        if same_type && dtype == GgmlDType::Q8_0 && device.is_cpu() {
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            return Ok(Self::Q8_0(Q8_0Matrix::from_bytes(&data, rows, cols)?));
+        }
         if same_type && !dense {
             if parts.len() == 1 && device.is_cpu() {
                 let only = parts
@@ -95,6 +111,8 @@ impl Linear {
         match self {
             Self::Dense(w) => x.matmul(&w.t()?),
             Self::Quantized(q) => q.forward(x),
+            Self::Q8_0(q) => q.forward(x),
+            Self::Q4_1(q) => q.forward(x),
         }
     }
 
@@ -104,6 +122,8 @@ impl Linear {
             Self::Dense(w) => w.dim(0),
             Self::Quantized(QMatMul::QTensor(q)) => q.shape().dims2().map(|(r, _)| r),
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
+            Self::Q8_0(q) => Ok(q.rows()),
+            Self::Q4_1(q) => Ok(q.rows()),
         }
     }
 
@@ -113,6 +133,8 @@ impl Linear {
             Self::Dense(_) => "dense f32".into(),
             Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
             Self::Quantized(_) => "dequantized".into(),
+            Self::Q8_0(_) => "Q8_0".into(),
+            Self::Q4_1(_) => "Q4_1".into(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod config;
 pub mod generate;
+mod kernels;
 mod linear;
 
 use std::io::{Read, Seek};

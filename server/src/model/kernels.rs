@@ -1,0 +1,309 @@
+//! CPU kernel glue for Q8_0 weights (the only module that allows `unsafe`).
+//!
+//! Why: on AVX-512-VNNI machines candle-core's `QMatMul` sends Q8_0 weights through a repacked kernel that
+//! quantizes the *activations* to Q8_K (one scale per 256 values). llama.cpp quantizes them to Q8_0 (one
+//! scale per 32), and the coarser rounding moved SmolLM2's greedy output away from llama.cpp's at steps
+//! where llama.cpp led by 0.3 logits. Holding Q8_0 weights as candle's own `BlockQ8_0` slice and calling
+//! candle's generic `k_quants::matmul` keeps llama.cpp's per-32 activation quantization (SIMD dot
+//! products included).
+#![allow(unsafe_code)]
+
+use candle_core::quantized::k_quants::{self, BlockQ8_0, GgmlType};
+use candle_core::{Result, Tensor};
+
+const BLOCK_BYTES: usize = 34;
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == BLOCK_BYTES);
+
+/// A `[rows, cols]` Q8_0 matrix in candle's block type.
+#[derive(Debug, Clone)]
+pub struct Q8_0Matrix {
+    blocks: Vec<BlockQ8_0>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Q8_0Matrix {
+    /// From the raw GGUF bytes of a `[rows, cols]` Q8_0 tensor.
+    pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(BlockQ8_0::BLCK_SIZE) {
+            candle_core::bail!("Q8_0 matrix with {cols} columns");
+        }
+        let n = rows * cols / BlockQ8_0::BLCK_SIZE;
+        if bytes.len() != n * BLOCK_BYTES {
+            candle_core::bail!(
+                "Q8_0 matrix [{rows}, {cols}] needs {} bytes, got {}",
+                n * BLOCK_BYTES,
+                bytes.len()
+            );
+        }
+        let mut blocks = vec![BlockQ8_0::zeros(); n];
+        // SAFETY: `BlockQ8_0` is `#[repr(C)] { d: f16, qs: [i8; 32] }`: 34 bytes (asserted above), alignment
+        // 2 so no padding, and every bit pattern is a valid f16/i8. `blocks` owns exactly `n * 34` bytes,
+        // `bytes` has exactly that many (checked above), and the two buffers are distinct allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                blocks.as_mut_ptr().cast::<u8>(),
+                n * BLOCK_BYTES,
+            );
+        }
+        Ok(Self { blocks, rows, cols })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!("Q8_0 matmul: input has {k} features, weight {}", self.cols);
+        }
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = vec![0f32; m * self.rows];
+        k_quants::matmul((m, k, self.rows), &lhs, &self.blocks, &mut dst)?;
+        Tensor::from_vec(dst, (m, self.rows), x.device())
+    }
+}
+
+/// One Q4_1 weight block with its scales widened to f32: value `j` is `d * q_j + m`, `q_j` the low nibble
+/// of `qs[j]` for `j < 16` and the high nibble of `qs[j - 16]` otherwise (GGML's layout).
+#[derive(Debug, Clone, Copy, Default)]
+struct BlockQ4_1 {
+    d: f32,
+    m: f32,
+    qs: [u8; 16],
+}
+
+/// One activation block quantized as GGML's Q8_1: `x_j ≈ d * qs_j`, `s = d * Σ qs_j` (both rounded
+/// through f16 as llama.cpp stores them).
+#[derive(Debug, Clone, Copy, Default)]
+struct BlockQ8_1 {
+    d: f32,
+    s: f32,
+    qs: [i8; 32],
+}
+
+const Q4_1_BYTES: usize = 20;
+
+/// A `[rows, cols]` Q4_1 matrix multiplied exactly as llama.cpp does it (activations quantized to Q8_1
+/// per 32 values, integer dot products), with an AVX2 kernel when the CPU has one. candle-core's own Q4_1
+/// path has the same numerics but a scalar inner loop (~20× slower); re-encoding the weights as Q8_0
+/// instead would change them (and measurably moved greedy outputs away from llama.cpp's).
+#[derive(Debug, Clone)]
+pub struct Q4_1Matrix {
+    blocks: Vec<BlockQ4_1>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Q4_1Matrix {
+    /// From the raw GGUF bytes of a `[rows, cols]` Q4_1 tensor.
+    pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(32) {
+            candle_core::bail!("Q4_1 matrix with {cols} columns");
+        }
+        let n = rows * cols / 32;
+        if bytes.len() != n * Q4_1_BYTES {
+            candle_core::bail!(
+                "Q4_1 matrix [{rows}, {cols}] needs {} bytes, got {}",
+                n * Q4_1_BYTES,
+                bytes.len()
+            );
+        }
+        let blocks = bytes
+            .chunks_exact(Q4_1_BYTES)
+            .map(|b| {
+                let mut qs = [0u8; 16];
+                qs.copy_from_slice(&b[4..20]);
+                BlockQ4_1 {
+                    d: half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    m: half::f16::from_le_bytes([b[2], b[3]]).to_f32(),
+                    qs,
+                }
+            })
+            .collect();
+        Ok(Self { blocks, rows, cols })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!("Q4_1 matmul: input has {k} features, weight {}", self.cols);
+        }
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let kb = k / 32;
+        let acts: Vec<BlockQ8_1> = lhs.chunks_exact(32).map(quantize_q8_1).collect();
+        let dot = dot_fn();
+        let n = self.rows;
+        // out_t[row][token], rows split across threads
+        let mut out_t = vec![0f32; n * m];
+        out_t
+            .par_chunks_mut(m * 16)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (row, tok) = (chunk * 16 + i / m, i % m);
+                    let w = &self.blocks[row * kb..(row + 1) * kb];
+                    let a = &acts[tok * kb..(tok + 1) * kb];
+                    *o = dot(w, a);
+                }
+            });
+        let dst = if m == 1 {
+            out_t
+        } else {
+            let mut dst = vec![0f32; m * n];
+            for (row, col) in out_t.chunks_exact(m).enumerate() {
+                for (tok, v) in col.iter().enumerate() {
+                    dst[tok * n + row] = *v;
+                }
+            }
+            dst
+        };
+        Tensor::from_vec(dst, (m, n), x.device())
+    }
+}
+
+fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += i32::from(*q);
+    }
+    BlockQ8_1 {
+        d: half::f16::from_f32(d).to_f32(),
+        s: half::f16::from_f32(d * sum as f32).to_f32(),
+        qs,
+    }
+}
+
+type DotFn = fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32;
+
+fn dot_fn() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return dot_avx2_checked;
+        }
+    }
+    dot_scalar
+}
+
+fn dot_scalar(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = i32::from(w.qs[j] & 0x0F);
+            let hi = i32::from(w.qs[j] >> 4);
+            sumi += lo * i32::from(a.qs[j]) + hi * i32::from(a.qs[j + 16]);
+        }
+        acc += w.d * a.d * sumi as f32 + w.m * a.s;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_avx2_checked(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    // SAFETY: only selected by `dot_fn` after `is_x86_feature_detected!` confirmed AVX2 and FMA.
+    unsafe { dot_avx2(w, a) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        // SAFETY: `qs` arrays are 16 and 32 bytes long, matching the unaligned 128/256-bit loads.
+        let (qw, qa) = unsafe {
+            (
+                _mm_loadu_si128(w.qs.as_ptr().cast()),
+                _mm256_loadu_si256(a.qs.as_ptr().cast()),
+            )
+        };
+        let lo = _mm_and_si128(qw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(qw, 4), mask);
+        let bx = _mm256_set_m128i(hi, lo);
+        // u8 (0..15) × i8 pairs summed to i16 (|·| ≤ 2·15·128, no saturation), then to i32
+        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(bx, qa), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * a.d), _mm256_cvtepi32_ps(dot), acc);
+        summs += w.m * a.s;
+    }
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s) + summs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_1_simd_and_scalar_dots_agree_with_dequantized_math() {
+        // deterministic pseudo-random blocks
+        let mut x: u32 = 12345;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let kb = 6;
+        let w: Vec<BlockQ4_1> = (0..kb)
+            .map(|_| {
+                let mut qs = [0u8; 16];
+                qs.iter_mut().for_each(|q| *q = next() as u8);
+                BlockQ4_1 {
+                    d: 0.01 + (next() % 100) as f32 * 1e-4,
+                    m: -0.05 + (next() % 100) as f32 * 1e-3,
+                    qs,
+                }
+            })
+            .collect();
+        let xs: Vec<f32> = (0..kb * 32)
+            .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let a: Vec<BlockQ8_1> = xs.chunks_exact(32).map(quantize_q8_1).collect();
+        let exact: f32 = (0..kb * 32)
+            .map(|i| {
+                let b = &w[i / 32];
+                let j = i % 32;
+                let q = if j < 16 {
+                    b.qs[j] & 15
+                } else {
+                    b.qs[j - 16] >> 4
+                };
+                (b.d * f32::from(q) + b.m) * xs[i]
+            })
+            .sum();
+        let s = dot_scalar(&w, &a);
+        let f = dot_fn()(&w, &a);
+        assert!(
+            (s - f).abs() < 1e-4 * s.abs().max(1.0),
+            "scalar {s} simd {f}"
+        );
+        assert!(
+            (s - exact).abs() < 2e-2 * exact.abs().max(1.0),
+            "{s} vs {exact}"
+        );
+    }
+}

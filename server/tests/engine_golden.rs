@@ -1,0 +1,182 @@
+//! Greedy continuations of SmolLM2 against llama.cpp (`tests/golden/smollm2-greedy.json`, recorded once by
+//! `scripts/reference/golden_llamacpp.py`), judged tie-aware.
+//!
+//! For each prompt we feed llama.cpp's own prompt tokens and decode greedily for as many tokens as it did.
+//! A prompt passes if our tokens are identical, or if the first departure happens at a step where
+//! llama.cpp's own top-1/top-2 logit gap was below [`NEAR_TIE`]: there llama.cpp itself is within its
+//! numerical noise of picking our token, and everything after a departure conditions on different text.
+//!
+//! Thresholds come from measuring how far two correct engines drift apart on this model. While the texts
+//! still agree, the test compares our top-1/top-2 logit gap with llama.cpp's at every step (reported, and
+//! bounded by [`MAX_GAP_DIFF`] / [`MAX_GAP_DIFF_F16`] — this catches numeric bugs that do not flip a token).
+//! - F16 weights: measured ≤ 0.022 over all 13 prompts (f16 KV cache both sides; llama.cpp also rounds
+//!   Q and the attention probabilities to f16, we keep them f32). Near-tie bar 0.1, drift bound 0.1.
+//! - Q8_0 / Q4_1 weights: both engines quantize activations to 8 bits per 32 values (Q8_0 / Q8_1) before
+//!   every matmul. That step is discontinuous: the f16-level differences above flip individual roundings,
+//!   and each flip moves a dot product by a whole quantization step, so two correct engines differ by the
+//!   quantization noise itself — measured ≤ 0.58 logits of gap (≈ 2 % of SmolLM2's ~25-logit range) over
+//!   all agreeing steps. Near-tie bar 0.75, drift bound 1.0. A departure where llama.cpp led by more than
+//!   that is a bug. Measured departures with the current kernels: largest llama.cpp gap 0.29 (Q4_1, step
+//!   15 of a degenerate, repetitive chat answer); all others ≤ 0.13.
+//!   Two numerics changes were needed to get here (see `model::kernels`): candle's AVX-512 path quantized
+//!   Q8_0 activations per 256 values, and re-encoding Q4_1 as Q8_0 rounded the weights again; either one
+//!   made ours depart on "Once upon a time" at step 1 where llama.cpp led by 0.28–0.31.
+//!
+//! The tokenizer is checked too: our encoding of each prompt must equal llama.cpp's.
+
+mod engine_common;
+
+use candle_core::Device;
+use llama_server::gguf::GgufFile;
+use llama_server::kv_cache::KvDType;
+use llama_server::model::generate::generate;
+use llama_server::model::{LoadOptions, Model};
+use llama_server::sampler::{Sampler, SamplingParams};
+use llama_server::tokenizer::Tokenizer;
+
+const NEAR_TIE: f64 = 0.75;
+const MAX_GAP_DIFF: f64 = 1.0;
+const NEAR_TIE_F16: f64 = 0.1;
+const MAX_GAP_DIFF_F16: f64 = 0.1;
+
+fn golden() -> serde_json::Value {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smollm2-greedy.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn check_model(key: &str, threshold: f64, max_drift: f64) {
+    let g = golden();
+    let m = &g["models"][key];
+    let file = m["file"].as_str().expect("file");
+    let path = if key == "q4_1" {
+        engine_common::smollm2()
+    } else {
+        engine_common::test_models("smollm2").join(file)
+    };
+    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).expect("open")).expect("tokenizer");
+    let mut report = Vec::new();
+    let mut max_gap_diff = 0f64;
+    let mut failures = Vec::new();
+    let prompts = m["prompts"].as_array().expect("prompts");
+    assert!(prompts.len() >= 10);
+    for p in prompts {
+        let prompt = p["prompt"].as_str().expect("prompt");
+        let prompt_ids = ids(&p["prompt_tokens"]);
+        let ours_prompt = tok.encode(prompt, true, true).expect("encode");
+        assert_eq!(ours_prompt, prompt_ids, "{key}: tokenization of {prompt:?}");
+        let want = ids(&p["tokens"]);
+        let steps = p["steps"].as_array().expect("steps");
+        let mut got = Vec::new();
+        let mut step = 0;
+        generate(
+            &model,
+            &prompt_ids,
+            want.len(),
+            &mut Sampler::new(SamplingParams::greedy()),
+            &[],
+            KvDType::F16,
+            |s, logits| {
+                // while the texts agree, measure how far our logits are from llama.cpp's
+                if got == want[..step] {
+                    let g = &steps[step];
+                    let logit = |id: &str| f64::from(logits[g[id].as_u64().expect("id") as usize]);
+                    let ours_gap = logit("top1") - logit("top2");
+                    let d = (ours_gap - g["gap"].as_f64().expect("gap")).abs();
+                    max_gap_diff = max_gap_diff.max(d);
+                }
+                step += 1;
+                got.push(s.token);
+                true
+            },
+        )
+        .expect("generate");
+        match got.iter().zip(&want).position(|(a, b)| a != b) {
+            None => report.push(format!(
+                "{key} {prompt:?}: identical ({} tokens)",
+                want.len()
+            )),
+            Some(i) => {
+                let gap = steps[i]["gap"].as_f64().expect("gap");
+                let line = format!(
+                    "{key} {prompt:?}: departs at step {i} (ours {}, llama.cpp {}, llama.cpp gap {gap:.4}); llama.cpp: {:?} ours: {:?}",
+                    got[i],
+                    want[i],
+                    tok.decode(&want, false).unwrap_or_default(),
+                    tok.decode(&got, false).unwrap_or_default()
+                );
+                if gap < threshold {
+                    report.push(line);
+                } else {
+                    failures.push(line);
+                }
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    eprintln!(
+        "{key}: largest difference of the top-1/top-2 gap, ours vs llama.cpp, while the texts agree: {max_gap_diff:.4}"
+    );
+    assert!(
+        failures.is_empty(),
+        "confident departures:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        max_gap_diff <= max_drift,
+        "{key}: logits drift {max_gap_diff} from llama.cpp's (bound {max_drift})"
+    );
+}
+
+#[test]
+fn q4_1_greedy_agrees_with_llama_cpp() {
+    check_model("q4_1", NEAR_TIE, MAX_GAP_DIFF);
+}
+
+#[test]
+fn q8_0_greedy_agrees_with_llama_cpp() {
+    check_model("q8_0", NEAR_TIE, MAX_GAP_DIFF);
+}
+
+#[test]
+fn f16_greedy_agrees_with_llama_cpp() {
+    check_model("f16", NEAR_TIE_F16, MAX_GAP_DIFF_F16);
+}
+
+#[test]
+fn once_upon_a_time_continues_like_llama_cpp() {
+    let path = engine_common::smollm2();
+    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&path).expect("open")).expect("tokenizer");
+    let ids = tok.encode("Once upon a time", true, false).expect("encode");
+    let mut out = Vec::new();
+    generate(
+        &model,
+        &ids,
+        12,
+        &mut Sampler::new(SamplingParams::greedy()),
+        &[],
+        KvDType::F16,
+        |s, _| {
+            out.push(s.token);
+            true
+        },
+    )
+    .expect("generate");
+    let text = tok.decode(&out, false).expect("decode");
+    // " Nova" vs " New" is a near-tie in llama.cpp itself; accept either there
+    assert!(
+        text.starts_with(", the city of Nova Haven was a thriving metropolis")
+            || text.starts_with(", the city of New"),
+        "{text:?}"
+    );
+}

@@ -107,6 +107,30 @@ impl Drop for Operator {
     }
 }
 
+/// Deletes every LlamaDeployment of the test while the operator still runs (its finalizer needs it), then
+/// stops the operator and deletes the namespace.
+async fn finish(op: Operator, client: &Client, ns: TestNamespace) -> Result<()> {
+    let api = lds(client, &ns.name);
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_for(
+        "every LlamaDeployment deleted (finalizers done)",
+        Duration::from_secs(60),
+        || async {
+            Ok(api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| op.logs())?;
+    drop(op);
+    ns.cleanup().await
+}
+
 fn ld_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(
@@ -387,8 +411,7 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
     );
     assert_eq!(scale["status"]["replicas"], 3);
 
-    drop(op);
-    ns.cleanup().await?;
+    finish(op, &client, ns).await?;
     run_tool("kubectl", &["delete", "pv", &pv, "--wait=false"])?;
     Ok(())
 }
@@ -557,6 +580,31 @@ async fn operator_refuses_impossible_tensor_parallelism_with_the_arithmetic() ->
         "{message}"
     );
 
+    // A spec that validates but cannot schedule (no node has 500 CPUs) surfaces the scheduler's verdict.
+    let mut huge = smollm_spec();
+    huge["resources"]["cpu"] = json!("500");
+    api.create(&PostParams::default(), &llama("huge", huge)?)
+        .await?;
+    wait_for(
+        "huge Degraded=True Unschedulable",
+        Duration::from_secs(60),
+        || async {
+            let obj = api.get("huge").await?;
+            Ok(condition(&obj, "Degraded")
+                .filter(|c| c.0 == "True" && c.1 == "Unschedulable")
+                .map(|c| c.2))
+        },
+    )
+    .await
+    .map(|message| assert!(message.contains("Insufficient cpu"), "{message}"))?;
+    let (reason, _) = wait_ready(&api, "huge", "False", Duration::from_secs(10)).await?;
+    assert_eq!(reason, "Unschedulable");
+    api.delete("huge", &DeleteParams::default()).await?;
+    wait_for("huge deleted", Duration::from_secs(30), || async {
+        Ok(api.get_opt("huge").await?.is_none().then_some(()))
+    })
+    .await?;
+
     // No children that could never schedule.
     let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .list(&ListParams::default())
@@ -570,8 +618,7 @@ async fn operator_refuses_impossible_tensor_parallelism_with_the_arithmetic() ->
         events.contains("TensorParallelMismatch"),
         "a Warning event explains the refusal"
     );
-    drop(op);
-    ns.cleanup().await?;
+    finish(op, &client, ns).await?;
     Ok(())
 }
 
@@ -639,8 +686,7 @@ async fn operator_rolls_pods_on_spec_change_and_delete_removes_children() -> Res
         },
     )
     .await?;
-    drop(op);
-    ns.cleanup().await?;
+    finish(op, &client, ns).await?;
     Ok(())
 }
 
@@ -701,14 +747,73 @@ async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loo
     tokio::time::sleep(Duration::from_secs(10)).await;
     let b = second.counter("llama_operator_reconciles_total")?;
     eprintln!("reconciles after takeover: {a}, 10 s later: {b}");
+    // Pod status updates and the 30 s requeue of objects that were not Ready may add a few; a hot loop
+    // would add hundreds.
     assert!(
-        b - a <= 3.0,
+        b - a <= 12.0,
         "reconciles kept running while idle: {a} -> {b}"
     );
     if b > 60.0 {
         bail!("too many reconciles for 3 objects: {b}");
     }
-    drop(second);
-    ns.cleanup().await?;
+
+    // Leadership taken away (as when the apiserver was unreachable past the lease): the operator stops its
+    // controller, campaigns again, and leads once the other holder's lease expires.
+    let now = run_tool("date", &["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"])?;
+    let steal = json!({"spec": {"holderIdentity": "thief", "renewTime": now.trim(), "leaseDurationSeconds": 10}});
+    run_tool(
+        "kubectl",
+        &[
+            "patch",
+            "lease",
+            "llama-operator-leader",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            &steal.to_string(),
+        ],
+    )?;
+    wait_for(
+        "the operator notices it lost the Lease",
+        Duration::from_secs(20),
+        || async { Ok(second.logs().contains("lost leadership").then_some(())) },
+    )
+    .await
+    .with_context(|| second.logs())?;
+    wait_for(
+        "the operator leads again after the thief's lease expired",
+        Duration::from_secs(40),
+        || async { Ok((second.counter("llama_operator_leader")? == 1.0).then_some(())) },
+    )
+    .await
+    .with_context(|| second.logs())?;
+    api.patch(
+        "r1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "r1's Deployment scaled to 2 by the re-elected operator",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get("r1").await?;
+            Ok((d.spec.and_then(|s| s.replicas) == Some(2)).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| second.logs())?;
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels(MANAGED))
+        .await?;
+    assert_eq!(
+        deps.items.len(),
+        3,
+        "still one Deployment per LlamaDeployment"
+    );
+
+    finish(second, &client, ns).await?;
     Ok(())
 }

@@ -614,6 +614,88 @@ mod tests {
         assert_eq!(spec.resources.gpu_resource_name, "nvidia.com/gpu");
     }
 
+    fn undocumented(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+            return;
+        };
+        for (name, prop) in props {
+            let p = format!("{path}.{name}");
+            out.push(format!("walked:{p}"));
+            let doc = prop
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default();
+            if doc.trim().is_empty() {
+                out.push(p.clone());
+            }
+            undocumented(prop, &p, out);
+            if let Some(items) = prop.get("items") {
+                undocumented(items, &format!("{p}[]"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_spec_and_status_field_is_documented_for_kubectl_explain() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(LlamaDeployment::crd()).expect("crd");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        undocumented(&schema["properties"]["spec"], "spec", &mut missing);
+        undocumented(&schema["properties"]["status"], "status", &mut missing);
+        let walked = missing
+            .iter()
+            .filter(|p| p.starts_with("walked:spec.model."))
+            .count();
+        assert!(walked >= 14, "the walk must reach nested fields ({walked})");
+        // Kubernetes' own types (affinity, tolerations, env, conditions) bring their upstream docs.
+        missing.retain(|p| {
+            !p.starts_with("walked:")
+                && ![
+                    ".affinity.",
+                    ".tolerations[].",
+                    ".env[].",
+                    ".apiKeySecretRef.",
+                    "status.conditions[].",
+                ]
+                .iter()
+                .any(|k| p.contains(k))
+        });
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_crd_has_scale_and_status_subresources_and_printer_columns() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(LlamaDeployment::crd()).expect("crd");
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(
+            v["subresources"]["scale"]["labelSelectorPath"],
+            ".status.selector"
+        );
+        assert_eq!(
+            v["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        assert!(v["subresources"]["status"].is_object());
+        let columns: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "Ready", "Replicas", "Model", "Quant", "TP", "Queue", "KV%", "Age"
+            ]
+        );
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "llama");
+    }
+
     #[test]
     fn quantization_names_round_trip_through_serde() {
         for q in [

@@ -84,9 +84,9 @@ pub struct ServeArgs {
     /// HTTP worker threads.
     #[arg(long, env = "LLAMA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
-    /// Keep Q4_1 weights as Q4_1 instead of re-encoding them as Q8_0 at load.
-    #[arg(long, env = "LLAMA_NO_REPACK_Q4_1")]
-    pub no_repack_q4_1: bool,
+    /// Re-encode Q4_1 weights as Q8_0 at load (as `generate --repack-q4-1`; off by default, like the engine).
+    #[arg(long, env = "LLAMA_REPACK_Q4_1")]
+    pub repack_q4_1: bool,
 }
 
 /// Entry point of the subcommand (called from `main`).
@@ -208,7 +208,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
         &path,
         &device,
         LoadOptions {
-            repack_q4_1: !args.no_repack_q4_1,
+            repack_q4_1: args.repack_q4_1,
         },
     )?;
     let cfg = model.config().clone();

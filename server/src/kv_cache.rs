@@ -428,41 +428,48 @@ fn host_attend<T: KvElem>(
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; q.len()];
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::<f32>::new(), vec![0f32; hd]),
-        |(scores, kbuf), (idx, o)| {
-            let (tok, h) = (idx / s.n_heads, idx % s.n_heads);
-            let (si, n_ctx) = token_seq[tok];
-            let table = &batch.seqs[si].block_table;
-            let g = h / group;
-            let qh = &q[idx * hd..(idx + 1) * hd];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..n_ctx {
-                let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
-                let off = slot * row + g * hd;
-                T::load(&k_cache[off..off + hd], kbuf);
-                let dot = qh.iter().zip(kbuf.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(dot);
-                scores.push(dot);
+    let init = || (Vec::<f32>::new(), vec![0f32; hd]);
+    let body = |(scores, kbuf): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
+        let (tok, h) = (idx / s.n_heads, idx % s.n_heads);
+        let (si, n_ctx) = token_seq[tok];
+        let table = &batch.seqs[si].block_table;
+        let g = h / group;
+        let qh = &q[idx * hd..(idx + 1) * hd];
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n_ctx {
+            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
+            let off = slot * row + g * hd;
+            T::load(&k_cache[off..off + hd], kbuf);
+            let dot = qh.iter().zip(kbuf.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
+            max = max.max(dot);
+            scores.push(dot);
+        }
+        let mut sum = 0f32;
+        for x in scores.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for (j, &p) in scores.iter().enumerate() {
+            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
+            let off = slot * row + g * hd;
+            let w = p * inv;
+            T::load(&v_cache[off..off + hd], kbuf);
+            for (acc, x) in o.iter_mut().zip(kbuf.iter()) {
+                *acc += w * x;
             }
-            let mut sum = 0f32;
-            for x in scores.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for (j, &p) in scores.iter().enumerate() {
-                let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
-                let off = slot * row + g * hd;
-                let w = p * inv;
-                T::load(&v_cache[off..off + hd], kbuf);
-                for (acc, x) in o.iter_mut().zip(kbuf.iter()) {
-                    *acc += w * x;
-                }
-            }
-        },
-    );
+        }
+    };
+    if rayon::current_num_threads() <= 1 {
+        // inline: handing each layer to a one-thread pool costs two context switches
+        let mut state = init();
+        out.chunks_mut(hd)
+            .enumerate()
+            .for_each(|item| body(&mut state, item));
+    } else {
+        out.par_chunks_mut(hd).enumerate().for_each_init(init, body);
+    }
     out
 }
 

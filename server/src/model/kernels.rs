@@ -4,11 +4,11 @@
 //! quantizes the *activations* to Q8_K (one scale per 256 values). llama.cpp quantizes them to Q8_0 (one
 //! scale per 32), and the coarser rounding moved SmolLM2's greedy output away from llama.cpp's at steps
 //! where llama.cpp led by 0.3 logits. Holding Q8_0 weights as candle's own `BlockQ8_0` slice and calling
-//! candle's generic `k_quants::matmul` keeps llama.cpp's per-32 activation quantization (SIMD dot
-//! products included).
+//! candle's `BlockQ8_0::from_float` / `vec_dot` keeps llama.cpp's per-32 activation quantization (SIMD
+//! dot products included). Q4_1 gets its own exact kernel for speed (see [`Q4_1Matrix`]).
 #![allow(unsafe_code)]
 
-use candle_core::quantized::k_quants::{self, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::{Result, Tensor};
 
 const BLOCK_BYTES: usize = 34;
@@ -55,17 +55,61 @@ impl Q8_0Matrix {
         self.rows
     }
 
-    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`. Activations are quantized to Q8_0 and each
+    /// output is candle's SIMD `vec_dot`; rows are split across the rayon pool (candle's own generic
+    /// matmul uses a spinning barrier pool that collapsed to ~4 tok/s at 2 threads on a loaded machine).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.cols {
             candle_core::bail!("Q8_0 matmul: input has {k} features, weight {}", self.cols);
         }
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut dst = vec![0f32; m * self.rows];
-        k_quants::matmul((m, k, self.rows), &lhs, &self.blocks, &mut dst)?;
-        Tensor::from_vec(dst, (m, self.rows), x.device())
+        let kb = k / BlockQ8_0::BLCK_SIZE;
+        let mut acts = vec![BlockQ8_0::zeros(); m * kb];
+        for (row, q) in lhs.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
+            BlockQ8_0::from_float(row, q);
+        }
+        let n = self.rows;
+        let mut out_t = vec![0f32; n * m];
+        for_each_chunk(&mut out_t, m * 16, |chunk, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let (row, tok) = (chunk * 16 + i / m, i % m);
+                let w = &self.blocks[row * kb..(row + 1) * kb];
+                *o = BlockQ8_0::vec_dot(k, w, &acts[tok * kb..(tok + 1) * kb]);
+            }
+        });
+        Tensor::from_vec(transpose(out_t, n, m), (m, n), x.device())
     }
+}
+
+/// Runs `f(chunk_index, chunk)` over `chunk`-sized pieces of `out`: on the rayon pool, or inline when
+/// it has a single thread (handing each matmul to a one-thread pool costs two context switches).
+pub(crate) fn for_each_chunk<F>(out: &mut [f32], chunk: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    use rayon::prelude::*;
+    if rayon::current_num_threads() <= 1 {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// `[n][m]` → `[m][n]`.
+fn transpose(out_t: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
+    if m == 1 {
+        return out_t;
+    }
+    let mut dst = vec![0f32; m * n];
+    for (row, col) in out_t.chunks_exact(m).enumerate() {
+        for (tok, v) in col.iter().enumerate() {
+            dst[tok * n + row] = *v;
+        }
+    }
+    dst
 }
 
 /// One Q4_1 weight block with its scales widened to f32: value `j` is `d * q_j + m`, `q_j` the low nibble
@@ -135,7 +179,6 @@ impl Q4_1Matrix {
 
     /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        use rayon::prelude::*;
         let (m, k) = x.dims2()?;
         if k != self.cols {
             candle_core::bail!("Q4_1 matmul: input has {k} features, weight {}", self.cols);
@@ -143,33 +186,30 @@ impl Q4_1Matrix {
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
         let kb = k / 32;
         let acts: Vec<BlockQ8_1> = lhs.chunks_exact(32).map(quantize_q8_1).collect();
-        let dot = dot_fn();
+        let (dot, dot4) = dot_fns();
         let n = self.rows;
-        // out_t[row][token], rows split across threads
+        // out_t[row][token], rows split across threads; four tokens share each unpacked weight block
         let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(m * 16)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (row, tok) = (chunk * 16 + i / m, i % m);
-                    let w = &self.blocks[row * kb..(row + 1) * kb];
-                    let a = &acts[tok * kb..(tok + 1) * kb];
-                    *o = dot(w, a);
+        for_each_chunk(&mut out_t, m * 16, |chunk, out| {
+            for (r, out_row) in out.chunks_mut(m).enumerate() {
+                let row = chunk * 16 + r;
+                let w = &self.blocks[row * kb..(row + 1) * kb];
+                let act = |t: usize| &acts[t * kb..(t + 1) * kb];
+                let mut tok = 0;
+                for o in out_row.chunks_exact_mut(4) {
+                    o.copy_from_slice(&dot4(
+                        w,
+                        [act(tok), act(tok + 1), act(tok + 2), act(tok + 3)],
+                    ));
+                    tok += 4;
                 }
-            });
-        let dst = if m == 1 {
-            out_t
-        } else {
-            let mut dst = vec![0f32; m * n];
-            for (row, col) in out_t.chunks_exact(m).enumerate() {
-                for (tok, v) in col.iter().enumerate() {
-                    dst[tok * n + row] = *v;
+                for o in out_row.chunks_exact_mut(4).into_remainder() {
+                    *o = dot(w, act(tok));
+                    tok += 1;
                 }
             }
-            dst
-        };
-        Tensor::from_vec(dst, (m, n), x.device())
+        });
+        Tensor::from_vec(transpose(out_t, n, m), (m, n), x.device())
     }
 }
 
@@ -191,15 +231,67 @@ fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
 }
 
 type DotFn = fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32;
+type Dot4Fn = fn(&[BlockQ4_1], [&[BlockQ8_1]; 4]) -> [f32; 4];
 
-fn dot_fn() -> DotFn {
+fn dot_fns() -> (DotFn, Dot4Fn) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return dot_avx2_checked;
+            return (dot_avx2_checked, dot4_avx2_checked);
         }
     }
-    dot_scalar
+    (dot_scalar, dot4_scalar)
+}
+
+fn dot4_scalar(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    a.map(|a| dot_scalar(w, a))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot4_avx2_checked(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    // SAFETY: only selected by `dot_fns` after `is_x86_feature_detected!` confirmed AVX2 and FMA.
+    unsafe { dot4_avx2(w, a) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2(w: &[BlockQ4_1], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0f32; 4];
+    for (b, wb) in w.iter().enumerate() {
+        // SAFETY: `qs` is 16 bytes, matching the unaligned 128-bit load.
+        let qw = unsafe { _mm_loadu_si128(wb.qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(qw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(qw, 4), mask);
+        let bx = _mm256_set_m128i(hi, lo);
+        for t in 0..4 {
+            let ab = &a[t][b];
+            // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit load.
+            let qa = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast()) };
+            let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(bx, qa), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), _mm256_cvtepi32_ps(dot), acc[t]);
+            summs[t] += wb.m * ab.s;
+        }
+    }
+    let mut out = [0f32; 4];
+    for t in 0..4 {
+        out[t] = hsum(acc[t]) + summs[t];
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
 }
 
 fn dot_scalar(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
@@ -246,11 +338,7 @@ unsafe fn dot_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * a.d), _mm256_cvtepi32_ps(dot), acc);
         summs += w.m * a.s;
     }
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s) + summs
+    hsum(acc) + summs
 }
 
 #[cfg(test)]
@@ -296,10 +384,16 @@ mod tests {
             })
             .sum();
         let s = dot_scalar(&w, &a);
-        let f = dot_fn()(&w, &a);
+        let (dot, dot4) = dot_fns();
+        let f = dot(&w, &a);
         assert!(
             (s - f).abs() < 1e-4 * s.abs().max(1.0),
             "scalar {s} simd {f}"
+        );
+        let f4 = dot4(&w, [&a, &a, &a, &a]);
+        assert!(
+            f4.iter().all(|v| (v - f).abs() < 1e-5 * f.abs().max(1.0)),
+            "{f4:?} vs {f}"
         );
         assert!(
             (s - exact).abs() < 2e-2 * exact.abs().max(1.0),

@@ -1,4 +1,4 @@
-//! CPU kernel glue for Q8_0 weights (the only module that allows `unsafe`).
+//! CPU kernels for Q8_0, Q4_0 and Q4_1 weights (the only module that allows `unsafe`).
 //!
 //! Why: on AVX-512-VNNI machines candle-core's `QMatMul` sends Q8_0 weights through a repacked kernel that
 //! quantizes the *activations* to Q8_K (one scale per 256 values). llama.cpp quantizes them to Q8_0 (one
@@ -8,43 +8,65 @@
 //! dot products included). Q4_1 gets its own exact kernel for speed (see [`Q4_1Matrix`]).
 #![allow(unsafe_code)]
 
-use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ8_0, GgmlType};
 use candle_core::{Result, Tensor};
 
-const BLOCK_BYTES: usize = 34;
-const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == BLOCK_BYTES);
+/// candle block types that are `#[repr(C)]` structs of one f16 and a byte array, so that any bytes of
+/// the right length are a valid value (what makes [`BlockMatrix::from_bytes`] sound).
+pub trait PlainBlock: GgmlType + Send + Sync {
+    /// Size of one block in bytes (equal to `size_of::<Self>()`, asserted below).
+    const BYTES: usize;
+}
+/// `#[repr(C)] { d: f16, qs: [i8; 32] }`
+impl PlainBlock for BlockQ8_0 {
+    const BYTES: usize = 34;
+}
+/// `#[repr(C)] { d: f16, qs: [u8; 16] }`
+impl PlainBlock for BlockQ4_0 {
+    const BYTES: usize = 18;
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == <BlockQ8_0 as PlainBlock>::BYTES);
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == <BlockQ4_0 as PlainBlock>::BYTES);
 
-/// A `[rows, cols]` Q8_0 matrix in candle's block type.
+/// A `[rows, cols]` Q8_0 matrix.
+pub type Q8_0Matrix = BlockMatrix<BlockQ8_0>;
+/// A `[rows, cols]` Q4_0 matrix.
+pub type Q4_0Matrix = BlockMatrix<BlockQ4_0>;
+
+/// A `[rows, cols]` matrix of candle blocks, multiplied through candle's SIMD `vec_dot` with activations
+/// quantized to the block's dot type (Q8_0 for Q8_0 and Q4_0, as llama.cpp does).
 #[derive(Debug, Clone)]
-pub struct Q8_0Matrix {
-    blocks: Vec<BlockQ8_0>,
+pub struct BlockMatrix<T> {
+    blocks: Vec<T>,
     rows: usize,
     cols: usize,
 }
 
-impl Q8_0Matrix {
-    /// From the raw GGUF bytes of a `[rows, cols]` Q8_0 tensor.
+impl<T: PlainBlock> BlockMatrix<T> {
+    /// From the raw GGUF bytes of a `[rows, cols]` tensor of this block type.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(BlockQ8_0::BLCK_SIZE) {
-            candle_core::bail!("Q8_0 matrix with {cols} columns");
+        if !cols.is_multiple_of(T::BLCK_SIZE) {
+            candle_core::bail!("{:?} matrix with {cols} columns", T::DTYPE);
         }
-        let n = rows * cols / BlockQ8_0::BLCK_SIZE;
-        if bytes.len() != n * BLOCK_BYTES {
+        let n = rows * cols / T::BLCK_SIZE;
+        if bytes.len() != n * T::BYTES {
             candle_core::bail!(
-                "Q8_0 matrix [{rows}, {cols}] needs {} bytes, got {}",
-                n * BLOCK_BYTES,
+                "{:?} matrix [{rows}, {cols}] needs {} bytes, got {}",
+                T::DTYPE,
+                n * T::BYTES,
                 bytes.len()
             );
         }
-        let mut blocks = vec![BlockQ8_0::zeros(); n];
-        // SAFETY: `BlockQ8_0` is `#[repr(C)] { d: f16, qs: [i8; 32] }`: 34 bytes (asserted above), alignment
-        // 2 so no padding, and every bit pattern is a valid f16/i8. `blocks` owns exactly `n * 34` bytes,
-        // `bytes` has exactly that many (checked above), and the two buffers are distinct allocations.
+        let mut blocks = vec![T::zeros(); n];
+        // SAFETY: `T: PlainBlock` is a `#[repr(C)]` struct of an f16 and a byte array whose size is
+        // `T::BYTES` (asserted at compile time above), alignment 2 and no padding, so every bit pattern is
+        // a valid value. `blocks` owns exactly `n * T::BYTES` bytes, `bytes` has exactly that many
+        // (checked above), and the two buffers are distinct allocations.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
                 blocks.as_mut_ptr().cast::<u8>(),
-                n * BLOCK_BYTES,
+                n * T::BYTES,
             );
         }
         Ok(Self { blocks, rows, cols })
@@ -55,19 +77,24 @@ impl Q8_0Matrix {
         self.rows
     }
 
-    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`. Activations are quantized to Q8_0 and each
-    /// output is candle's SIMD `vec_dot`; rows are split across the rayon pool (candle's own generic
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`. Activations are quantized to the dot type and
+    /// each output is candle's SIMD `vec_dot`; rows are split across the rayon pool (candle's own generic
     /// matmul uses a spinning barrier pool that collapsed to ~4 tok/s at 2 threads on a loaded machine).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.cols {
-            candle_core::bail!("Q8_0 matmul: input has {k} features, weight {}", self.cols);
+            candle_core::bail!(
+                "{:?} matmul: input has {k} features, weight {}",
+                T::DTYPE,
+                self.cols
+            );
         }
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-        let kb = k / BlockQ8_0::BLCK_SIZE;
-        let mut acts = vec![BlockQ8_0::zeros(); m * kb];
-        for (row, q) in lhs.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
-            BlockQ8_0::from_float(row, q);
+        let kb = k / T::BLCK_SIZE;
+        let ka = k / <T::VecDotType as GgmlType>::BLCK_SIZE;
+        let mut acts = vec![T::VecDotType::zeros(); m * ka];
+        for (row, q) in lhs.chunks_exact(k).zip(acts.chunks_exact_mut(ka)) {
+            T::VecDotType::from_float(row, q);
         }
         let n = self.rows;
         let mut out_t = vec![0f32; n * m];
@@ -75,7 +102,7 @@ impl Q8_0Matrix {
             for (i, o) in out.iter_mut().enumerate() {
                 let (row, tok) = (chunk * 16 + i / m, i % m);
                 let w = &self.blocks[row * kb..(row + 1) * kb];
-                *o = BlockQ8_0::vec_dot(k, w, &acts[tok * kb..(tok + 1) * kb]);
+                *o = T::vec_dot(k, w, &acts[tok * ka..(tok + 1) * ka]);
             }
         });
         Tensor::from_vec(transpose(out_t, n, m), (m, n), x.device())

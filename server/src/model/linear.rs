@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::kernels::{Q4_1Matrix, Q8_0Matrix};
+use super::kernels::{Q4_0Matrix, Q4_1Matrix, Q8_0Matrix};
 
 /// Options applied while turning GGUF tensors into layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +34,8 @@ pub enum Linear {
     /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization
     /// (see [`super::kernels`]).
     Q8_0(Q8_0Matrix),
+    /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
+    Q4_0(Q4_0Matrix),
     /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by an AVX2 kernel.
     Q4_1(Q4_1Matrix),
 }
@@ -72,6 +74,13 @@ impl Linear {
                 data.extend_from_slice(&p.data()?);
             }
             return Ok(Self::Q4_1(Q4_1Matrix::from_bytes(&data, rows, cols)?));
+        }
+        if same_type && dtype == GgmlDType::Q4_0 && device.is_cpu() {
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            return Ok(Self::Q4_0(Q4_0Matrix::from_bytes(&data, rows, cols)?));
         }
         if same_type && dtype == GgmlDType::Q8_0 && device.is_cpu() {
             let mut data = Vec::new();
@@ -113,6 +122,7 @@ impl Linear {
             Self::Quantized(q) => q.forward(x),
             Self::Q8_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
+            Self::Q4_0(q) => q.forward(x),
         }
     }
 
@@ -124,6 +134,7 @@ impl Linear {
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
+            Self::Q4_0(q) => Ok(q.rows()),
         }
     }
 
@@ -135,6 +146,7 @@ impl Linear {
             Self::Quantized(_) => "dequantized".into(),
             Self::Q8_0(_) => "Q8_0".into(),
             Self::Q4_1(_) => "Q4_1".into(),
+            Self::Q4_0(_) => "Q4_0".into(),
         }
     }
 }

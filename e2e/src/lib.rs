@@ -22,7 +22,9 @@ pub fn existing_cluster() -> bool {
 
 /// A client for the cluster under test (from `KUBECONFIG`).
 pub async fn client() -> Result<Client> {
-    let config = Config::infer().await.context("no usable KUBECONFIG for the e2e suite")?;
+    let config = Config::infer()
+        .await
+        .context("no usable KUBECONFIG for the e2e suite")?;
     Client::try_from(config).context("building a Kubernetes client")
 }
 
@@ -69,7 +71,9 @@ where
         }
         if tokio::time::Instant::now() >= deadline {
             match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -95,7 +99,10 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        Ok(Self { name, client: client.clone() })
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
     }
 
     /// Deletes the namespace (the namespace controller removes its contents).

@@ -38,10 +38,15 @@ fn gpu_deployment(name: &str, replicas: i32, gpus: &str) -> Result<Deployment> {
 async fn kubectl_version_reports_the_built_server_version() -> Result<()> {
     let out = run_tool("kubectl", &["version", "-o", "json"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let server = v["serverVersion"]["gitVersion"].as_str().context("no serverVersion")?;
+    let server = v["serverVersion"]["gitVersion"]
+        .as_str()
+        .context("no serverVersion")?;
     assert!(server.starts_with("v1."), "server version {server:?}");
     if let Ok(want) = std::env::var("E2E_K8S_VERSION") {
-        assert_eq!(server, want, "the apiserver must report the version it was built from");
+        assert_eq!(
+            server, want,
+            "the apiserver must report the version it was built from"
+        );
         assert_eq!(v["serverVersion"]["gitTreeState"], "clean");
     }
     Ok(())
@@ -55,29 +60,56 @@ async fn the_fake_gpu_node_offers_eight_gpus_and_gpu_operator_labels() -> Result
     }
     let nodes = Api::<Node>::all(client().await?);
     let gpu = nodes.get("gpu-node-0").await?;
-    let alloc = gpu.status.as_ref().and_then(|s| s.allocatable.as_ref()).context("no allocatable")?;
+    let alloc = gpu
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .context("no allocatable")?;
     assert_eq!(alloc.get(GPU).map(|q| q.0.as_str()), Some("8"));
     let labels = gpu.metadata.labels.unwrap_or_default();
-    assert_eq!(labels.get("nvidia.com/gpu.present").map(String::as_str), Some("true"));
+    assert_eq!(
+        labels.get("nvidia.com/gpu.present").map(String::as_str),
+        Some("true")
+    );
     assert!(labels.contains_key("nvidia.com/gpu.product"));
-    assert!(labels.get("nvidia.com/gpu.memory").is_some_and(|m| m.parse::<u64>().is_ok()));
+    assert!(
+        labels
+            .get("nvidia.com/gpu.memory")
+            .is_some_and(|m| m.parse::<u64>().is_ok())
+    );
 
     let cpu = nodes.get("cpu-node-0").await?;
-    let cpu_alloc = cpu.status.and_then(|s| s.allocatable).context("no allocatable")?;
-    assert!(!cpu_alloc.contains_key(GPU), "the CPU node must not offer GPUs");
+    let cpu_alloc = cpu
+        .status
+        .and_then(|s| s.allocatable)
+        .context("no allocatable")?;
+    assert!(
+        !cpu_alloc.contains_key(GPU),
+        "the CPU node must not offer GPUs"
+    );
 
     // kubectl shows the same thing a user would look at.
     let out = run_tool(
         "kubectl",
-        &["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,GPU:.status.allocatable.nvidia\\.com/gpu"],
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "custom-columns=NAME:.metadata.name,GPU:.status.allocatable.nvidia\\.com/gpu",
+        ],
     )?;
-    assert!(out.lines().any(|l| l.split_whitespace().eq(["gpu-node-0", "8"])), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["gpu-node-0", "8"])),
+        "{out}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 #[ignore = "needs cluster"]
-async fn deployment_requesting_two_gpus_lands_on_the_gpu_node_and_becomes_available() -> Result<()> {
+async fn deployment_requesting_two_gpus_lands_on_the_gpu_node_and_becomes_available() -> Result<()>
+{
     if existing_cluster() {
         return Ok(()); // needs the fake GPU node
     }
@@ -87,17 +119,25 @@ async fn deployment_requesting_two_gpus_lands_on_the_gpu_node_and_becomes_availa
     deployments
         .create(&PostParams::default(), &gpu_deployment("gpu2", 2, "2")?)
         .await?;
-    wait_for("Deployment gpu2 to be Available", Duration::from_secs(60), || async {
-        let d = deployments.get("gpu2").await?;
-        let available = d
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        let ready = deployments.get("gpu2").await?.status.and_then(|s| s.ready_replicas);
-        Ok((available && ready == Some(2)).then_some(()))
-    })
+    wait_for(
+        "Deployment gpu2 to be Available",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get("gpu2").await?;
+            let available = d
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            let ready = deployments
+                .get("gpu2")
+                .await?
+                .status
+                .and_then(|s| s.ready_replicas);
+            Ok((available && ready == Some(2)).then_some(()))
+        },
+    )
     .await?;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
         .list(&ListParams::default().labels("app=gpu2"))
@@ -121,26 +161,36 @@ async fn pod_requesting_nine_gpus_stays_pending_for_insufficient_gpus() -> Resul
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
     let template = gpu_deployment("gpu9", 1, "9")?;
     let pod = Pod {
-        metadata: kube::api::ObjectMeta { name: Some("gpu9".into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some("gpu9".into()),
+            ..Default::default()
+        },
         spec: template.spec.and_then(|s| s.template.spec),
         status: None,
     };
     pods.create(&PostParams::default(), &pod).await?;
-    let message = wait_for("the scheduler to refuse the 9-GPU pod", Duration::from_secs(60), || async {
-        let p = pods.get("gpu9").await?;
-        let status = p.status.unwrap_or_default();
-        let cond = status
-            .conditions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False");
-        Ok(cond.map(|c| (status.phase, c.reason, c.message.unwrap_or_default())))
-    })
+    let message = wait_for(
+        "the scheduler to refuse the 9-GPU pod",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("gpu9").await?;
+            let status = p.status.unwrap_or_default();
+            let cond = status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+            Ok(cond.map(|c| (status.phase, c.reason, c.message.unwrap_or_default())))
+        },
+    )
     .await?;
     let (phase, reason, message) = message;
     assert_eq!(phase.as_deref(), Some("Pending"));
     assert_eq!(reason.as_deref(), Some("Unschedulable"));
-    assert!(message.contains("Insufficient nvidia.com/gpu"), "scheduler said: {message}");
+    assert!(
+        message.contains("Insufficient nvidia.com/gpu"),
+        "scheduler said: {message}"
+    );
     ns.cleanup().await
 }
 
@@ -173,25 +223,39 @@ async fn service_selecting_ready_pods_gets_an_endpointslice() -> Result<()> {
         .create(&PostParams::default(), &svc)
         .await?;
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns.name);
-    let ready = wait_for("an EndpointSlice with 2 ready endpoints", Duration::from_secs(60), || async {
-        let list = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await?;
-        let ready: Vec<String> = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .flat_map(|e| e.addresses.clone())
-            .collect();
-        Ok((ready.len() == 2).then_some(ready))
-    })
+    let ready = wait_for(
+        "an EndpointSlice with 2 ready endpoints",
+        Duration::from_secs(60),
+        || async {
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?;
+            let ready: Vec<String> = list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .flat_map(|e| e.addresses.clone())
+                .collect();
+            Ok((ready.len() == 2).then_some(ready))
+        },
+    )
     .await?;
-    assert!(ready.iter().all(|a| a.parse::<std::net::IpAddr>().is_ok()), "{ready:?}");
+    assert!(
+        ready.iter().all(|a| a.parse::<std::net::IpAddr>().is_ok()),
+        "{ready:?}"
+    );
     let slice = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
         .await?;
-    let managed_by = slice.items[0].metadata.labels.as_ref().and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"));
-    assert_eq!(managed_by.map(String::as_str), Some("endpointslice-controller.k8s.io"));
+    let managed_by = slice.items[0]
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"));
+    assert_eq!(
+        managed_by.map(String::as_str),
+        Some("endpointslice-controller.k8s.io")
+    );
     ns.cleanup().await
 }

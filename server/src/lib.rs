@@ -1,17 +1,17 @@
 //! llama-server: GGUF Llama inference on candle-core with a paged KV cache, continuous batching and an
 //! OpenAI-compatible HTTP API.
 
+pub mod api;
 pub mod batch;
+pub mod block_manager;
 pub mod chat;
 pub mod cli;
+pub mod engine;
 pub mod gguf;
 pub mod kv_cache;
+pub mod metrics;
 pub mod model;
 pub mod sampler;
-pub mod tokenizer;
-pub mod block_manager;
 pub mod scheduler;
-pub mod api;
-pub mod engine;
-pub mod metrics;
 pub mod serve;
+pub mod tokenizer;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod bench_serve;
 pub mod block_manager;
 pub mod chat;
 pub mod cli;

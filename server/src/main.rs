@@ -21,6 +21,8 @@ enum Commands {
     Bench(cli::BenchArgs),
     /// Serve the OpenAI-compatible HTTP API with continuous batching.
     Serve(llama_server::serve::ServeArgs),
+    /// Load-test a running OpenAI-compatible server (concurrency levels, tok/s, TTFT, ITL).
+    BenchServe(llama_server::bench_serve::BenchServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         }
         Commands::Bench(b) => cli::run_bench(b),
         Commands::Serve(s) => return llama_server::serve::main(s),
+        Commands::BenchServe(b) => llama_server::bench_serve::run(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
     /// KV cache size in bytes (default: --kv-cache-fraction of available memory, at most what
-    /// --max-batch-size full-length sequences need).
+    /// --max-batch-size full-length sequences need, and at most 1 GiB).
     #[arg(long, env = "LLAMA_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
     /// Fraction of available memory for the KV cache when --kv-cache-memory is not given.
@@ -161,6 +161,9 @@ fn init_tracing(json: bool) {
     };
 }
 
+/// The most the KV cache takes when its size is not given.
+const DEFAULT_KV_CAP: u64 = 1 << 30;
+
 fn mem_available_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -225,7 +228,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
             let enough = (args.max_batch_size as u64)
                 * (want_seq_len.div_ceil(args.block_size) as u64)
                 * per_block;
-            by_fraction.min(enough)
+            by_fraction.min(enough).min(DEFAULT_KV_CAP)
         }
     };
     let num_blocks = (budget / per_block.max(1)) as usize;

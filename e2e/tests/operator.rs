@@ -625,6 +625,9 @@ async fn operator_refuses_impossible_tensor_parallelism_with_the_arithmetic() ->
 #[tokio::test]
 #[ignore = "needs cluster"]
 async fn operator_rolls_pods_on_spec_change_and_delete_removes_children() -> Result<()> {
+    if existing_cluster() {
+        return Ok(()); // pods must go Ready without running the server image (kwok)
+    }
     install_crd().await?;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "op-roll").await?;
@@ -693,6 +696,9 @@ async fn operator_rolls_pods_on_spec_change_and_delete_removes_children() -> Res
 #[tokio::test]
 #[ignore = "needs cluster"]
 async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loop() -> Result<()> {
+    if existing_cluster() {
+        return Ok(()); // pods must go Ready without running the server image (kwok)
+    }
     install_crd().await?;
     let client = client().await?;
     let ns = TestNamespace::create(&client, "op-restart").await?;

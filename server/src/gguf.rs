@@ -374,6 +374,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unsupported_tensor_type_is_an_error_naming_tensor_and_type() {
+        let mut bytes = tiny_gguf();
+        // switch the tensor's type from F32 (0) to Q5_0 (6): 8 elements are not a whole Q5_0 block, so use
+        // the type only through the error path of `tensor`
+        let pos = bytes
+            .windows(1)
+            .position(|w| w == b"w")
+            .expect("tensor name")
+            + 1
+            + 4
+            + 16;
+        bytes[pos..pos + 4].copy_from_slice(&6u32.to_le_bytes());
+        match GgufFile::from_reader(Cursor::new(bytes)) {
+            Err(e) => assert!(e.to_string().contains('w'), "{e}"),
+            Ok(mut f) => {
+                let err = f
+                    .tensor("w")
+                    .expect_err("Q5_0 is not supported")
+                    .to_string();
+                assert!(err.contains("`w`") && err.contains("Q5_0"), "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn zero_alignment_is_an_error() {
         let mut bytes = tiny_gguf();
         // the alignment value 32u32 follows "general.alignment" + type

@@ -1,0 +1,61 @@
+//! The `generate` subcommand end to end: only the generated text on stdout, timings on stderr.
+
+mod engine_common;
+
+use std::process::Command;
+
+fn generate(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
+        .arg("generate")
+        .arg("--model")
+        .arg(engine_common::smollm2())
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run llama-server");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn generate_prints_only_the_continuation_on_stdout() {
+    let (stdout, stderr) = generate(&["--prompt", "Once upon a time", "--max-tokens", "10"]);
+    assert!(
+        stdout.starts_with(", the city of Nova Haven") || stdout.starts_with(", the city of New"),
+        "{stdout:?}"
+    );
+    assert!(stderr.contains("tok/s"), "{stderr}");
+}
+
+#[test]
+fn generate_with_chat_renders_the_models_template() {
+    let (stdout, stderr) = generate(&[
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-tokens",
+        "12",
+    ]);
+    // the ChatML template with SmolLM's default system prompt: 37 prompt tokens (7 for the bare text)
+    assert!(stderr.contains("prompt 37 tokens"), "{stderr}");
+    // llama.cpp's own greedy answer with this Q4_1 file (tests/golden) starts the same way
+    assert!(stdout.starts_with("L'Étoile"), "{stdout:?}");
+    assert!(!stdout.contains("<|im"), "{stdout:?}");
+}
+
+#[test]
+fn generate_reports_a_missing_model_file_as_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
+        .args(["generate", "--model", "/nonexistent.gguf", "--prompt", "x"])
+        .output()
+        .expect("run llama-server");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.gguf"));
+}

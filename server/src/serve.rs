@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpServer, web};
@@ -19,7 +19,7 @@ use crate::engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvDType};
 use crate::metrics::Metrics;
-use crate::model::{LoadOptions, Model};
+use crate::model::{LoadOptions, Model, ModelConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
 
@@ -171,9 +171,10 @@ fn mem_available_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Everything `serve` resolved at startup.
-struct Loaded {
-    runner: ModelRunner,
+/// What `serve` resolves from the GGUF metadata before loading the weights (fast).
+struct Prepared {
+    path: PathBuf,
+    cfg: ModelConfig,
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
     name: String,
@@ -181,7 +182,7 @@ struct Loaded {
     max_seq_len: usize,
 }
 
-fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
+fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     if args.block_size == 0 {
         bail!("--block-size must be positive");
     }
@@ -190,6 +191,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
     }
     let path = resolve_model(args.model.as_deref())?;
     let file = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let cfg = ModelConfig::from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let chat_template = match &args.chat_template {
         Some(p) => ChatTemplate::from_file(p, &file)?,
@@ -206,15 +208,6 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
         },
     };
     drop(file);
-    let device = Device::Cpu;
-    let model = Model::load(
-        &path,
-        &device,
-        LoadOptions {
-            repack_q4_1: args.repack_q4_1,
-        },
-    )?;
-    let cfg = model.config().clone();
     let per_block = KvCache::bytes_per_block(&cfg, args.block_size, args.kv_dtype) as u64;
     let want_seq_len = args
         .max_seq_len
@@ -239,7 +232,6 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
     }
     // A lone sequence must always fit in the cache, or it could never finish.
     let max_seq_len = want_seq_len.min(num_blocks * args.block_size);
-    let cache = KvCache::new(&cfg, num_blocks, args.block_size, args.kv_dtype, &device)?;
     tracing::info!(
         model = %path.display(),
         served_model_name = %name,
@@ -248,10 +240,11 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
         kv_cache_bytes = num_blocks as u64 * per_block,
         max_seq_len,
         threads = candle_core::utils::get_num_threads(),
-        "model loaded"
+        "loading"
     );
-    Ok(Loaded {
-        runner: ModelRunner { model, cache },
+    Ok(Prepared {
+        path,
+        cfg,
         tokenizer,
         chat_template,
         name,
@@ -260,32 +253,60 @@ fn load(args: &ServeArgs) -> anyhow::Result<Loaded> {
     })
 }
 
-fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let loaded = load(args)?;
-    let metrics = Metrics::new(&loaded.name)?;
+/// Loads the weights, allocates the KV cache and starts the engine thread (slow; runs off the HTTP threads).
+fn start_engine(
+    args: &ServeArgs,
+    path: &std::path::Path,
+    cfg: &ModelConfig,
+    num_blocks: usize,
+    max_seq_len: usize,
+    metrics: Metrics,
+) -> anyhow::Result<EngineHandle> {
+    let device = Device::Cpu;
+    let model = Model::load(
+        path,
+        &device,
+        LoadOptions {
+            repack_q4_1: args.repack_q4_1,
+        },
+    )?;
+    let cache = KvCache::new(cfg, num_blocks, args.block_size, args.kv_dtype, &device)?;
     let sched_cfg = SchedulerConfig {
         max_num_batched_tokens: args.max_num_batched_tokens,
         max_batch_size: args.max_batch_size,
-        max_seq_len: loaded.max_seq_len,
+        max_seq_len,
     };
-    let (num_blocks, block_size, prefix) =
-        (loaded.num_blocks, args.block_size, !args.no_prefix_caching);
-    let (engine, engine_thread) = Engine::spawn(
-        loaded.runner,
+    let (block_size, prefix) = (args.block_size, !args.no_prefix_caching);
+    let (engine, _thread) = Engine::spawn(
+        ModelRunner { model, cache },
         move || Scheduler::new(sched_cfg, BlockManager::new(num_blocks, block_size, prefix)),
-        metrics.clone(),
+        metrics,
         EngineConfig {
             max_queue: args.max_queue,
         },
     )?;
+    Ok(engine)
+}
+
+fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let Prepared {
+        path,
+        cfg,
+        tokenizer,
+        chat_template,
+        name,
+        num_blocks,
+        max_seq_len,
+    } = prepare(args)?;
+    let metrics = Metrics::new(&name)?;
     let state = web::Data::new(AppState {
-        engine: engine.clone(),
-        tokenizer: Arc::new(loaded.tokenizer),
-        chat_template: Arc::new(loaded.chat_template),
+        engine: OnceLock::new(),
+        tokenizer: Arc::new(tokenizer),
+        chat_template: Arc::new(chat_template),
         limits: Limits {
-            served_model_name: loaded.name.clone(),
-            max_seq_len: loaded.max_seq_len,
+            served_model_name: name,
+            max_seq_len,
         },
         metrics: metrics.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -298,6 +319,9 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let addr = (args.host.clone(), args.port);
     let drain_timeout = Duration::from_secs(args.drain_timeout);
     let workers = args.http_workers.max(1);
+    let load_failed = Arc::new(AtomicBool::new(false));
+    let failed = Arc::clone(&load_failed);
+    let args2 = args.clone();
     actix_web::rt::System::new().block_on(async move {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
@@ -314,16 +338,38 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", addr.0, addr.1))?
         .run();
         let handle = server.handle();
-        state.ready.store(true, Ordering::SeqCst);
-        tracing::info!(
-            host = %addr.0, port = addr.1, startup_s = t0.elapsed().as_secs_f64(),
-            "serving OpenAI-compatible API on http://{}:{}/v1", addr.0, addr.1
-        );
-        let drain = drain_on_signal(engine, state.clone(), metrics, drain_timeout, handle);
-        let (served, ()) = futures::join!(server, drain);
+        // /health answers at once; /ready turns 200 when the weights are loaded.
+        let loader_state = state.clone();
+        let loader_handle = handle.clone();
+        let loader_metrics = metrics.clone();
+        std::thread::Builder::new().name("loader".into()).spawn(move || {
+            match start_engine(&args2, &path, &cfg, num_blocks, max_seq_len, loader_metrics) {
+                Ok(engine) => {
+                    let _ = loader_state.engine.set(engine);
+                    loader_state.ready.store(true, Ordering::SeqCst);
+                    tracing::info!(
+                        host = %addr.0, port = addr.1, startup_s = t0.elapsed().as_secs_f64(),
+                        "model loaded; serving OpenAI-compatible API on http://{}:{}/v1", addr.0, addr.1
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("loading the model failed: {e:#}");
+                    failed.store(true, Ordering::SeqCst);
+                    futures::executor::block_on(loader_handle.stop(false));
+                }
+            }
+        })?;
+        let drain = drain_on_signal(state.clone(), metrics, drain_timeout, handle);
+        // The server ends by itself (a failed load stops it) or after the drain stops it.
+        let served = match futures::future::select(Box::pin(server), Box::pin(drain)).await {
+            futures::future::Either::Left((r, _)) => r,
+            futures::future::Either::Right(((), server)) => server.await,
+        };
         served.context("http server")
     })?;
-    drop(engine_thread);
+    if load_failed.load(Ordering::SeqCst) {
+        bail!("the model failed to load");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -331,7 +377,6 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
 /// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish
 /// (at most `timeout`), the server stops.
 async fn drain_on_signal(
-    engine: EngineHandle,
     state: web::Data<AppState>,
     metrics: Metrics,
     timeout: Duration,
@@ -350,8 +395,13 @@ async fn drain_on_signal(
         _ = int.recv() => "SIGINT",
     };
     state.ready.store(false, Ordering::SeqCst);
-    engine.start_draining();
     metrics.draining.set(1);
+    let Some(engine) = state.engine.get() else {
+        tracing::info!(signal = which, "stopping before the model finished loading");
+        server.stop(false).await;
+        return;
+    };
+    engine.start_draining();
     let in_flight = engine.in_flight();
     tracing::info!(
         signal = which,

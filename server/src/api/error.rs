@@ -22,6 +22,8 @@ pub enum ApiError {
     QueueFull { queued: usize, retry_after_s: u64 },
     #[error("the server is shutting down and accepts no new requests")]
     Draining,
+    #[error("the model is still loading")]
+    Loading,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("internal error: {0}")]
@@ -46,6 +48,7 @@ impl ApiError {
             Self::Unauthorized => "invalid_api_key",
             Self::QueueFull { .. } => "queue_full",
             Self::Draining => "draining",
+            Self::Loading => "model_loading",
             Self::NotFound(_) => "not_found",
             Self::Internal(_) => "internal_error",
         }
@@ -59,7 +62,7 @@ impl ApiError {
             | Self::NotFound(_) => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::QueueFull { .. } => "rate_limit_error",
-            Self::Draining => "service_unavailable",
+            Self::Draining | Self::Loading => "service_unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -105,7 +108,7 @@ impl ResponseError for ApiError {
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining | Self::Loading => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,6 +168,7 @@ mod tests {
                 retry_after_s: 1,
             },
             ApiError::Draining,
+            ApiError::Loading,
             ApiError::NotFound(String::new()),
             ApiError::Internal(String::new()),
         ];

@@ -1,8 +1,8 @@
 //! actix-web handlers. Each one: auth → parse → validate → submit → respond. Errors are [`ApiError`]s, counted
 //! in metrics by label.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
@@ -30,7 +30,8 @@ use super::validate::{
 /// Shared state of all handlers.
 #[derive(Debug)]
 pub struct AppState {
-    pub engine: EngineHandle,
+    /// Set once the weights are loaded and the engine thread runs.
+    pub engine: OnceLock<EngineHandle>,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Arc<ChatTemplate>,
     pub limits: Limits,
@@ -97,6 +98,11 @@ impl AppState {
         }
     }
 
+    /// The engine, or 503 while the model is still loading.
+    fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        self.engine.get().ok_or(ApiError::Loading)
+    }
+
     fn count(&self, e: ApiError) -> ApiError {
         self.metrics
             .request_errors
@@ -143,7 +149,8 @@ async fn generate(
     state: web::Data<AppState>,
     valid: ValidRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, mut rx) = state.engine.submit(valid.clone()).map_err(|e| {
+    let engine = state.engine().map_err(|e| state.count(e))?.clone();
+    let (id, mut rx) = engine.submit(valid.clone()).map_err(|e| {
         state.count(match e {
             SubmitError::QueueFull {
                 queued,
@@ -180,7 +187,7 @@ async fn generate(
                 }) => {
                     if let Some(p) = col.on_token(&state.tokenizer, index, &sampled, finish) {
                         if p.hit_stop_string {
-                            state.engine.abort_choice(id, index, FinishReason::Stop);
+                            engine.abort_choice(id, index, FinishReason::Stop);
                         }
                         full.add(&p);
                     }
@@ -219,6 +226,7 @@ async fn generate(
     };
     let stream = futures::stream::unfold(st, move |mut st| {
         let state = state2.clone();
+        let engine = engine.clone();
         let meta = meta.clone();
         let valid = valid.clone();
         async move {
@@ -249,7 +257,7 @@ async fn generate(
                         if let Some(p) = st.col.on_token(&state.tokenizer, index, &sampled, finish)
                         {
                             if p.hit_stop_string {
-                                state.engine.abort_choice(id, index, FinishReason::Stop);
+                                engine.abort_choice(id, index, FinishReason::Stop);
                             }
                             if let Some(v) = chunk_json(valid.endpoint, &meta, &p) {
                                 st.queue.push_back(sse::event(&v));
@@ -398,7 +406,8 @@ pub async fn health() -> HttpResponse {
 }
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.ready.load(Ordering::SeqCst) && !state.engine.is_draining() {
+    let draining = state.engine.get().is_none_or(EngineHandle::is_draining);
+    if state.ready.load(Ordering::SeqCst) && !draining {
         HttpResponse::Ok().body("ready")
     } else {
         HttpResponse::ServiceUnavailable().body("not ready")

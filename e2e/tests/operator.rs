@@ -364,6 +364,25 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
         "{table}"
     );
 
+    // The autoscaler's status fields (another field manager) survive the operator's status writes.
+    let metrics = json!({"status": {"queueDepth": 2.5, "kvCacheUsage": 40.0}});
+    let metrics = metrics.to_string();
+    let ns_arg = ns.name.clone();
+    run_tool(
+        "kubectl",
+        &[
+            "patch",
+            "llama",
+            "smollm2-cpu",
+            "-n",
+            &ns_arg,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &metrics,
+        ],
+    )?;
+
     // `kubectl scale` goes through the scale subresource to the Deployment and the status.
     run_tool(
         "kubectl",
@@ -385,6 +404,13 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
         },
     )
     .await?;
+    let obj = api.get("smollm2-cpu").await?;
+    assert_eq!(
+        obj.data["status"]["queueDepth"], 2.5,
+        "autoscaler field kept: {}",
+        obj.data["status"]
+    );
+    assert_eq!(obj.data["status"]["kvCacheUsage"], 40.0);
     let dep = Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .get("smollm2-cpu")
         .await?;

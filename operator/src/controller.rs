@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::crd::{Accelerator, LlamaDeployment};
+use crate::crd::{Accelerator, LlamaDeployment, LlamaDeploymentStatus};
 use crate::hardware::{self, NodeFacts};
 use crate::metrics::Metrics;
 use crate::plan::{self, MANAGER, PlanConfig, SELECTOR_LABEL};
@@ -231,10 +231,22 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
     let previous = ld.status.clone().unwrap_or_default();
     if ld.status.as_ref() != Some(&next) {
         let api: Api<LlamaDeployment> = Api::namespaced(client.clone(), &ns);
+        // Server-side apply of the fields this controller owns: `queueDepth` and `kvCacheUsage` belong to
+        // the autoscaler's field manager and are left out, so neither writer clobbers the other.
+        let owned = LlamaDeploymentStatus {
+            queue_depth: None,
+            kv_cache_usage: None,
+            ..next.clone()
+        };
+        let patch = serde_json::json!({
+            "apiVersion": LlamaDeployment::api_version(&()),
+            "kind": LlamaDeployment::kind(&()),
+            "status": owned,
+        });
         api.patch_status(
             &name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": next })),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
         )
         .await?;
         for c in status::transitions(&previous.conditions, &next.conditions) {

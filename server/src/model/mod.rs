@@ -411,3 +411,79 @@ impl Model {
         self.output.forward(&x)?.to_dtype(DType::F32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(style: RopeStyle) -> ModelConfig {
+        ModelConfig {
+            architecture: "test".into(),
+            vocab_size: 8,
+            embedding_length: 16,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 8,
+            feed_forward_length: 32,
+            max_context: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_style: style,
+            bos_token_id: 1,
+            eos_token_id: 2,
+        }
+    }
+
+    /// RoPE straight from the definitions: interleaved rotates pairs (2i, 2i+1), NeoX rotates (i, i + d/2),
+    /// both by angle `pos · θ^(-2i/d)`.
+    fn manual(x: &[f32], pos: usize, d: usize, style: RopeStyle) -> Vec<f32> {
+        let mut y = x.to_vec();
+        for i in 0..d / 2 {
+            let a = pos as f64 * 10_000f64.powf(-2.0 * i as f64 / d as f64);
+            let (c, s) = (a.cos() as f32, a.sin() as f32);
+            let (p, q) = match style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::NeoX => (i, i + d / 2),
+            };
+            y[p] = x[p] * c - x[q] * s;
+            y[q] = x[p] * s + x[q] * c;
+        }
+        y
+    }
+
+    #[test]
+    fn rope_rotates_by_each_tokens_own_position_in_both_conventions() {
+        for style in [RopeStyle::Interleaved, RopeStyle::NeoX] {
+            let cfg = config(style);
+            let rope = Rope::new(&cfg, &Device::Cpu).expect("rope");
+            let (tokens, heads, d) = (3, 2, cfg.head_dim);
+            let x: Vec<f32> = (0..tokens * heads * d)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect();
+            let positions = [5u32, 0, 17]; // any order: a flat batch mixes sequences
+            let pos = Tensor::new(&positions, &Device::Cpu).expect("positions");
+            let (cos, sin) = rope.tables(&pos).expect("tables");
+            let xt = Tensor::from_vec(x.clone(), (tokens, heads, d), &Device::Cpu).expect("x");
+            let y = rope
+                .forward(&xt, &cos, &sin)
+                .expect("rope")
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("vec");
+            for (t, &p) in positions.iter().enumerate() {
+                for h in 0..heads {
+                    let off = (t * heads + h) * d;
+                    let want = manual(&x[off..off + d], p as usize, d, style);
+                    for (a, b) in y[off..off + d].iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "{style:?} token {t} head {h}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -161,18 +161,54 @@ fn one_request(addr: &str, body: &str) -> anyhow::Result<Sample> {
     Ok(sample)
 }
 
+/// The value of an unlabelled-by-us sample `name{...}` on the server's /metrics (our server only).
+fn scrape(addr: &str, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let prefix = format!("{name}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Runs every level and prints a markdown table on stdout.
 pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
     println!(
-        "| server | concurrency | requests | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |"
+        "| server | concurrency | requests | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | \
+         KV waste (mean) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &c in &args.concurrency {
         let n = args.requests.unwrap_or((2 * c).max(4));
         let next = Arc::new(Mutex::new(0usize));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let t0 = Instant::now();
+        // Sample the KV waste gauge while the level runs (servers without it report n/a).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waste_samples = {
+            let (stop, addr) = (stop.clone(), args.addr.clone());
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if scrape(&addr, "llama_requests_running").unwrap_or(0.0) > 0.0
+                        && let Some(w) = scrape(&addr, "llama_kv_cache_waste_ratio")
+                    {
+                        v.push(w);
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                v
+            })
+        };
         let threads: Vec<_> = (0..c.max(1))
             .map(|_| {
                 let (next, samples, errors) = (next.clone(), samples.clone(), errors.clone());
@@ -207,6 +243,16 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
             let _ = t.join();
         }
         let wall = t0.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let waste = waste_samples.join().unwrap_or_default();
+        let waste = if waste.is_empty() {
+            "n/a".to_string()
+        } else {
+            format!(
+                "{:.1} %",
+                100.0 * waste.iter().sum::<f64>() / waste.len() as f64
+            )
+        };
         let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
         if let Some(e) = errors.lock().ok().and_then(|v| v.first().cloned()) {
             eprintln!("bench-serve: errors at concurrency {c}: {e}");
@@ -218,7 +264,7 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
             .flat_map(|s| s.itl.iter().map(|d| d.as_secs_f64() * 1e3))
             .collect();
         println!(
-            "| {} | {c} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {c} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {waste} |",
             args.label,
             samples.len(),
             tokens as f64 / wall,

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub kv_cache_usage: Gauge,
     pub kv_blocks_total: IntGauge,
     pub kv_blocks_used: IntGauge,
+    /// Fraction of KV slots held by running sequences that hold no token (unused block tails), 0-1.
+    pub kv_cache_waste: Gauge,
     pub preemptions: IntCounter,
     /// Prefix-cache lookups and hits, in tokens.
     pub prefix_cache_queries: IntCounter,
@@ -122,6 +124,11 @@ impl Metrics {
             kv_blocks_used: IntGauge::with_opts(opts(
                 "llama_kv_blocks_used",
                 "KV cache blocks in use.",
+                m,
+            ))?,
+            kv_cache_waste: Gauge::with_opts(opts(
+                "llama_kv_cache_waste_ratio",
+                "Fraction of KV slots held by running sequences that hold no token (0-1).",
                 m,
             ))?,
             preemptions: IntCounter::with_opts(opts(
@@ -208,6 +215,7 @@ impl Metrics {
         r.register(Box::new(this.kv_cache_usage.clone()))?;
         r.register(Box::new(this.kv_blocks_total.clone()))?;
         r.register(Box::new(this.kv_blocks_used.clone()))?;
+        r.register(Box::new(this.kv_cache_waste.clone()))?;
         r.register(Box::new(this.preemptions.clone()))?;
         r.register(Box::new(this.prefix_cache_queries.clone()))?;
         r.register(Box::new(this.prefix_cache_hits.clone()))?;

@@ -396,6 +396,17 @@ impl Scheduler {
         updates
     }
 
+    /// KV slots held by running sequences and how many of them hold (or are about to hold) a token:
+    /// `allocated - filled` is the paging waste (the unused tail of each sequence's last block). Blocks shared
+    /// through the prefix cache count once per sequence.
+    pub fn kv_slot_usage(&self) -> (usize, usize) {
+        let bs = self.blocks.block_size();
+        self.running.iter().fold((0, 0), |(alloc, filled), s| {
+            let slots = s.table.as_ref().map_or(0, |t| t.len() * bs);
+            (alloc + slots, filled + s.num_tokens().min(slots))
+        })
+    }
+
     /// Output tokens of a known request so far.
     pub fn output_tokens(&self, id: RequestId) -> Option<&[u32]> {
         self.waiting
@@ -611,6 +622,16 @@ mod tests {
         let out = s.schedule();
         assert_eq!(s.update(&out, &[7])[0].finish, Some(FinishReason::Length));
         assert_eq!(s.blocks().num_used(), 0);
+    }
+
+    #[test]
+    fn waste_is_the_unused_tail_of_each_last_block() {
+        let mut s = sched(16, 4, 100, 4);
+        s.add(req(1, 5, 10)).unwrap(); // 2 blocks = 8 slots for 5 (+1 sampled) tokens
+        s.add(req(2, 8, 10)).unwrap(); // 2 blocks = 8 slots for 8 (+1 sampled) tokens
+        step(&mut s);
+        // After the step each holds prompt + 1 sampled token: 6 of 8 and 8 of 8 (9th not yet allocated).
+        assert_eq!(s.kv_slot_usage(), (16, 14));
     }
 
     #[test]

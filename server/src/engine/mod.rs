@@ -530,6 +530,11 @@ impl<M: StepModel> Engine<M> {
         let b = s.blocks();
         m.kv_cache_usage.set(b.usage());
         m.kv_blocks_used.set(b.num_used() as i64);
+        let (allocated, filled) = s.kv_slot_usage();
+        if allocated > 0 {
+            m.kv_cache_waste
+                .set((allocated - filled) as f64 / allocated as f64);
+        }
         let st = b.stats();
         m.prefix_cache_queries.inc_by(
             st.prefix_query_tokens

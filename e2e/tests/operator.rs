@@ -46,6 +46,8 @@ struct Operator {
     child: Child,
     port: u16,
     log: PathBuf,
+    namespace: String,
+    finished: bool,
 }
 
 impl Operator {
@@ -73,7 +75,13 @@ impl Operator {
             .stderr(out)
             .spawn()
             .context("spawning llama-operator")?;
-        Ok(Self { child, port, log })
+        Ok(Self {
+            child,
+            port,
+            log,
+            namespace: namespace.to_owned(),
+            finished: false,
+        })
     }
 
     fn get(&self, path: &str) -> Result<String> {
@@ -95,6 +103,11 @@ impl Operator {
             .sum())
     }
 
+    /// Kills the process (SIGKILL) without cleaning up: a crash, as far as the cluster can tell.
+    fn kill(mut self) {
+        self.finished = true;
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -102,14 +115,35 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        // A failed test never reaches `finish`: delete its LlamaDeployments while this operator can still run
+        // their finalizers, so the namespace (and the fake GPUs its pods hold) does not linger.
+        if !self.finished {
+            let _ = run_tool(
+                "kubectl",
+                &[
+                    "delete",
+                    "llamadeployments",
+                    "--all",
+                    "-n",
+                    &self.namespace,
+                    "--timeout=30s",
+                ],
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.finished {
+            let _ = run_tool(
+                "kubectl",
+                &["delete", "namespace", &self.namespace, "--wait=false"],
+            );
+        }
     }
 }
 
 /// Deletes every LlamaDeployment of the test while the operator still runs (its finalizer needs it), then
 /// stops the operator and deletes the namespace.
-async fn finish(op: Operator, client: &Client, ns: TestNamespace) -> Result<()> {
+async fn finish(mut op: Operator, client: &Client, ns: TestNamespace) -> Result<()> {
     let api = lds(client, &ns.name);
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
@@ -127,6 +161,7 @@ async fn finish(op: Operator, client: &Client, ns: TestNamespace) -> Result<()> 
     )
     .await
     .with_context(|| op.logs())?;
+    op.finished = true;
     drop(op);
     ns.cleanup().await
 }
@@ -631,6 +666,35 @@ async fn operator_refuses_impossible_tensor_parallelism_with_the_arithmetic() ->
     })
     .await?;
 
+    // A node change re-validates at once: no node carries the selected label until we add it to the GPU node.
+    let label = format!("e2e.llama-operator.dev/{}", ns.name);
+    let pinned =
+        json!({"model": {"url": "https://x/m.gguf"}, "nodeSelector": {label.clone(): "yes"}});
+    api.create(&PostParams::default(), &llama("pinned", pinned)?)
+        .await?;
+    let (reason, _) = wait_ready(&api, "pinned", "False", Duration::from_secs(30)).await?;
+    assert_eq!(reason, "InsufficientGPUs");
+    run_tool(
+        "kubectl",
+        &["label", "node", "gpu-node-0", &format!("{label}=yes")],
+    )?;
+    let started = std::time::Instant::now();
+    let ready = wait_ready(&api, "pinned", "True", Duration::from_secs(20)).await;
+    run_tool(
+        "kubectl",
+        &["label", "node", "gpu-node-0", &format!("{label}-")],
+    )?;
+    ready?;
+    eprintln!(
+        "re-validated {:?} after the node was labelled",
+        started.elapsed()
+    );
+    api.delete("pinned", &DeleteParams::default()).await?;
+    wait_for("pinned deleted", Duration::from_secs(30), || async {
+        Ok(api.get_opt("pinned").await?.is_none().then_some(()))
+    })
+    .await?;
+
     // No children that could never schedule.
     let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .list(&ListParams::default())
@@ -749,7 +813,7 @@ async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loo
     // Kill the leader mid-work (new object just created); the standby takes over once the Lease expires.
     api.create(&PostParams::default(), &llama("r3", smollm_spec())?)
         .await?;
-    drop(first);
+    first.kill();
     for name in ["r1", "r2", "r3"] {
         wait_ready(&api, name, "True", Duration::from_secs(90))
             .await
@@ -779,10 +843,11 @@ async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loo
     tokio::time::sleep(Duration::from_secs(10)).await;
     let b = second.counter("llama_operator_reconciles_total")?;
     eprintln!("reconciles after takeover: {a}, 10 s later: {b}");
-    // Pod status updates and the 30 s requeue of objects that were not Ready may add a few; a hot loop
+    // Real changes (kwok nodes flapping NotReady under load, the 30 s requeue of objects that were not
+    // Ready) add a few per object; a hot loop (~50 ms per reconcile)
     // would add hundreds.
     assert!(
-        b - a <= 12.0,
+        b - a <= 30.0,
         "reconciles kept running while idle: {a} -> {b}"
     );
     if b > 60.0 {

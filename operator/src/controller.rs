@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -118,6 +118,15 @@ pub async fn run(
             let name = pod.labels().get(SELECTOR_LABEL)?.clone();
             Some(ObjectRef::<LlamaDeployment>::new(&name).within(&pod.namespace()?))
         })
+        // Re-validate everything when a node's labels, allocatable resources or schedulability change
+        // (heartbeats are filtered out by the fingerprint).
+        .reconcile_all_on(
+            watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .predicate_filter(NodeFacts::fingerprint, PredicateConfig::default())
+                .filter_map(|node| async move { node.ok().map(|_| ()) }),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {

@@ -19,7 +19,7 @@ pub const GPU_MEMORY_LABEL: &str = "nvidia.com/gpu.memory";
 const KV_BYTES_PER_ELEMENT: u64 = 2;
 
 /// What the validation needs to know about one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeFacts {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -51,6 +51,14 @@ impl NodeFacts {
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false),
         }
+    }
+
+    /// A hash of everything validation reads: changes of it (not heartbeats) re-trigger validation.
+    pub fn fingerprint(node: &Node) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        Self::from_node(node).hash(&mut h);
+        Some(h.finish())
     }
 
     fn gpu_memory_bytes(&self) -> Option<u64> {

@@ -32,12 +32,14 @@ else:
     result = {}
 
     def long_stream():
-        body = {"prompt": "Write a long essay about the ocean.", "max_tokens": 60, "temperature": 0, "stream": True}
+        body = {"prompt": "Write a long essay about the ocean.", "max_tokens": 200, "temperature": 0,
+                "ignore_eos": True, "stream": True}
         result["events"] = stream_raw(base, "/v1/completions", body)
 
     t = threading.Thread(target=long_stream)
     t.start()
     time.sleep(1.0)
+    check(t.is_alive(), "the stream must still be in flight when SIGTERM is sent")
     print("READY-FOR-SIGTERM", flush=True)
     # wait for readiness to flip
     deadline = time.time() + 10

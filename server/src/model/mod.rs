@@ -32,6 +32,8 @@ pub enum LoadError {
         name: String,
         source: candle_core::Error,
     },
+    #[error("tensor `{name}`: {detail}")]
+    Unsupported { name: String, detail: String },
     #[error("tensor `{name}` has shape {got:?}, expected {want:?}")]
     Shape {
         name: String,
@@ -306,6 +308,16 @@ impl Model {
     ) -> std::result::Result<Self, LoadError> {
         let start = Instant::now();
         let cfg = ModelConfig::from_gguf(file)?;
+        // attention/MLP biases (Qwen2 has them) are not implemented: refuse rather than silently drop them
+        if let Some(bias) = file
+            .tensor_names()
+            .find(|n| n.starts_with("blk.") && n.ends_with(".bias"))
+        {
+            return Err(LoadError::Unsupported {
+                name: bias.to_string(),
+                detail: "bias tensors are not supported".into(),
+            });
+        }
         let mut l = Loader { file, device, opts };
         let e = cfg.embedding_length;
         let token_embd = l.raw("token_embd.weight", &[cfg.vocab_size, e])?;

@@ -423,9 +423,10 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
         "kubectl",
         &["scale", "llama/smollm2-cpu", "--replicas=3", "-n", &ns.name],
     )?;
+    // 150 s: kwok fake nodes currently flap NotReady for up to ~45 s (heartbeat gaps), which unreadies pods.
     wait_for(
         "smollm2-cpu scaled to 3/3",
-        Duration::from_secs(60),
+        Duration::from_secs(150),
         || async {
             let obj = api.get("smollm2-cpu").await?;
             let ready = obj.data["status"]["readyOfDesired"]

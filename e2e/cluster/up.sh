@@ -121,7 +121,8 @@ stage_args=()
 for f in "$K8S_BIN"/kwok-stages/*.yaml; do stage_args+=(--config "$f"); done
 launch kwok "$K8S_BIN/kwok" --kubeconfig "$E2E_STATE/kwok.kubeconfig" "${stage_args[@]}" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-  --cidr 10.244.0.1/16 --node-ip 10.0.0.1 --server-address "127.0.0.1:$KWOK_PORT"
+  --cidr 10.244.0.1/16 --node-ip 10.0.0.1 --server-address "127.0.0.1:$KWOK_PORT" \
+  --node-lease-duration-seconds 40
 
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$E2E_KUBECONFIG" "$@"; }
 say "creating fake nodes"

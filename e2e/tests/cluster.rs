@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use e2e::{TestNamespace, client, existing_cluster, run_tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
@@ -77,6 +78,20 @@ async fn the_fake_gpu_node_offers_eight_gpus_and_gpu_operator_labels() -> Result
             .get("nvidia.com/gpu.memory")
             .is_some_and(|m| m.parse::<u64>().is_ok())
     );
+
+    // kwok renews node Leases, so the node lifecycle controller never marks the fake nodes NotReady
+    // (without them nodes flapped NotReady every ~45 s and evicted test pods).
+    let leases = Api::<Lease>::namespaced(client().await?, "kube-node-lease");
+    let lease = leases
+        .get("gpu-node-0")
+        .await
+        .context("gpu-node-0 has no node Lease")?;
+    let renewed = lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .context("node Lease never renewed")?;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed.0);
+    assert!(age.as_secs() < 60, "node Lease last renewed {age:?} ago");
 
     let cpu = nodes.get("cpu-node-0").await?;
     let cpu_alloc = cpu

@@ -10,7 +10,7 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo model pyenv bench
+.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo model pyenv
 
 help:
 	@echo "make demo          run the local demo on the bundled default model"

@@ -6,50 +6,17 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("server/ has a parent")
-        .to_path_buf()
-}
-
-fn script_output(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join(script))
-        .output()
-        .unwrap_or_else(|e| panic!("running {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+// Model, python env and repo root are located exactly as the engine tests do.
+#[path = "../engine_common/mod.rs"]
+mod engine_common;
+#[allow(unused_imports)] // not every serve test uses both
+pub use engine_common::{python, repo_root};
 
 /// The default SmolLM2 Q4_1 model (`LLAMA_OP_MODEL`, else `scripts/fetch-model.sh`).
 pub fn model() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| match std::env::var_os("LLAMA_OP_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => script_output("scripts/fetch-model.sh"),
-    })
-    .clone()
-}
-
-/// The venv's python (`LLAMA_OP_VENV`, else `scripts/pyenv.sh`).
-pub fn python() -> PathBuf {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let venv = match std::env::var_os("LLAMA_OP_VENV") {
-            Some(p) => PathBuf::from(p),
-            None => script_output("scripts/pyenv.sh"),
-        };
-        venv.join("bin/python")
-    })
-    .clone()
+    engine_common::smollm2()
 }
 
 /// The binary under test (`LLAMA_SERVER_BIN` overrides it, e.g. to pin a copy while others rebuild).

@@ -1,0 +1,118 @@
+use super::*;
+
+#[test]
+fn sizes_parse_with_binary_and_decimal_suffixes() {
+    assert_eq!(parse_size("4Gi"), Some(4 << 30));
+    assert_eq!(parse_size("512M"), Some(512_000_000));
+    assert_eq!(parse_size("1000"), Some(1000));
+    assert_eq!(parse_size("4GB"), None);
+    assert_eq!(parse_size("Gi"), None);
+}
+
+#[test]
+fn a_minimal_spec_gets_documented_defaults() {
+    let spec: LlamaDeploymentSpec =
+        serde_json::from_value(serde_json::json!({"model": {"url": "https://x/m.gguf"}}))
+            .expect("spec");
+    assert_eq!(spec.tensor_parallel_size, 1);
+    assert_eq!(spec.replicas, 1);
+    assert_eq!(spec.block_size, 16);
+    assert_eq!(spec.quantization, Quantization::Q8_0);
+    assert_eq!(spec.accelerator, Accelerator::Gpu);
+    assert_eq!(spec.resources.gpu_resource_name, "nvidia.com/gpu");
+}
+
+fn undocumented(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    for (name, prop) in props {
+        let p = format!("{path}.{name}");
+        out.push(format!("walked:{p}"));
+        let doc = prop
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default();
+        if doc.trim().is_empty() {
+            out.push(p.clone());
+        }
+        undocumented(prop, &p, out);
+        if let Some(items) = prop.get("items") {
+            undocumented(items, &format!("{p}[]"), out);
+        }
+    }
+}
+
+#[test]
+fn every_spec_and_status_field_is_documented_for_kubectl_explain() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(LlamaDeployment::crd()).expect("crd");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut missing = Vec::new();
+    undocumented(&schema["properties"]["spec"], "spec", &mut missing);
+    undocumented(&schema["properties"]["status"], "status", &mut missing);
+    let walked = missing
+        .iter()
+        .filter(|p| p.starts_with("walked:spec.model."))
+        .count();
+    assert!(walked >= 14, "the walk must reach nested fields ({walked})");
+    // Kubernetes' own types (affinity, tolerations, env, conditions) bring their upstream docs.
+    missing.retain(|p| {
+        !p.starts_with("walked:")
+            && ![
+                ".affinity.",
+                ".tolerations[].",
+                ".env[].",
+                ".apiKeySecretRef.",
+                "status.conditions[].",
+            ]
+            .iter()
+            .any(|k| p.contains(k))
+    });
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:?}"
+    );
+}
+
+#[test]
+fn the_crd_has_scale_and_status_subresources_and_printer_columns() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(LlamaDeployment::crd()).expect("crd");
+    let v = &crd["spec"]["versions"][0];
+    assert_eq!(
+        v["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert!(v["subresources"]["status"].is_object());
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Ready", "Replicas", "Model", "Quant", "TP", "Queue", "KV%", "Age"
+        ]
+    );
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "llama");
+}
+
+#[test]
+fn quantization_names_round_trip_through_serde() {
+    for q in [
+        Quantization::F16,
+        Quantization::Q4K,
+        Quantization::Q6K,
+        Quantization::Q8_0,
+    ] {
+        let v = serde_json::to_value(q).expect("ser");
+        assert_eq!(v, serde_json::json!(q.as_str()));
+    }
+}

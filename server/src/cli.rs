@@ -240,6 +240,10 @@ pub struct BenchArgs {
     /// Re-encode Q4_1 weights as Q8_0 at load (experiment).
     #[arg(long)]
     pub repack_q4_1: bool,
+    /// Batched decode: for each size B, B sequences of `--prompt-tokens` cached context decode one token
+    /// each per step (one flat batch, as the server's engine runs them); reports aggregate tokens/s.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Internal: measure one model in this process (the parent sets the threads).
     #[arg(long, hide = true)]
     pub single: bool,
@@ -256,11 +260,16 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         let path = models.first().context("no model")?;
         return bench_one(path, args);
     }
+    let batch_cols: String = args
+        .batch
+        .iter()
+        .map(|b| format!(" batch {b} decode tok/s |"))
+        .collect();
     println!(
-        "| model | weights | threads | prefill tok/s ({} tok) | decode tok/s ({} tok) |",
+        "| model | weights | threads | prefill tok/s ({} tok) | decode tok/s ({} tok) |{batch_cols}",
         args.prompt_tokens, args.gen_tokens
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|{}", "---|".repeat(args.batch.len()));
     let exe = std::env::current_exe()?;
     for m in &models {
         for &t in &args.threads {
@@ -278,6 +287,10 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .env("RAYON_NUM_THREADS", t.to_string());
             if args.repack_q4_1 {
                 cmd.arg("--repack-q4-1");
+            }
+            if !args.batch.is_empty() {
+                let list: Vec<String> = args.batch.iter().map(|b| b.to_string()).collect();
+                cmd.arg("--batch").arg(list.join(","));
             }
             let out = cmd.output()?;
             let line = String::from_utf8_lossy(&out.stdout);
@@ -316,14 +329,66 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         best_p = best_p.max(stats.prefill_tok_s());
         best_d = best_d.max(stats.decode_tok_s());
     }
+    let mut batched = String::new();
+    for &b in &args.batch {
+        let tok_s = batched_decode_tok_s(&model, b, args.prompt_tokens, args.repeat.max(1))?;
+        batched.push_str(&format!(" {tok_s:.1} |"));
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     println!(
-        "| {name} | {} | {} | {best_p:.1} | {best_d:.1} |",
+        "| {name} | {} | {} | {best_p:.1} | {best_d:.1} |{batched}",
         model.weight_kinds(),
         candle_core::utils::get_num_threads()
     );
     Ok(())
+}
+
+/// Aggregate tokens/s of decode steps over `b` sequences with `ctx` cached tokens each (the cache content
+/// does not matter for timing; every sequence owns its own blocks). Best of `repeat` runs of 16 steps.
+fn batched_decode_tok_s(model: &Model, b: usize, ctx: usize, repeat: usize) -> anyhow::Result<f64> {
+    use crate::batch::{BatchInput, SeqInput};
+    use crate::kv_cache::KvCache;
+    const STEPS: usize = 16;
+    let bs = 16;
+    let per_seq = (ctx + STEPS + 1).div_ceil(bs);
+    let mut cache = KvCache::new(
+        model.config(),
+        b * per_seq,
+        bs,
+        KvDType::F16,
+        model.device(),
+    )?;
+    let vocab = model.config().vocab_size as u32;
+    let mut best = 0f64;
+    for _ in 0..repeat {
+        let start = std::time::Instant::now();
+        for step in 0..STEPS {
+            let pos = ctx + step;
+            let mut batch = BatchInput::default();
+            for s in 0..b {
+                let table: Vec<u32> = (0..per_seq).map(|i| (s * per_seq + i) as u32).collect();
+                batch
+                    .token_ids
+                    .push((s as u32 * 7919 + step as u32 * 31 + 13) % vocab);
+                batch.positions.push(pos as u32);
+                batch
+                    .slot_mapping
+                    .push(table[pos / bs] * bs as u32 + (pos % bs) as u32);
+                batch.seqs.push(SeqInput {
+                    start: s,
+                    len: 1,
+                    context_len: pos + 1,
+                    block_table: table,
+                    wants_logits: true,
+                });
+            }
+            let logits = model.forward(&batch, &mut cache)?;
+            anyhow::ensure!(logits.dims2()? == (b, vocab as usize), "logits shape");
+        }
+        best = best.max((b * STEPS) as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::batch::BatchInput;
 use crate::model::ModelConfig;
+use crate::model::kernels::VecOps;
 
 /// Element type of the cached keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,42 +90,33 @@ impl From<KvCacheError> for candle_core::Error {
 
 trait KvElem: Copy + Send + Sync + Default + 'static {
     fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-    /// Widens a row (SIMD where `half` detects F16C at run time).
-    fn load(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
-        }
-    }
+    /// The row as f32: `src` itself for f32, otherwise widened into `buf` (SIMD where the CPU has it).
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], ops: &VecOps) -> &'a [f32];
 }
 impl KvElem for f32 {
     fn from_f32(x: f32) -> Self {
         x
     }
-    fn to_f32(self) -> f32 {
-        self
+    fn row<'a>(src: &'a [Self], _: &'a mut [f32], _: &VecOps) -> &'a [f32] {
+        src
     }
 }
 impl KvElem for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn load(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], ops: &VecOps) -> &'a [f32] {
+        (ops.f16_to_f32)(src, buf);
+        buf
     }
 }
 impl KvElem for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn load(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
+    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], _: &VecOps) -> &'a [f32] {
+        src.convert_to_f32_slice(buf);
+        buf
     }
 }
 
@@ -414,7 +406,8 @@ fn host_attend<T: KvElem>(
             *d = T::from_f32(*x);
         }
     }
-    // 2. each (token, head) attends causally over its sequence's context through the block table
+    // 2. each (token, KV head) pair attends causally over its sequence's context through the block table,
+    //    for all the query heads sharing that KV head at once (GQA): every K/V row is widened once per group
     let mut token_seq = Vec::with_capacity(batch.num_tokens());
     for (si, seq) in batch.seqs.iter().enumerate() {
         let cached = seq.context_len - seq.len;
@@ -427,48 +420,56 @@ fn host_attend<T: KvElem>(
     let hd = s.head_dim;
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
+    let ops = VecOps::detect();
     let mut out = vec![0f32; q.len()];
     let init = || (Vec::<f32>::new(), vec![0f32; hd]);
-    let body = |(scores, kbuf): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
-        let (tok, h) = (idx / s.n_heads, idx % s.n_heads);
+    // `o` holds the outputs of heads g*group .. (g+1)*group of one token (contiguous in [tokens, heads, hd])
+    let body = |(scores, buf): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
+        let (tok, g) = (idx / s.n_kv_heads, idx % s.n_kv_heads);
         let (si, n_ctx) = token_seq[tok];
         let table = &batch.seqs[si].block_table;
-        let g = h / group;
-        let qh = &q[idx * hd..(idx + 1) * hd];
+        let qg = &q[idx * group * hd..(idx + 1) * group * hd];
+        let slot_off = |j: usize| {
+            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
+            slot * row + g * hd
+        };
         scores.clear();
-        let mut max = f32::NEG_INFINITY;
+        scores.resize(group * n_ctx, 0.0);
         for j in 0..n_ctx {
-            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
-            let off = slot * row + g * hd;
-            T::load(&k_cache[off..off + hd], kbuf);
-            let dot = qh.iter().zip(kbuf.iter()).map(|(a, b)| a * b).sum::<f32>() * scale;
-            max = max.max(dot);
-            scores.push(dot);
+            let off = slot_off(j);
+            let kr = T::row(&k_cache[off..off + hd], buf, &ops);
+            for (i, qh) in qg.chunks_exact(hd).enumerate() {
+                scores[i * n_ctx + j] = (ops.dot)(qh, kr) * scale;
+            }
         }
-        let mut sum = 0f32;
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
+        for sc in scores.chunks_exact_mut(n_ctx) {
+            let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0f32;
+            for x in sc.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            sc.iter_mut().for_each(|x| *x *= inv);
         }
-        let inv = 1.0 / sum;
-        for (j, &p) in scores.iter().enumerate() {
-            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
-            let off = slot * row + g * hd;
-            let w = p * inv;
-            T::load(&v_cache[off..off + hd], kbuf);
-            for (acc, x) in o.iter_mut().zip(kbuf.iter()) {
-                *acc += w * x;
+        for j in 0..n_ctx {
+            let off = slot_off(j);
+            let vr = T::row(&v_cache[off..off + hd], buf, &ops);
+            for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
+                (ops.axpy)(scores[i * n_ctx + j], vr, oh);
             }
         }
     };
     if rayon::current_num_threads() <= 1 {
         // inline: handing each layer to a one-thread pool costs two context switches
         let mut state = init();
-        out.chunks_mut(hd)
+        out.chunks_mut(group * hd)
             .enumerate()
             .for_each(|item| body(&mut state, item));
     } else {
-        out.par_chunks_mut(hd).enumerate().for_each_init(init, body);
+        out.par_chunks_mut(group * hd)
+            .enumerate()
+            .for_each_init(init, body);
     }
     out
 }

@@ -31,12 +31,12 @@ pub enum Linear {
     Dense(Tensor),
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization
-    /// (see [`super::kernels`]).
+    /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization by our own
+    /// multi-token kernel (see [`super::kernels`]).
     Q8_0(Q8_0Matrix),
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),
-    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by an AVX2 kernel.
+    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel.
     Q4_1(Q4_1Matrix),
 }
 

@@ -5,7 +5,7 @@
 
 mod config;
 pub mod generate;
-mod kernels;
+pub(crate) mod kernels;
 mod linear;
 
 use std::io::{Read, Seek};

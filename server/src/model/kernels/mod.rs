@@ -1,0 +1,300 @@
+//! CPU matmul kernels for Q8_0, Q4_0 and Q4_1 weights, and the attention kernel's vector helpers (the only
+//! module tree that allows `unsafe`).
+//!
+//! Numerics follow llama.cpp: activations are quantized per 32 values (Q8_1 for Q4_1 weights, Q8_0 for
+//! Q8_0/Q4_0 weights) and each block pair is an exact integer dot product scaled in f32. candle-core's
+//! `QMatMul` quantizes Q8_0 activations per 256 values on AVX-512-VNNI machines (Q8_K), which measurably
+//! moved SmolLM2's greedy output away from llama.cpp's, and its Q4_1 path is scalar.
+//!
+//! Speed comes from sharing each unpacked weight block across up to eight tokens of a batch (decode steps
+//! of many sequences and prompt chunks), AVX-512-VNNI `vpdpbusd` where the CPU has it (AVX2 otherwise,
+//! portable scalar code as the reference), rows split over the rayon pool, and results written straight
+//! into the `[tokens, rows]` output.
+#![allow(unsafe_code)]
+
+mod q4_1;
+mod q8_0;
+mod vec_ops;
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::k_quants::{BlockQ4_0, GgmlType};
+use candle_core::{Result, Tensor};
+
+pub use q4_1::Q4_1Matrix;
+pub use q8_0::Q8_0Matrix;
+pub(crate) use vec_ops::VecOps;
+
+/// The instruction set a kernel runs with, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX2 + FMA + AVX-512 VNNI/VL (`vpdpbusd` on 256-bit registers).
+    Vnni,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Self {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var_os("LLAMA_SERVER_SCALAR_KERNELS").is_some() {
+                return Self::Scalar;
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+                let vnni =
+                    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+                if avx2 && vnni && std::env::var_os("LLAMA_SERVER_NO_VNNI").is_none() {
+                    return Self::Vnni;
+                }
+                if avx2 {
+                    return Self::Avx2;
+                }
+            }
+            Self::Scalar
+        })
+    }
+}
+
+/// One activation block quantized as GGML's Q8_1 (also used as Q8_0: same `d` and `qs`): `x_j ≈ d · qs_j`,
+/// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BlockQ8_1 {
+    pub(crate) d: f32,
+    pub(crate) s: f32,
+    pub(crate) qs: [i8; 32],
+}
+
+pub(crate) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += i32::from(*q);
+    }
+    BlockQ8_1 {
+        d: half::f16::from_f32(d).to_f32(),
+        s: half::f16::from_f32(d * sum as f32).to_f32(),
+        qs,
+    }
+}
+
+/// Quantizes `x: [m, k]` row by row into Q8_1 blocks (`m * k / 32` of them).
+pub(crate) fn quantize_rows(
+    x: &Tensor,
+    cols: usize,
+    what: &str,
+) -> Result<(Vec<BlockQ8_1>, usize)> {
+    let (m, k) = x.dims2()?;
+    if k != cols {
+        candle_core::bail!("{what} matmul: input has {k} features, weight {cols}");
+    }
+    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+    Ok((lhs.chunks_exact(32).map(quantize_q8_1).collect(), m))
+}
+
+/// Runs a row kernel over a `[n, k]` weight for `m` tokens and returns the `[m, n]` output.
+///
+/// `row(r, acts, out)` fills `out[t]` (t < m) with row `r`'s dot product with token `t`'s activations.
+/// Rows are split across the rayon pool in chunks of 16; each chunk writes its columns of the output
+/// directly (no transpose pass).
+pub(crate) fn matmul_rows<F>(n: usize, m: usize, x: &Tensor, row: F) -> Result<Tensor>
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    const ROWS: usize = 16;
+    let mut out = vec![0f32; n * m];
+    if m == 1 {
+        for_each_chunk(&mut out, ROWS, |c, o| {
+            for (i, v) in o.iter_mut().enumerate() {
+                row(c * ROWS + i, std::slice::from_mut(v));
+            }
+        });
+    } else {
+        let dst = SharedOut(out.as_mut_ptr());
+        let run = |buf: &mut Vec<f32>, c: usize| {
+            for r in c * ROWS..((c + 1) * ROWS).min(n) {
+                row(r, buf);
+                for (t, v) in buf.iter().enumerate() {
+                    // SAFETY: `r < n` and `t < m`, so `t * n + r < n * m` is inside `out`, which outlives
+                    // this call; each row index belongs to exactly one chunk, so no two threads write the
+                    // same element and nothing reads `out` until every chunk is done.
+                    unsafe { dst.write(t * n + r, *v) };
+                }
+            }
+        };
+        let chunks = n.div_ceil(ROWS);
+        if rayon::current_num_threads() <= 1 {
+            let mut buf = vec![0f32; m];
+            (0..chunks).for_each(|c| run(&mut buf, c));
+        } else {
+            use rayon::prelude::*;
+            (0..chunks)
+                .into_par_iter()
+                .for_each_init(|| vec![0f32; m], |buf, c| run(buf, c));
+        }
+    }
+    Tensor::from_vec(out, (m, n), x.device())
+}
+
+/// The output buffer shared by the row chunks of [`matmul_rows`] (disjoint writes only).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by `matmul_rows`, whose chunks write disjoint elements of a buffer that outlives them.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// # Safety
+    /// `i` must be inside the buffer and no other thread may access element `i` concurrently.
+    unsafe fn write(self, i: usize, v: f32) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *self.0.add(i) = v };
+    }
+}
+
+/// Calls `dot(tokens)` for the tokens of one row in groups of 8, 4 and 1 (one unpacked weight block is
+/// shared by every token of a group).
+pub(crate) fn for_token_groups(
+    m: usize,
+    out: &mut [f32],
+    mut dot8: impl FnMut(usize, &mut [f32]),
+    mut dot4: impl FnMut(usize, &mut [f32]),
+    mut dot1: impl FnMut(usize, &mut f32),
+) {
+    let mut t = 0;
+    while t + 8 <= m {
+        dot8(t, &mut out[t..t + 8]);
+        t += 8;
+    }
+    while t + 4 <= m {
+        dot4(t, &mut out[t..t + 4]);
+        t += 4;
+    }
+    while t < m {
+        dot1(t, &mut out[t]);
+        t += 1;
+    }
+}
+
+/// candle block types that are `#[repr(C)]` structs of one f16 and a byte array, so that any bytes of
+/// the right length are a valid value (what makes [`BlockMatrix::from_bytes`] sound).
+pub trait PlainBlock: GgmlType + Send + Sync {
+    /// Size of one block in bytes (equal to `size_of::<Self>()`, asserted below).
+    const BYTES: usize;
+}
+/// `#[repr(C)] { d: f16, qs: [u8; 16] }`
+impl PlainBlock for BlockQ4_0 {
+    const BYTES: usize = 18;
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == <BlockQ4_0 as PlainBlock>::BYTES);
+
+/// A `[rows, cols]` Q4_0 matrix.
+pub type Q4_0Matrix = BlockMatrix<BlockQ4_0>;
+
+/// A `[rows, cols]` matrix of candle blocks, multiplied through candle's SIMD `vec_dot` with activations
+/// quantized to the block's dot type (Q8_0 for Q4_0, as llama.cpp does).
+#[derive(Debug, Clone)]
+pub struct BlockMatrix<T> {
+    blocks: Vec<T>,
+    rows: usize,
+    cols: usize,
+}
+
+impl<T: PlainBlock> BlockMatrix<T> {
+    /// From the raw GGUF bytes of a `[rows, cols]` tensor of this block type.
+    pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(T::BLCK_SIZE) {
+            candle_core::bail!("{:?} matrix with {cols} columns", T::DTYPE);
+        }
+        let n = rows * cols / T::BLCK_SIZE;
+        if bytes.len() != n * T::BYTES {
+            candle_core::bail!(
+                "{:?} matrix [{rows}, {cols}] needs {} bytes, got {}",
+                T::DTYPE,
+                n * T::BYTES,
+                bytes.len()
+            );
+        }
+        let mut blocks = vec![T::zeros(); n];
+        // SAFETY: `T: PlainBlock` is a `#[repr(C)]` struct of an f16 and a byte array whose size is
+        // `T::BYTES` (asserted at compile time above), alignment 2 and no padding, so every bit pattern is
+        // a valid value. `blocks` owns exactly `n * T::BYTES` bytes, `bytes` has exactly that many
+        // (checked above), and the two buffers are distinct allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                blocks.as_mut_ptr().cast::<u8>(),
+                n * T::BYTES,
+            );
+        }
+        Ok(Self { blocks, rows, cols })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`. Activations are quantized to the dot type and
+    /// each output is candle's SIMD `vec_dot`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!(
+                "{:?} matmul: input has {k} features, weight {}",
+                T::DTYPE,
+                self.cols
+            );
+        }
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let kb = k / T::BLCK_SIZE;
+        let ka = k / <T::VecDotType as GgmlType>::BLCK_SIZE;
+        let mut acts = vec![T::VecDotType::zeros(); m * ka];
+        for (row, q) in lhs.chunks_exact(k).zip(acts.chunks_exact_mut(ka)) {
+            T::VecDotType::from_float(row, q);
+        }
+        matmul_rows(self.rows, m, x, |row, out| {
+            let w = &self.blocks[row * kb..(row + 1) * kb];
+            for (tok, o) in out.iter_mut().enumerate() {
+                *o = T::vec_dot(k, w, &acts[tok * ka..(tok + 1) * ka]);
+            }
+        })
+    }
+}
+
+/// Runs `f(chunk_index, chunk)` over `chunk`-sized pieces of `out`: on the rayon pool, or inline when
+/// it has a single thread (handing each matmul to a one-thread pool costs two context switches).
+pub(crate) fn for_each_chunk<F>(out: &mut [f32], chunk: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    use rayon::prelude::*;
+    if rayon::current_num_threads() <= 1 {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+use candle_core::{Device, Tensor};
+
+use super::q4_1::{self, BlockQ4_1};
+use super::q8_0::{self, BlockQ8};
+use super::*;
+
+/// Deterministic pseudo-random numbers (xorshift).
+struct Rng(u32);
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2000) as f32 / 1000.0 - 1.0
+    }
+}
+
+/// Every instruction set this CPU can run (the scalar one always).
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(Isa::Avx2);
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                v.push(Isa::Vnni);
+            }
+        }
+    }
+    v
+}
+
+fn q4_1_bytes(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(blocks * 20);
+    for _ in 0..blocks {
+        let d = half::f16::from_f32(0.01 + (rng.next() % 100) as f32 * 1e-4);
+        let m = half::f16::from_f32(-0.05 + (rng.next() % 100) as f32 * 1e-3);
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend_from_slice(&m.to_le_bytes());
+        bytes.extend((0..16).map(|_| rng.next() as u8));
+    }
+    bytes
+}
+
+fn q8_0_bytes(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(blocks * 34);
+    for _ in 0..blocks {
+        let d = half::f16::from_f32(0.001 + (rng.next() % 100) as f32 * 1e-4);
+        bytes.extend_from_slice(&d.to_le_bytes());
+        // symmetric quantization never produces -128
+        bytes.extend((0..32).map(|_| ((rng.next() % 255) as i32 - 127) as i8 as u8));
+    }
+    bytes
+}
+
+/// Dequantized weights `[rows, cols]` straight from the GGUF block layouts.
+fn dequant_q4_1(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(20)
+        .flat_map(|b| {
+            let d = f64::from(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            let m = f64::from(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
+            let q = &b[4..20];
+            (0..32).map(move |j| {
+                let v = if j < 16 { q[j] & 15 } else { q[j - 16] >> 4 };
+                d * f64::from(v) + m
+            })
+        })
+        .collect()
+}
+
+fn dequant_q8_0(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(34)
+        .flat_map(|b| {
+            let d = f64::from(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            b[2..]
+                .iter()
+                .map(move |&q| d * f64::from(q as i8))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn reference(w: &[f64], x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    let m = x.len() / cols;
+    let mut out = vec![0f64; m * rows];
+    for t in 0..m {
+        for r in 0..rows {
+            out[t * rows + r] = (0..cols)
+                .map(|c| w[r * cols + c] * f64::from(x[t * cols + c]))
+                .sum();
+        }
+    }
+    out
+}
+
+/// Each kernel, at every instruction set and for token counts that exercise the 8/4/1 groups and a row
+/// count that is not a multiple of the 16-row chunk: within activation-quantization error of exact f64
+/// math on the dequantized weights, and the SIMD paths equal to the scalar reference kernel.
+#[test]
+fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
+    let mut rng = Rng(12345);
+    let (rows, cols) = (37, 6 * 32);
+    let q41 = q4_1_bytes(&mut rng, rows * cols / 32);
+    let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
+    let m41 = Q4_1Matrix::from_bytes(&q41, rows, cols).expect("q4_1");
+    let m80 = Q8_0Matrix::from_bytes(&q80, rows, cols).expect("q8_0");
+    let (w41, w80) = (dequant_q4_1(&q41), dequant_q8_0(&q80));
+    for m in [1usize, 3, 4, 5, 8, 13, 16] {
+        let xs: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
+        let x = Tensor::from_vec(xs.clone(), (m, cols), &Device::Cpu).expect("x");
+        for (name, want, got_at) in [
+            (
+                "Q4_1",
+                reference(&w41, &xs, rows, cols),
+                Box::new(|isa| m41.forward_with(isa, &x)) as Box<dyn Fn(Isa) -> _>,
+            ),
+            (
+                "Q8_0",
+                reference(&w80, &xs, rows, cols),
+                Box::new(|isa| m80.forward_with(isa, &x)),
+            ),
+        ] {
+            let mut scalar: Option<Vec<f32>> = None;
+            for isa in isas() {
+                let got = got_at(isa)
+                    .expect("forward")
+                    .flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("vec");
+                assert_eq!(got.len(), m * rows);
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*g) - w).abs() < 2e-2 * scale,
+                        "{name} {isa:?} m={m} output {i}: {g} vs exact {w}"
+                    );
+                }
+                match &scalar {
+                    None => scalar = Some(got),
+                    Some(s) => {
+                        for (i, (a, b)) in got.iter().zip(s).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                                "{name} {isa:?} m={m} output {i}: {a} vs scalar {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The multi-token entry points give each token exactly what the one-token path gives it (batch
+/// invariance of the server rests on this).
+#[test]
+fn token_groups_equal_single_token_dots_bit_for_bit() {
+    let mut rng = Rng(777);
+    let kb = 18;
+    let w41: Vec<BlockQ4_1> = (0..kb)
+        .map(|_| {
+            let mut qs = [0u8; 16];
+            qs.iter_mut().for_each(|q| *q = rng.next() as u8);
+            BlockQ4_1 {
+                d: 0.01,
+                m: -0.02,
+                qs,
+            }
+        })
+        .collect();
+    let w80: Vec<BlockQ8> = (0..kb)
+        .map(|_| {
+            let mut qs = [0i8; 32];
+            qs.iter_mut().for_each(|q| *q = (rng.next() % 255) as i8);
+            BlockQ8 { d: 0.003, qs }
+        })
+        .collect();
+    let acts: Vec<Vec<BlockQ8_1>> = (0..8)
+        .map(|_| {
+            let xs: Vec<f32> = (0..kb * 32).map(|_| rng.unit()).collect();
+            xs.chunks_exact(32).map(quantize_q8_1).collect()
+        })
+        .collect();
+    for isa in isas() {
+        let one41: Vec<f32> = acts
+            .iter()
+            .map(|a| q4_1::dot_n::<1>(isa, &w41, [a])[0])
+            .collect();
+        let one80: Vec<f32> = acts
+            .iter()
+            .map(|a| q8_0::dot_n::<1>(isa, &w80, [a])[0])
+            .collect();
+        let a8: [&[BlockQ8_1]; 8] = std::array::from_fn(|i| acts[i].as_slice());
+        let a4: [&[BlockQ8_1]; 4] = std::array::from_fn(|i| acts[i].as_slice());
+        assert_eq!(q4_1::dot_n::<8>(isa, &w41, a8).to_vec(), one41, "{isa:?}");
+        assert_eq!(
+            q4_1::dot_n::<4>(isa, &w41, a4).to_vec(),
+            one41[..4],
+            "{isa:?}"
+        );
+        assert_eq!(q8_0::dot_n::<8>(isa, &w80, a8).to_vec(), one80, "{isa:?}");
+        assert_eq!(
+            q8_0::dot_n::<4>(isa, &w80, a4).to_vec(),
+            one80[..4],
+            "{isa:?}"
+        );
+        if isa == Isa::Scalar {
+            assert_eq!(q4_1::dot_scalar(&w41, &acts[0]), one41[0]);
+            assert_eq!(q8_0::dot_scalar(&w80, &acts[0]), one80[0]);
+        }
+    }
+}
+
+#[test]
+fn vector_helpers_agree_with_plain_loops() {
+    let mut rng = Rng(99);
+    for n in [1usize, 7, 8, 16, 64, 67] {
+        let a: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let h: Vec<half::f16> = a.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+        for ops in [VecOps::detect(), VecOps::portable()] {
+            assert!((f64::from((ops.dot)(&a, &b)) - exact).abs() < 1e-5);
+            let mut y = b.clone();
+            (ops.axpy)(0.5, &a, &mut y);
+            for i in 0..n {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+            }
+            let mut wide = vec![0f32; n];
+            (ops.f16_to_f32)(&h, &mut wide);
+            for i in 0..n {
+                assert_eq!(wide[i], h[i].to_f32());
+            }
+        }
+    }
+}

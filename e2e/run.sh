@@ -35,6 +35,10 @@ rc=$?
 set -e
 
 if [ "$owned" = 1 ]; then
+  # Components restarted by the disruption tests have new pids: check those too.
+  for c in $E2E_COMPONENTS; do
+    f="$E2E_STATE/pids/$c.pid"; [ -f "$f" ] && pids="$pids $(cat "$f")"
+  done
   bash e2e/cluster/down.sh
   # Teardown must leave nothing behind: no process we started, no port we bound, no state.
   stray=0

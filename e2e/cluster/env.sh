@@ -1,4 +1,4 @@
-# Shared settings of the local control plane (sourced by up.sh, down.sh, run.sh). Ports are overridable.
+# Shared settings of the local control plane (sourced by up.sh, down.sh, restart-apiserver.sh, run.sh). Ports are overridable.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/versions.sh"
 E2E_STATE="${E2E_STATE:-$LLAMA_OP_CACHE/cluster}"

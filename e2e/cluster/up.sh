@@ -4,13 +4,8 @@
 # KUBECONFIG path on stdout. Idempotent: a running cluster is reused.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/env.sh"
-say() { echo "cluster-up: $*" >&2; }
-
-alive() { local f="$E2E_STATE/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
-api_ready() {
-  curl -sf --max-time 2 --cacert "$E2E_STATE/pki/ca.crt" --cert "$E2E_STATE/pki/admin.crt" \
-    --key "$E2E_STATE/pki/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
-}
+say_as=cluster-up
+. "$here/lib.sh"
 
 all_alive=1
 for c in $E2E_COMPONENTS; do alive "$c" || all_alive=0; done
@@ -61,22 +56,6 @@ kubeconfig "$E2E_STATE/controller-manager.kubeconfig" controller-manager
 kubeconfig "$E2E_STATE/scheduler.kubeconfig" scheduler
 kubeconfig "$E2E_STATE/kwok.kubeconfig" kwok
 
-launch() { # launch <name> <binary> args...: background, own session, pid file, log file
-  local name="$1"; shift
-  setsid "$@" >"$E2E_STATE/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$E2E_STATE/pids/$name.pid"
-}
-wait_until() { # wait_until <what> <seconds> <command...>
-  local what="$1" secs="$2"; shift 2
-  local deadline=$(( $(date +%s) + secs ))
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      say "timed out waiting for $what; last log lines:"; tail -20 "$E2E_STATE/logs/"*.log >&2 || true; exit 1
-    fi
-    sleep 0.3
-  done
-}
-
 say "starting etcd"
 launch etcd "$K8S_BIN/etcd" --name e2e --data-dir "$E2E_STATE/etcd" \
   --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
@@ -86,17 +65,7 @@ launch etcd "$K8S_BIN/etcd" --name e2e --data-dir "$E2E_STATE/etcd" \
 wait_until "etcd /health" 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
 say "starting kube-apiserver $K8S_VERSION"
-launch kube-apiserver "$K8S_BIN/kube-apiserver" \
-  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
-  --endpoint-reconciler-type none \
-  --cert-dir "$E2E_STATE/certs" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-  --client-ca-file "$pki/ca.crt" \
-  --service-account-issuer https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 \
-  --authorization-mode RBAC --allow-privileged=true --profiling=false \
-  --v=1
+start_apiserver
 wait_until "kube-apiserver /readyz" 90 api_ready
 
 say "starting kube-controller-manager and kube-scheduler"

@@ -14,6 +14,19 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Config};
 
+pub mod operator;
+
+/// The repository root. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for `cargo test`), else
+/// the path this crate was compiled at: a shared target directory can hold test binaries built from another
+/// checkout, whose compile-time path no longer exists.
+pub fn repo_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.join("Cargo.toml").exists())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("..")
+}
+
 /// True when the suite runs against a user's cluster (kind/k3d) instead of the local fake-node one:
 /// checks that need kwok's fake GPU nodes are skipped then.
 pub fn existing_cluster() -> bool {

@@ -2,272 +2,22 @@
 //! `cargo build -p llama-operator`), one operator per test, scoped to the test's namespace with
 //! `--watch-namespace`, so tests run in parallel without sharing a leader Lease.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use e2e::{TestNamespace, client, existing_cluster, run_tool, wait_for};
+use e2e::operator::{
+    MANAGED, Operator, condition, finish, install_crd, lds, llama, pods_of, smollm_spec, wait_ready,
+};
+use e2e::{TestNamespace, client, existing_cluster, repo_root, run_tool, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const MANAGED: &str = "app.kubernetes.io/managed-by=llama-operator";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The operator binary: `$LLAMA_OPERATOR_BIN`, else `$CARGO_TARGET_DIR/debug/llama-operator`, else
-/// `<workspace>/target/debug/llama-operator` (e2e/run.sh builds it before the suite).
-fn operator_bin() -> Result<PathBuf> {
-    let candidates = [
-        std::env::var_os("LLAMA_OPERATOR_BIN").map(PathBuf::from),
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug/llama-operator")),
-        Some(root().join("target/debug/llama-operator")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.exists())
-        .context("llama-operator binary not found: run `cargo build -p llama-operator` first")
-}
-
-/// A running operator process, killed when dropped.
-struct Operator {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    namespace: String,
-    finished: bool,
-}
-
-impl Operator {
-    fn start(namespace: &str, identity: &str) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log = std::env::temp_dir().join(format!("llama-operator-{namespace}-{identity}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(operator_bin()?)
-            .args([
-                "--watch-namespace",
-                namespace,
-                "--identity",
-                identity,
-                "--log-format",
-                "text",
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .context("spawning llama-operator")?;
-        Ok(Self {
-            child,
-            port,
-            log,
-            namespace: namespace.to_owned(),
-            finished: false,
-        })
-    }
-
-    fn get(&self, path: &str) -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    }
-
-    /// Sum of a counter over all its label sets.
-    fn counter(&self, name: &str) -> Result<f64> {
-        let text = self.get("/metrics")?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
-    }
-
-    /// Kills the process (SIGKILL) without cleaning up: a crash, as far as the cluster can tell.
-    fn kill(mut self) {
-        self.finished = true;
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        // A failed test never reaches `finish`: delete its LlamaDeployments while this operator can still run
-        // their finalizers, so the namespace (and the fake GPUs its pods hold) does not linger.
-        if !self.finished {
-            let _ = run_tool(
-                "kubectl",
-                &[
-                    "delete",
-                    "llamadeployments",
-                    "--all",
-                    "-n",
-                    &self.namespace,
-                    "--timeout=30s",
-                ],
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !self.finished {
-            let _ = run_tool(
-                "kubectl",
-                &["delete", "namespace", &self.namespace, "--wait=false"],
-            );
-        }
-    }
-}
-
-/// Deletes every LlamaDeployment of the test while the operator still runs (its finalizer needs it), then
-/// stops the operator and deletes the namespace.
-async fn finish(mut op: Operator, client: &Client, ns: TestNamespace) -> Result<()> {
-    let api = lds(client, &ns.name);
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    wait_for(
-        "every LlamaDeployment deleted (finalizers done)",
-        Duration::from_secs(60),
-        || async {
-            Ok(api
-                .list(&ListParams::default())
-                .await?
-                .items
-                .is_empty()
-                .then_some(()))
-        },
-    )
-    .await
-    .with_context(|| op.logs())?;
-    op.finished = true;
-    drop(op);
-    ns.cleanup().await
-}
-
-fn ld_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "inference.llama-operator.dev",
-            "v1alpha1",
-            "LlamaDeployment",
-        ),
-        "llamadeployments",
-    )
-}
-
-fn lds(client: &Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &ld_resource())
-}
-
-/// Installs (server-side applies) the generated CRD and waits until it is established.
-async fn install_crd() -> Result<()> {
-    let crd = root().join("crds/llamadeployments.yaml");
-    run_tool(
-        "kubectl",
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=e2e",
-            "-f",
-            &crd.to_string_lossy(),
-        ],
-    )?;
-    run_tool(
-        "kubectl",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/llamadeployments.inference.llama-operator.dev",
-        ],
-    )?;
-    Ok(())
-}
-
-fn llama(name: &str, spec: Value) -> Result<DynamicObject> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "inference.llama-operator.dev/v1alpha1",
-        "kind": "LlamaDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))?)
-}
-
-fn smollm_spec() -> Value {
-    json!({
-        "model": {"url": "https://example.invalid/SmolLM2-135M-Instruct-Q8_0.gguf", "heads": 9, "kvHeads": 3,
-                  "layers": 30, "hiddenSize": 576, "sizeBytes": 144810368, "contextLength": 8192},
-        "accelerator": "CPU",
-        "resources": {"cpu": "1", "memory": "1Gi"},
-    })
-}
-
-fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
-    let conds = obj.data.get("status")?.get("conditions")?.as_array()?;
-    let c = conds.iter().find(|c| c["type"] == type_)?;
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["reason"].as_str().unwrap_or_default().to_owned(),
-        c["message"].as_str().unwrap_or_default().to_owned(),
-    ))
-}
-
-/// Waits for the Ready condition to have `status`; returns (reason, message).
-async fn wait_ready(
-    api: &Api<DynamicObject>,
-    name: &str,
-    status: &str,
-    timeout: Duration,
-) -> Result<(String, String)> {
-    let result = wait_for(
-        &format!("LlamaDeployment {name} Ready={status}"),
-        timeout,
-        || async {
-            let obj = api.get(name).await?;
-            Ok(condition(&obj, "Ready")
-                .filter(|(s, _, _)| s == status)
-                .map(|(_, r, m)| (r, m)))
-        },
-    )
-    .await;
-    match result {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            let last = api
-                .get(name)
-                .await
-                .map(|o| o.data["status"].to_string())
-                .unwrap_or_default();
-            Err(e.context(format!("last status of {name}: {last}")))
-        }
-    }
-}
-
 async fn apply_example(client: &Client, ns: &str, file: &str) -> Result<String> {
-    let text = std::fs::read_to_string(root().join("manifests/examples").join(file))?;
+    let text = std::fs::read_to_string(repo_root().join("manifests/examples").join(file))?;
     let obj: DynamicObject = serde_yaml::from_str(&text)?;
     let name = obj
         .metadata
@@ -302,14 +52,6 @@ async fn models_pvc(ns: &str) -> Result<String> {
     std::fs::write(&file, manifest.to_string())?;
     run_tool("kubectl", &["apply", "-f", &file.to_string_lossy()])?;
     Ok(pv)
-}
-
-async fn pods_of(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
-    let sel = format!("inference.llama-operator.dev/deployment={name}");
-    Ok(Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&sel))
-        .await?
-        .items)
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! The Helm chart: lints, renders, passes `kubectl apply --dry-run=server`, installs with namespaced RBAC,
 //! and grants the operator's service account what it needs and nothing more.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,8 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 fn chart() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/llama-operator")
+    e2e::repo_root()
+        .join("charts/llama-operator")
         .to_string_lossy()
         .into_owned()
 }

@@ -14,7 +14,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -37,7 +36,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    Finalizer(#[source] kube::Error),
     #[error("object has no namespace")]
     NoNamespace,
 }
@@ -47,10 +46,7 @@ impl Error {
         match self {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "kube",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.label(),
-                _ => "finalizer",
-            },
+            Error::Finalizer(_) => "finalizer",
             Error::NoNamespace => "no_namespace",
         }
     }
@@ -140,19 +136,106 @@ pub async fn run(
 
 async fn reconcile(ld: Arc<LlamaDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile();
-    let ns = ld.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<LlamaDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, ld, |event| async {
-        match event {
-            finalizer::Event::Apply(ld) => apply(ld, &ctx).await,
-            finalizer::Event::Cleanup(ld) => cleanup(ld, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = reconcile_inner(ld, &ctx).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.with_label_values(&[label]).inc();
     result
+}
+
+/// The finalizer protocol: while the object lives, our finalizer goes on before any child is created; once it
+/// is being deleted, the children are cleaned up and then the finalizer comes off.
+async fn reconcile_inner(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error> {
+    let ns = ld.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<LlamaDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let ours = ld.finalizers().iter().any(|f| f == FINALIZER);
+    if ld.meta().deletion_timestamp.is_some() {
+        if ours {
+            cleanup(&ld, ctx).await?;
+            set_finalizer(&api, &ld, false)
+                .await
+                .map_err(Error::Finalizer)?;
+        }
+        return Ok(Action::await_change());
+    }
+    if ours {
+        return apply(ld, ctx).await;
+    }
+    match set_finalizer(&api, &ld, true)
+        .await
+        .map_err(Error::Finalizer)?
+    {
+        // Go on with the object as written (fresh spec, finalizer on) instead of waiting for its watch event.
+        Some(fresh) if fresh.meta().deletion_timestamp.is_none() => {
+            apply(Arc::new(fresh), ctx).await
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// The finalizer list with ours added (`present`) or removed; None when it already is that way.
+pub fn finalizers_with(current: &[String], present: bool) -> Option<Vec<String>> {
+    let has = current.iter().any(|f| f == FINALIZER);
+    match (present, has) {
+        (true, false) => Some(
+            current
+                .iter()
+                .cloned()
+                .chain(std::iter::once(FINALIZER.to_owned()))
+                .collect(),
+        ),
+        (false, true) => Some(
+            current
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Adds or removes our finalizer with optimistic concurrency: a merge patch carrying the whole new list and
+/// the `resourceVersion` it was computed from. When anyone wrote the object in between (or `cached` was
+/// stale), the apiserver answers 409 and we retry on a fresh read, so another controller's finalizers are
+/// never lost and a stale cache costs one retry instead of an error. (A JSON patch that `test`s the cached
+/// list, as `kube::runtime::finalizer` does, fails with 422 whenever the cache lags.) Returns the object as
+/// written, or None when it is gone.
+async fn set_finalizer(
+    api: &Api<LlamaDeployment>,
+    cached: &LlamaDeployment,
+    present: bool,
+) -> Result<Option<LlamaDeployment>, kube::Error> {
+    let name = cached.name_any();
+    let mut current = Some(cached.clone());
+    let mut conflicts = 0;
+    loop {
+        let obj = match current.take() {
+            Some(obj) => obj,
+            None => match api.get_opt(&name).await? {
+                Some(obj) => obj,
+                None => return Ok(None),
+            },
+        };
+        let Some(finalizers) = finalizers_with(obj.finalizers(), present) else {
+            return Ok(Some(obj));
+        };
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()},
+        });
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(written) => return Ok(Some(written)),
+            // Still conflicting after 5 fresh reads: the error goes to the controller's requeue.
+            Err(kube::Error::Api(s)) if s.code == 409 && conflicts < 4 => {
+                conflicts += 1;
+                info!(name = %name, "finalizer update conflicted: retrying on a fresh read");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn error_policy(ld: Arc<LlamaDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -302,7 +385,7 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-async fn cleanup(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(ld: &LlamaDeployment, ctx: &Context) -> Result<(), Error> {
     let ns = ld.namespace().ok_or(Error::NoNamespace)?;
     let name = ld.name_any();
     let client = &ctx.client;
@@ -314,5 +397,37 @@ async fn cleanup(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Erro
     )
     .await?;
     info!(name = %name, namespace = %ns, "deleted children");
-    Ok(Action::await_change())
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn our_finalizer_is_appended_next_to_others_once() {
+        assert_eq!(finalizers_with(&[], true), Some(list(&[FINALIZER])));
+        assert_eq!(
+            finalizers_with(&list(&["other.io/keep"]), true),
+            Some(list(&["other.io/keep", FINALIZER]))
+        );
+        assert_eq!(
+            finalizers_with(&list(&["other.io/keep", FINALIZER]), true),
+            None
+        );
+    }
+
+    #[test]
+    fn removing_our_finalizer_keeps_the_others() {
+        assert_eq!(
+            finalizers_with(&list(&[FINALIZER, "other.io/keep", FINALIZER]), false),
+            Some(list(&["other.io/keep"]))
+        );
+        assert_eq!(finalizers_with(&list(&["other.io/keep"]), false), None);
+        assert_eq!(finalizers_with(&[], false), None);
+    }
 }

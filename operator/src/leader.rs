@@ -134,13 +134,14 @@ impl Elector {
             if *stop.borrow() {
                 return false;
             }
-            match self.try_hold().await {
-                Ok(true) => {
+            match tokio::time::timeout(self.lease_duration / 3, self.try_hold()).await {
+                Ok(Ok(true)) => {
                     info!(lease = %self.name, identity = %self.identity, "acquired leadership");
                     return true;
                 }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election: reading the Lease failed"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(error = %e, "leader election: reading the Lease failed"),
+                Err(_) => warn!(lease = %self.name, "leader election: reading the Lease timed out"),
             }
             let mut stop = stop.clone();
             tokio::select! {
@@ -163,13 +164,18 @@ impl Elector {
             if *stop.borrow() {
                 return true;
             }
-            match self.try_hold().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            // A renewal that hangs (an apiserver starting up accepts connections long before it answers)
+            // counts as failed once the next one is due, so the deadline below still holds.
+            match tokio::time::timeout(every, self.try_hold()).await {
+                Ok(Ok(true)) => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     warn!(lease = %self.name, "lost leadership to another replica");
                     return false;
                 }
-                Err(e) => warn!(error = %e, "leader election: renewing the Lease failed"),
+                Ok(Err(e)) => warn!(error = %e, "leader election: renewing the Lease failed"),
+                Err(_) => {
+                    warn!(lease = %self.name, "leader election: renewing the Lease timed out")
+                }
             }
             // Stop before the lease could expire, so two leaders never overlap.
             if last_ok.elapsed() + every >= self.lease_duration {

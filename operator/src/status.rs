@@ -19,7 +19,8 @@ pub const VALIDATED: &str = "Validated";
 /// A pod-level failure worth surfacing on the LlamaDeployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodProblem {
-    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull` or `OOMKilled`.
+    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`, `CreateContainerConfigError`
+    /// or `OOMKilled` (which stands in for the `CrashLoopBackOff` it causes).
     pub reason: String,
     pub pod: String,
     pub message: String,
@@ -50,39 +51,43 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
             .chain(status.container_statuses.iter().flatten());
         for cs in containers {
             let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
-            if let Some(w) = waiting {
-                let reason = w.reason.as_deref().unwrap_or_default();
-                if matches!(
-                    reason,
-                    "CrashLoopBackOff"
-                        | "ImagePullBackOff"
-                        | "ErrImagePull"
-                        | "CreateContainerConfigError"
-                ) {
-                    out.push(PodProblem {
-                        reason: reason.to_owned(),
-                        pod: name.clone(),
-                        message: format!(
-                            "container {}: {}",
-                            cs.name,
-                            w.message.clone().unwrap_or_default()
-                        ),
-                    });
-                }
-            }
+            let waiting_reason = waiting
+                .and_then(|w| w.reason.as_deref())
+                .unwrap_or_default();
+            let waiting_message = waiting
+                .and_then(|w| w.message.as_deref())
+                .unwrap_or_default();
+            // Out of memory, now or as the last termination: the most specific cause of a crash loop (a
+            // container killed for its memory limit spends most of its time in CrashLoopBackOff).
             let oom = [cs.state.as_ref(), cs.last_state.as_ref()]
                 .into_iter()
                 .flatten()
                 .filter_map(|s| s.terminated.as_ref())
                 .any(|t| t.reason.as_deref() == Some("OOMKilled"));
             if oom {
+                let mut message = format!(
+                    "container {} was killed for exceeding its memory limit (restarts: {})",
+                    cs.name, cs.restart_count
+                );
+                if waiting_reason == "CrashLoopBackOff" && !waiting_message.is_empty() {
+                    message = format!("{message}; {waiting_message}");
+                }
                 out.push(PodProblem {
                     reason: "OOMKilled".to_owned(),
                     pod: name.clone(),
-                    message: format!(
-                        "container {} was killed for exceeding its memory limit (restarts: {})",
-                        cs.name, cs.restart_count
-                    ),
+                    message,
+                });
+            }
+            let failed = match waiting_reason {
+                "CrashLoopBackOff" => !oom,
+                "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" => true,
+                _ => false,
+            };
+            if failed {
+                out.push(PodProblem {
+                    reason: waiting_reason.to_owned(),
+                    pod: name.clone(),
+                    message: format!("container {}: {waiting_message}", cs.name),
                 });
             }
         }

@@ -189,7 +189,12 @@ fn pod_failures_surface_as_degraded_and_explain_not_ready() {
             .iter()
             .map(|p| p.reason.as_str())
             .collect::<Vec<_>>(),
-        vec!["CrashLoopBackOff", "OOMKilled"]
+        vec!["OOMKilled"],
+        "an OOM crash loop is reported by its cause"
+    );
+    assert_eq!(
+        problems[0].message,
+        "container server was killed for exceeding its memory limit (restarts: 3); back-off 40s"
     );
     let d = deployment(1, 2, 1, 2);
     let s = derive(
@@ -203,11 +208,41 @@ fn pod_failures_surface_as_degraded_and_explain_not_ready() {
     );
     assert_eq!(
         status_of(&s.conditions, DEGRADED),
-        ("True".into(), "CrashLoopBackOff".into())
+        ("True".into(), "OOMKilled".into())
     );
     assert_eq!(
         status_of(&s.conditions, READY),
-        ("False".into(), "CrashLoopBackOff".into())
+        ("False".into(), "OOMKilled".into())
+    );
+}
+
+#[test]
+fn crash_loops_and_image_pull_failures_name_the_container() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m-def"},
+        "status": {"containerStatuses": [
+            {"name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 4,
+             "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s"}},
+             "lastState": {"terminated": {"reason": "Error", "exitCode": 1}}},
+            {"name": "sidecar", "image": "j", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"j\""}}}
+        ]}
+    }))
+    .expect("pod");
+    let problems = pod_problems(&[pod]);
+    let got: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p.reason.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("CrashLoopBackOff", "container server: back-off 1m20s"),
+            (
+                "ImagePullBackOff",
+                "container sidecar: Back-off pulling image \"j\""
+            ),
+        ]
     );
 }
 

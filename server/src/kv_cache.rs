@@ -90,33 +90,57 @@ impl From<KvCacheError> for candle_core::Error {
 
 trait KvElem: Copy + Send + Sync + Default + 'static {
     fn from_f32(x: f32) -> Self;
-    /// The row as f32: `src` itself for f32, otherwise widened into `buf` (SIMD where the CPU has it).
-    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], ops: &VecOps) -> &'a [f32];
+    /// `out[i] = q[i·hd..(i+1)·hd] · k` for each query head of a group (`hd = k.len()`).
+    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], buf: &mut [f32]);
+    /// `o[i·hd + c] += p[i] · v[c]` for each head of a group.
+    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], buf: &mut [f32]);
 }
+
+fn dots_f32(ops: &VecOps, q: &[f32], k: &[f32], out: &mut [f32]) {
+    for (o, qh) in out.iter_mut().zip(q.chunks_exact(k.len())) {
+        *o = (ops.dot)(qh, k);
+    }
+}
+
+fn axpys_f32(ops: &VecOps, p: &[f32], v: &[f32], o: &mut [f32]) {
+    for (&w, oh) in p.iter().zip(o.chunks_exact_mut(v.len())) {
+        (ops.axpy)(w, v, oh);
+    }
+}
+
 impl KvElem for f32 {
     fn from_f32(x: f32) -> Self {
         x
     }
-    fn row<'a>(src: &'a [Self], _: &'a mut [f32], _: &VecOps) -> &'a [f32] {
-        src
+    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], _: &mut [f32]) {
+        dots_f32(ops, q, k, out);
+    }
+    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], _: &mut [f32]) {
+        axpys_f32(ops, p, v, o);
     }
 }
 impl KvElem for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
-    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], ops: &VecOps) -> &'a [f32] {
-        (ops.f16_to_f32)(src, buf);
-        buf
+    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], _: &mut [f32]) {
+        (ops.dots_f16)(q, k, out);
+    }
+    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], _: &mut [f32]) {
+        (ops.axpys_f16)(p, v, o);
     }
 }
 impl KvElem for bf16 {
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
-    fn row<'a>(src: &'a [Self], buf: &'a mut [f32], _: &VecOps) -> &'a [f32] {
-        src.convert_to_f32_slice(buf);
-        buf
+    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], buf: &mut [f32]) {
+        k.convert_to_f32_slice(buf);
+        dots_f32(ops, q, buf, out);
+    }
+    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], buf: &mut [f32]) {
+        v.convert_to_f32_slice(buf);
+        axpys_f32(ops, p, buf, o);
     }
 }
 
@@ -423,7 +447,8 @@ fn host_attend<T: KvElem>(
     let ops = VecOps::detect();
     let mut out = vec![0f32; q.len()];
     let init = || (Vec::<f32>::new(), vec![0f32; hd]);
-    // `o` holds the outputs of heads g*group .. (g+1)*group of one token (contiguous in [tokens, heads, hd])
+    // `o` holds the outputs of heads g*group .. (g+1)*group of one token (contiguous in [tokens, heads, hd]);
+    // `scores[j * group + i]` is head i's score for context position j
     let body = |(scores, buf): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
         let (tok, g) = (idx / s.n_kv_heads, idx % s.n_kv_heads);
         let (si, n_ctx) = token_seq[tok];
@@ -435,29 +460,24 @@ fn host_attend<T: KvElem>(
         };
         scores.clear();
         scores.resize(group * n_ctx, 0.0);
-        for j in 0..n_ctx {
+        for (j, sc) in scores.chunks_exact_mut(group).enumerate() {
             let off = slot_off(j);
-            let kr = T::row(&k_cache[off..off + hd], buf, &ops);
-            for (i, qh) in qg.chunks_exact(hd).enumerate() {
-                scores[i * n_ctx + j] = (ops.dot)(qh, kr) * scale;
-            }
+            T::dots(&ops, qg, &k_cache[off..off + hd], sc, buf);
         }
-        for sc in scores.chunks_exact_mut(n_ctx) {
-            let max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for i in 0..group {
+            let max = (0..n_ctx).fold(f32::NEG_INFINITY, |m, j| m.max(scores[j * group + i]));
             let mut sum = 0f32;
-            for x in sc.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
+            for j in 0..n_ctx {
+                let e = ((scores[j * group + i] - max) * scale).exp();
+                scores[j * group + i] = e;
+                sum += e;
             }
             let inv = 1.0 / sum;
-            sc.iter_mut().for_each(|x| *x *= inv);
+            (0..n_ctx).for_each(|j| scores[j * group + i] *= inv);
         }
-        for j in 0..n_ctx {
+        for (j, p) in scores.chunks_exact(group).enumerate() {
             let off = slot_off(j);
-            let vr = T::row(&v_cache[off..off + hd], buf, &ops);
-            for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
-                (ops.axpy)(scores[i * n_ctx + j], vr, oh);
-            }
+            T::axpys(&ops, p, &v_cache[off..off + hd], o, buf);
         }
     };
     if rayon::current_num_threads() <= 1 {

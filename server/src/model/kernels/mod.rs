@@ -23,6 +23,7 @@ use candle_core::{Result, Tensor};
 
 pub use q4_1::Q4_1Matrix;
 pub use q8_0::Q8_0Matrix;
+
 pub(crate) use vec_ops::VecOps;
 
 /// The instruction set a kernel runs with, detected once.
@@ -60,27 +61,80 @@ impl Isa {
 }
 
 /// One activation block quantized as GGML's Q8_1 (also used as Q8_0: same `d` and `qs`): `x_j ≈ d · qs_j`,
-/// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term).
+/// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term);
+/// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BlockQ8_1 {
     pub(crate) d: f32,
     pub(crate) s: f32,
+    pub(crate) sum: i32,
     pub(crate) qs: [i8; 32],
 }
 
+/// Quantizes 32 values as llama.cpp's AVX2 `quantize_row_q8_1` does (`id = 127 / amax`, rounding half to
+/// even), with the same result on every instruction set.
 pub(crate) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Isa::detect() != Isa::Scalar && x.len() == 32 {
+            // SAFETY: every non-scalar ISA includes AVX2; `x` holds the 32 values the kernel loads.
+            return unsafe { quantize_q8_1_avx2(x) };
+        }
+    }
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; 32];
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = (v * id).round_ties_even() as i8;
         sum += i32::from(*q);
     }
     BlockQ8_1 {
         d: half::f16::from_f32(d).to_f32(),
         s: half::f16::from_f32(d * sum as f32).to_f32(),
+        sum,
+        qs,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), 32, "a Q8_1 block has 32 values");
+    // SAFETY: `x` holds 32 floats (asserted): four unaligned 8-lane loads.
+    let v = [0, 8, 16, 24].map(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+    // round half to even (the default MXCSR mode of cvtps2dq), as llama.cpp's _mm256_round_ps(NEAREST)
+    let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
+    let total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    let t = _mm_add_epi32(
+        _mm256_castsi256_si128(total),
+        _mm256_extracti128_si256(total, 1),
+    );
+    let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)));
+    // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(i[0], i[1]),
+        _mm256_packs_epi32(i[2], i[3]),
+    );
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut qs = [0i8; 32];
+    // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit store.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+    BlockQ8_1 {
+        d: half::f16::from_f32(d).to_f32(),
+        s: half::f16::from_f32(d * sum as f32).to_f32(),
+        sum,
         qs,
     }
 }
@@ -101,43 +155,52 @@ pub(crate) fn quantize_rows(
 
 /// Runs a row kernel over a `[n, k]` weight for `m` tokens and returns the `[m, n]` output.
 ///
-/// `row(r, acts, out)` fills `out[t]` (t < m) with row `r`'s dot product with token `t`'s activations.
-/// Rows are split across the rayon pool in chunks of 16; each chunk writes its columns of the output
-/// directly (no transpose pass).
-pub(crate) fn matmul_rows<F>(n: usize, m: usize, x: &Tensor, row: F) -> Result<Tensor>
+/// `rows(r0, out)` fills `out[t * group + i]` (t < m, i < `group`) with row `r0 + i`'s dot product with
+/// token `t`'s activations; `group` divides `n`. Rows are split across the rayon pool in chunks of 16 (or
+/// `group` if larger); each chunk writes its columns of the output directly (no transpose pass).
+pub(crate) fn matmul_rows<F>(
+    n: usize,
+    m: usize,
+    group: usize,
+    x: &Tensor,
+    rows: F,
+) -> Result<Tensor>
 where
     F: Fn(usize, &mut [f32]) + Send + Sync,
 {
-    const ROWS: usize = 16;
+    if group == 0 || !n.is_multiple_of(group) {
+        candle_core::bail!("{n} rows do not split into groups of {group}");
+    }
+    let chunk_rows = 16usize.max(group).next_multiple_of(group);
     let mut out = vec![0f32; n * m];
     if m == 1 {
-        for_each_chunk(&mut out, ROWS, |c, o| {
-            for (i, v) in o.iter_mut().enumerate() {
-                row(c * ROWS + i, std::slice::from_mut(v));
+        for_each_chunk(&mut out, chunk_rows, |c, o| {
+            for (i, g) in o.chunks_mut(group).enumerate() {
+                rows(c * chunk_rows + i * group, g);
             }
         });
     } else {
         let dst = SharedOut(out.as_mut_ptr());
         let run = |buf: &mut Vec<f32>, c: usize| {
-            for r in c * ROWS..((c + 1) * ROWS).min(n) {
-                row(r, buf);
-                for (t, v) in buf.iter().enumerate() {
-                    // SAFETY: `r < n` and `t < m`, so `t * n + r < n * m` is inside `out`, which outlives
-                    // this call; each row index belongs to exactly one chunk, so no two threads write the
-                    // same element and nothing reads `out` until every chunk is done.
-                    unsafe { dst.write(t * n + r, *v) };
+            for r0 in (c * chunk_rows..((c + 1) * chunk_rows).min(n)).step_by(group) {
+                rows(r0, buf);
+                for (t, vals) in buf.chunks_exact(group).enumerate() {
+                    // SAFETY: `r0 + group <= n` and `t < m`, so the `group` elements from `t * n + r0` are
+                    // inside `out`, which outlives this call; each row belongs to exactly one chunk, so no
+                    // two threads write the same element and nothing reads `out` until every chunk is done.
+                    unsafe { dst.write(t * n + r0, vals) };
                 }
             }
         };
-        let chunks = n.div_ceil(ROWS);
+        let chunks = n.div_ceil(chunk_rows);
         if rayon::current_num_threads() <= 1 {
-            let mut buf = vec![0f32; m];
+            let mut buf = vec![0f32; group * m];
             (0..chunks).for_each(|c| run(&mut buf, c));
         } else {
             use rayon::prelude::*;
             (0..chunks)
                 .into_par_iter()
-                .for_each_init(|| vec![0f32; m], |buf, c| run(buf, c));
+                .for_each_init(|| vec![0f32; group * m], |buf, c| run(buf, c));
         }
     }
     Tensor::from_vec(out, (m, n), x.device())
@@ -152,10 +215,10 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 impl SharedOut {
     /// # Safety
-    /// `i` must be inside the buffer and no other thread may access element `i` concurrently.
-    unsafe fn write(self, i: usize, v: f32) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { *self.0.add(i) = v };
+    /// `i..i + vals.len()` must be inside the buffer and no other thread may access it concurrently.
+    unsafe fn write(self, i: usize, vals: &[f32]) {
+        // SAFETY: guaranteed by the caller; `vals` is a distinct (thread-local) buffer.
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.0.add(i), vals.len()) };
     }
 }
 
@@ -179,6 +242,35 @@ pub(crate) fn for_token_groups(
     }
     while t < m {
         dot1(t, &mut out[t]);
+        t += 1;
+    }
+}
+
+/// Runs an eight-row tile kernel for the tokens of one row group in groups of 8, 4 and 1, writing
+/// `out[t * 8 + i]` (token `t`, row `i`) as [`matmul_rows`] wants it.
+pub(crate) fn tile_token_groups(
+    m: usize,
+    out: &mut [f32],
+    mut k8: impl FnMut(usize) -> [[f32; 8]; 8],
+    mut k4: impl FnMut(usize) -> [[f32; 8]; 4],
+    mut k1: impl FnMut(usize) -> [[f32; 8]; 1],
+) {
+    let mut put = |t: usize, rows: &[[f32; 8]]| {
+        for (i, r) in rows.iter().enumerate() {
+            out[(t + i) * 8..(t + i + 1) * 8].copy_from_slice(r);
+        }
+    };
+    let mut t = 0;
+    while t + 8 <= m {
+        put(t, &k8(t));
+        t += 8;
+    }
+    while t + 4 <= m {
+        put(t, &k4(t));
+        t += 4;
+    }
+    while t < m {
+        put(t, &k1(t));
         t += 1;
     }
 }
@@ -260,7 +352,7 @@ impl<T: PlainBlock> BlockMatrix<T> {
         for (row, q) in lhs.chunks_exact(k).zip(acts.chunks_exact_mut(ka)) {
             T::VecDotType::from_float(row, q);
         }
-        matmul_rows(self.rows, m, x, |row, out| {
+        matmul_rows(self.rows, m, 1, x, |row, out| {
             let w = &self.blocks[row * kb..(row + 1) * kb];
             for (tok, o) in out.iter_mut().enumerate() {
                 *o = T::vec_dot(k, w, &acts[tok * ka..(tok + 1) * ka]);

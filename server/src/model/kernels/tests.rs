@@ -107,9 +107,13 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
     let (rows, cols) = (37, 6 * 32);
     let q41 = q4_1_bytes(&mut rng, rows * cols / 32);
     let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
-    let m41 = Q4_1Matrix::from_bytes(&q41, rows, cols).expect("q4_1");
-    let m80 = Q8_0Matrix::from_bytes(&q80, rows, cols).expect("q8_0");
-    let (w41, w80) = (dequant_q4_1(&q41), dequant_q8_0(&q80));
+    // rows for the VNNI tile layout (a multiple of 8) and not a multiple of the 16-row chunk
+    let rows41 = 40;
+    let q41t = q4_1_bytes(&mut rng, rows41 * cols / 32);
+    let q80t = q8_0_bytes(&mut rng, rows41 * cols / 32);
+    let w80t = dequant_q8_0(&q80t);
+    let m80 = Q8_0Matrix::from_bytes_for(Isa::Scalar, &q80, rows, cols).expect("q8_0");
+    let (w41, w41t, w80) = (dequant_q4_1(&q41), dequant_q4_1(&q41t), dequant_q8_0(&q80));
     for m in [1usize, 3, 4, 5, 8, 13, 16] {
         let xs: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
         let x = Tensor::from_vec(xs.clone(), (m, cols), &Device::Cpu).expect("x");
@@ -117,12 +121,28 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
             (
                 "Q4_1",
                 reference(&w41, &xs, rows, cols),
-                Box::new(|isa| m41.forward_with(isa, &x)) as Box<dyn Fn(Isa) -> _>,
+                Box::new(|isa| {
+                    Q4_1Matrix::from_bytes_for(isa, &q41, rows, cols)?.forward_with(isa, &x)
+                }) as Box<dyn Fn(Isa) -> _>,
+            ),
+            (
+                "Q4_1 tiles",
+                reference(&w41t, &xs, rows41, cols),
+                Box::new(|isa| {
+                    Q4_1Matrix::from_bytes_for(isa, &q41t, rows41, cols)?.forward_with(isa, &x)
+                }),
             ),
             (
                 "Q8_0",
                 reference(&w80, &xs, rows, cols),
                 Box::new(|isa| m80.forward_with(isa, &x)),
+            ),
+            (
+                "Q8_0 tiles",
+                reference(&w80t, &xs, rows41, cols),
+                Box::new(|isa| {
+                    Q8_0Matrix::from_bytes_for(isa, &q80t, rows41, cols)?.forward_with(isa, &x)
+                }),
             ),
         ] {
             let mut scalar: Option<Vec<f32>> = None;
@@ -133,7 +153,7 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
                     .expect("flat")
                     .to_vec1::<f32>()
                     .expect("vec");
-                assert_eq!(got.len(), m * rows);
+                assert_eq!(got.len(), want.len());
                 let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -232,11 +252,107 @@ fn vector_helpers_agree_with_plain_loops() {
             for i in 0..n {
                 assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
             }
-            let mut wide = vec![0f32; n];
-            (ops.f16_to_f32)(&h, &mut wide);
-            for i in 0..n {
-                assert_eq!(wide[i], h[i].to_f32());
+            // three query heads sharing one f16 key/value row (GQA)
+            let q3: Vec<f32> = (0..3 * n).map(|_| rng.unit()).collect();
+            let mut dots = [0f32; 3];
+            (ops.dots_f16)(&q3, &h, &mut dots);
+            let p = [0.25f32, -0.5, 1.0];
+            let mut o3 = q3.clone();
+            (ops.axpys_f16)(&p, &h, &mut o3);
+            for i in 0..3 {
+                let qh = &q3[i * n..(i + 1) * n];
+                let want: f64 = qh
+                    .iter()
+                    .zip(&h)
+                    .map(|(a, b)| f64::from(a * b.to_f32()))
+                    .sum();
+                assert!(
+                    (f64::from(dots[i]) - want).abs() < 1e-5,
+                    "head {i}: {} vs {want}",
+                    dots[i]
+                );
+                for c in 0..n {
+                    let want = qh[c] + p[i] * h[c].to_f32();
+                    assert!((o3[i * n + c] - want).abs() < 1e-6);
+                }
             }
         }
     }
+}
+
+/// A batch of tokens gets, token by token, bit-for-bit what each token gets alone, at every instruction
+/// set and layout (13 tokens: groups of 8, 4 and 1).
+#[test]
+fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
+    let mut rng = Rng(4242);
+    let (rows, cols, m) = (24, 4 * 32, 13);
+    let q41 = q4_1_bytes(&mut rng, rows * cols / 32);
+    let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
+    let xs: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
+    let x = Tensor::from_vec(xs.clone(), (m, cols), &Device::Cpu).expect("x");
+    for isa in isas() {
+        let m41 = Q4_1Matrix::from_bytes_for(isa, &q41, rows, cols).expect("q4_1");
+        let m80 = Q8_0Matrix::from_bytes_for(isa, &q80, rows, cols).expect("q8_0");
+        let run = |t: &Tensor| -> (Vec<f32>, Vec<f32>) {
+            let f = |r: candle_core::Result<Tensor>| {
+                r.expect("forward")
+                    .flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("vec")
+            };
+            (f(m41.forward_with(isa, t)), f(m80.forward_with(isa, t)))
+        };
+        let (all41, all80) = run(&x);
+        for t in 0..m {
+            let one = Tensor::from_vec(
+                xs[t * cols..(t + 1) * cols].to_vec(),
+                (1, cols),
+                &Device::Cpu,
+            )
+            .expect("one");
+            let (o41, o80) = run(&one);
+            assert_eq!(
+                o41,
+                all41[t * rows..(t + 1) * rows],
+                "Q4_1 {isa:?} token {t}"
+            );
+            assert_eq!(
+                o80,
+                all80[t * rows..(t + 1) * rows],
+                "Q8_0 {isa:?} token {t}"
+            );
+        }
+    }
+}
+
+/// The SIMD quantizer equals the portable one bit for bit (ties included) and matches its definition.
+#[test]
+fn activation_quantizer_rounds_half_to_even_like_llama_cpp_on_every_isa() {
+    let mut rng = Rng(31337);
+    let mut blocks: Vec<Vec<f32>> = (0..200)
+        .map(|_| (0..32).map(|_| rng.unit() * 3.0).collect())
+        .collect();
+    // exact ties: amax 127 makes id = 1, so x.5 values must round to even
+    blocks.push(
+        (0..32)
+            .map(|i| if i == 0 { 127.0 } else { i as f32 - 15.5 })
+            .collect(),
+    );
+    blocks.push(vec![0.0; 32]);
+    for x in &blocks {
+        let got = quantize_q8_1(x);
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let want: Vec<i8> = x.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+        assert_eq!(got.qs.to_vec(), want);
+        assert_eq!(got.sum, want.iter().map(|&q| i32::from(q)).sum::<i32>());
+        assert_eq!(got.d, half::f16::from_f32(amax / 127.0).to_f32());
+    }
+    let tie = quantize_q8_1(&blocks[200]);
+    assert_eq!(
+        &tie.qs[1..5],
+        &[-14, -14, -12, -12],
+        "-14.5 → -14, -13.5 → -14, -12.5 → -12, -11.5 → -12"
+    );
 }

@@ -12,8 +12,11 @@ pub(crate) struct VecOps {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// `y_i += w · x_i`.
     pub axpy: fn(f32, &[f32], &mut [f32]),
-    /// Widens IEEE half floats to f32 (`dst.len() == src.len()`).
-    pub f16_to_f32: fn(&[half::f16], &mut [f32]),
+    /// `out[i] = q[i·hd .. (i+1)·hd] · k` for every query head `i` of a GQA group, `k` an f16 key row of
+    /// `hd` values (widened once, in registers).
+    pub dots_f16: fn(&[f32], &[half::f16], &mut [f32]),
+    /// `o[i·hd + c] += p[i] · v[c]` for every head `i` of a group, `v` an f16 value row.
+    pub axpys_f16: fn(&[f32], &[half::f16], &mut [f32]),
 }
 
 impl VecOps {
@@ -34,9 +37,13 @@ impl VecOps {
                         // SAFETY: AVX2 and FMA were detected above.
                         unsafe { axpy_f32_avx2(w, x, y) }
                     },
-                    f16_to_f32: |s, d| {
-                        // SAFETY: F16C and AVX were detected above.
-                        unsafe { f16_to_f32_f16c(s, d) }
+                    dots_f16: |q, k, out| {
+                        // SAFETY: AVX2, FMA and F16C were detected above.
+                        unsafe { dots_f16_avx2(q, k, out) }
+                    },
+                    axpys_f16: |p, v, o| {
+                        // SAFETY: AVX2, FMA and F16C were detected above.
+                        unsafe { axpys_f16_avx2(p, v, o) }
                     },
                 };
             }
@@ -68,11 +75,89 @@ impl VecOps {
                     *d += w * s;
                 }
             },
-            f16_to_f32: |s, d| {
-                for (d, s) in d.iter_mut().zip(s) {
-                    *d = s.to_f32();
+            dots_f16: |q, k, out| {
+                let hd = k.len();
+                for (o, qh) in out.iter_mut().zip(q.chunks_exact(hd)) {
+                    *o = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum();
                 }
             },
+            axpys_f16: |p, v, o| {
+                let hd = v.len();
+                for (w, oh) in p.iter().zip(o.chunks_exact_mut(hd)) {
+                    for (d, x) in oh.iter_mut().zip(v) {
+                        *d += w * x.to_f32();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Query heads per register pass of [`dots_f16_avx2`] / [`axpys_f16_avx2`].
+#[cfg(target_arch = "x86_64")]
+const HEADS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots_f16_avx2(q: &[f32], k: &[half::f16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = k.len();
+    let g = out.len();
+    assert!(
+        q.len() >= g * hd,
+        "dots_f16: {g} heads of {hd} need {} values",
+        g * hd
+    );
+    let body = hd - hd % 8;
+    for h0 in (0..g).step_by(HEADS) {
+        let gn = HEADS.min(g - h0);
+        let mut acc = [_mm256_setzero_ps(); HEADS];
+        for c in (0..body).step_by(8) {
+            // SAFETY: `c + 8 <= hd = k.len()`: eight f16 (16 bytes) read from `k`.
+            let kv = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(c).cast())) };
+            for (i, a) in acc.iter_mut().enumerate().take(gn) {
+                // SAFETY: `(h0 + i) * hd + c + 8 <= g * hd <= q.len()` (asserted above).
+                let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add((h0 + i) * hd + c)) };
+                *a = _mm256_fmadd_ps(qv, kv, *a);
+            }
+        }
+        for i in 0..gn {
+            let qh = &q[(h0 + i) * hd..(h0 + i + 1) * hd];
+            let tail: f32 = (body..hd).map(|c| qh[c] * k[c].to_f32()).sum();
+            out[h0 + i] = hsum(acc[i]) + tail;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpys_f16_avx2(p: &[f32], v: &[half::f16], o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = v.len();
+    let g = p.len();
+    assert!(
+        o.len() >= g * hd,
+        "axpys_f16: {g} heads of {hd} need {} values",
+        g * hd
+    );
+    let body = hd - hd % 8;
+    for c in (0..body).step_by(8) {
+        // SAFETY: `c + 8 <= hd = v.len()`: eight f16 (16 bytes) read from `v`.
+        let vv = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(c).cast())) };
+        for (i, &w) in p.iter().enumerate() {
+            // SAFETY: `i * hd + c + 8 <= g * hd <= o.len()` (asserted above).
+            unsafe {
+                let dst = o.as_mut_ptr().add(i * hd + c);
+                _mm256_storeu_ps(
+                    dst,
+                    _mm256_fmadd_ps(_mm256_set1_ps(w), vv, _mm256_loadu_ps(dst)),
+                );
+            }
+        }
+    }
+    for (i, &w) in p.iter().enumerate() {
+        for c in body..hd {
+            o[i * hd + c] += w * v[c].to_f32();
         }
     }
 }
@@ -136,24 +221,5 @@ unsafe fn axpy_f32_avx2(w: f32, x: &[f32], y: &mut [f32]) {
     }
     for j in i..n {
         y[j] += w * x[j];
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn f16_to_f32_f16c(src: &[half::f16], dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = src.len().min(dst.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: `i + 8 <= n`: eight f16 (16 bytes) read from `src`, eight f32 written to `dst`.
-        unsafe {
-            let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-        }
-        i += 8;
-    }
-    for j in i..n {
-        dst[j] = src[j].to_f32();
     }
 }

@@ -56,24 +56,46 @@ pub fn resolve_model(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(fetched)
 }
 
-/// Compute threads. candle and rayon read `RAYON_NUM_THREADS` from the environment, so a process that
-/// was asked for a different count re-runs itself with the variable set (no in-process `set_var`).
-/// Returns the child's exit code when it re-ran, `None` when this process should carry on.
+/// Compute threads. rayon (our kernels) reads `RAYON_NUM_THREADS` and candle's own spinning barrier pool
+/// (its elementwise ops) `CANDLE_NUM_THREADS`, both from the environment at first use. A process whose
+/// environment does not say `RAYON_NUM_THREADS=<threads>` (when given) and `CANDLE_NUM_THREADS` (default 1:
+/// two pools competing for the same cores halved prefill speed at 2 threads) replaces itself (`exec`, same
+/// pid, so signals still reach it) with one that does. Returns an exit code only when that failed.
 pub fn apply_threads(threads: Option<usize>) -> Option<ExitCode> {
-    let n = threads?;
-    let current = std::env::var("RAYON_NUM_THREADS").ok();
-    if current.as_deref() == Some(n.to_string().as_str()) {
+    let want_rayon = threads.map(|n| n.to_string());
+    let rayon_ok = want_rayon.is_none() || std::env::var("RAYON_NUM_THREADS").ok() == want_rayon;
+    let candle_ok = std::env::var_os("CANDLE_NUM_THREADS").is_some();
+    if rayon_ok && candle_ok {
         return None;
     }
-    let exe = std::env::current_exe().ok()?;
-    let status = Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("RAYON_NUM_THREADS", n.to_string())
-        .status()
-        .ok()?;
-    Some(ExitCode::from(
-        status.code().unwrap_or(1).clamp(0, 255) as u8
-    ))
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!(
+                    "llama-server: cannot find its own executable to set the thread count: {e}"
+                );
+                return Some(ExitCode::FAILURE);
+            }
+        };
+        let mut cmd = Command::new(exe);
+        cmd.args(std::env::args_os().skip(1));
+        if let Some(n) = want_rayon {
+            cmd.env("RAYON_NUM_THREADS", n);
+        }
+        if !candle_ok {
+            cmd.env("CANDLE_NUM_THREADS", "1");
+        }
+        let err = cmd.exec();
+        eprintln!("llama-server: re-executing with the thread settings failed: {err}");
+        Some(ExitCode::FAILURE)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Options shared by commands that load a model.
@@ -284,7 +306,8 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .arg(args.gen_tokens.to_string())
                 .arg("--repeat")
                 .arg(args.repeat.to_string())
-                .env("RAYON_NUM_THREADS", t.to_string());
+                .env("RAYON_NUM_THREADS", t.to_string())
+                .env("CANDLE_NUM_THREADS", "1");
             if args.repack_q4_1 {
                 cmd.arg("--repack-q4-1");
             }

@@ -36,6 +36,9 @@ pub struct SamplingParams {
     pub seed: u64,
     /// How many most likely tokens (with log-probabilities) to report per step; 0 for none.
     pub top_logprobs: usize,
+    /// Compute the sampled token's log-probability (a log-sum-exp over the whole vocabulary, skipped when
+    /// nobody asked: [`Sampled::logprob`] is NaN then).
+    pub logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -52,6 +55,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: 0,
             top_logprobs: 0,
+            logprobs: true,
         }
     }
 }
@@ -105,7 +109,6 @@ impl Sampler {
     /// look at (the caller decides: generated tokens only, or prompt + generated).
     pub fn sample(&mut self, logits: &[f32], previous_tokens: &[u32]) -> Sampled {
         let p = &self.params;
-        let mut logits = logits.to_vec();
         let n = logits.len();
         if n == 0 {
             return Sampled {
@@ -114,41 +117,54 @@ impl Sampler {
                 top_logprobs: Vec::new(),
             };
         }
-        for &(id, bias) in &p.logit_bias {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l += bias;
-            }
-        }
         let penalise =
             p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
-        if penalise && !previous_tokens.is_empty() {
-            let mut counts: std::collections::HashMap<u32, u32> = Default::default();
-            for &t in previous_tokens {
-                *counts.entry(t).or_default() += 1;
-            }
-            for (&t, &c) in &counts {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    if p.repetition_penalty != 1.0 {
-                        *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
-                        } else {
-                            *l * p.repetition_penalty
-                        };
-                    }
-                    *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+        // copy the logits only when a bias or penalty changes them
+        let mut owned = Vec::new();
+        let logits: &[f32] = if p.logit_bias.is_empty() && (!penalise || previous_tokens.is_empty())
+        {
+            logits
+        } else {
+            owned.extend_from_slice(logits);
+            for &(id, bias) in &p.logit_bias {
+                if let Some(l) = owned.get_mut(id as usize) {
+                    *l += bias;
                 }
             }
-        }
-        let log_z = log_sum_exp(&logits);
+            if penalise && !previous_tokens.is_empty() {
+                let mut counts: std::collections::HashMap<u32, u32> = Default::default();
+                for &t in previous_tokens {
+                    *counts.entry(t).or_default() += 1;
+                }
+                for (&t, &c) in &counts {
+                    if let Some(l) = owned.get_mut(t as usize) {
+                        if p.repetition_penalty != 1.0 {
+                            *l = if *l > 0.0 {
+                                *l / p.repetition_penalty
+                            } else {
+                                *l * p.repetition_penalty
+                            };
+                        }
+                        *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+                    }
+                }
+            }
+            &owned
+        };
+        let log_z = if p.logprobs || p.top_logprobs > 0 {
+            log_sum_exp(logits)
+        } else {
+            f32::NAN
+        };
         let logprob = |l: f32| l - log_z;
 
         let token = if p.is_greedy() {
-            argmax(&logits)
+            argmax(logits)
         } else {
-            draw(p, &mut self.rng, &logits)
+            draw(p, &mut self.rng, logits)
         };
         let top_logprobs = if p.top_logprobs > 0 {
-            top_indices(&logits, p.top_logprobs)
+            top_indices(logits, p.top_logprobs)
                 .into_iter()
                 .map(|i| (i as u32, logprob(logits[i])))
                 .collect()

@@ -91,57 +91,14 @@ pub struct ServeArgs {
 
 /// Entry point of the subcommand (called from `main`).
 pub fn main(args: &ServeArgs) -> ExitCode {
-    if let Some(n) = args.threads
-        && std::env::var("RAYON_NUM_THREADS").ok() != Some(n.to_string())
-    {
-        return rerun_with_threads(n);
+    if let Some(code) = crate::cli::apply_threads(args.threads) {
+        return code;
     }
     init_tracing(args.log_json);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("llama-server serve: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// candle reads the thread count from `RAYON_NUM_THREADS`: run a child with it set, forwarding SIGTERM/SIGINT so
-/// drain still works.
-fn rerun_with_threads(n: usize) -> ExitCode {
-    let run = || -> anyhow::Result<i32> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let exe = std::env::current_exe()?;
-            let mut child = tokio::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .env("RAYON_NUM_THREADS", n.to_string())
-                .spawn()?;
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            loop {
-                let sig = tokio::select! {
-                    st = child.wait() => return Ok(st?.code().unwrap_or(1)),
-                    _ = term.recv() => "-TERM",
-                    _ = int.recv() => "-INT",
-                };
-                if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .arg(sig)
-                        .arg(pid.to_string())
-                        .status()
-                        .await;
-                }
-            }
-        })
-    };
-    match run() {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
             eprintln!("llama-server serve: {e:#}");
             ExitCode::FAILURE
         }

@@ -45,8 +45,13 @@ fn generate_with_chat_renders_the_models_template() {
     ]);
     // the ChatML template with SmolLM's default system prompt: 37 prompt tokens (7 for the bare text)
     assert!(stderr.contains("prompt 37 tokens"), "{stderr}");
-    // llama.cpp's own greedy answer with this Q4_1 file (tests/golden) starts the same way
-    assert!(stdout.starts_with("L'Étoile"), "{stdout:?}");
+    // llama.cpp's own greedy answer with this Q4_1 file (tests/golden) starts "L'Étoile", but its top-1/top-2
+    // gap at that first step is only 0.35 logits (engine_golden tolerates departures below 0.75 on
+    // quantized models), and the runner-up is "The": either is a correct greedy start within quantization noise
+    assert!(
+        stdout.starts_with("L'Étoile") || stdout.starts_with("The capital of France is Paris"),
+        "{stdout:?}"
+    );
     assert!(!stdout.contains("<|im"), "{stdout:?}");
 }
 

@@ -210,7 +210,7 @@ pub struct Engine<M: StepModel> {
     next_seq: RequestId,
 }
 
-fn sampling_params(s: &Sampling, index: usize, top_logprobs: usize) -> SamplingParams {
+fn sampling_params(s: &Sampling, index: usize, logprobs: Option<usize>) -> SamplingParams {
     SamplingParams {
         temperature: s.temperature,
         top_k: s.top_k,
@@ -224,7 +224,8 @@ fn sampling_params(s: &Sampling, index: usize, top_logprobs: usize) -> SamplingP
             .seed
             .unwrap_or_else(rand::random)
             .wrapping_add(index as u64),
-        top_logprobs,
+        top_logprobs: logprobs.unwrap_or(0),
+        logprobs: logprobs.is_some(),
     }
 }
 
@@ -325,7 +326,7 @@ impl<M: StepModel> Engine<M> {
                 self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
-            let params = sampling_params(&req.sampling, index, req.logprobs.unwrap_or(0));
+            let params = sampling_params(&req.sampling, index, req.logprobs);
             let choice = Choice {
                 request: id,
                 index,

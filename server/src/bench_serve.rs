@@ -1,9 +1,18 @@
 //! `llama-server bench-serve`: a load generator for any OpenAI-compatible server (ours or llama.cpp's). At each
 //! concurrency level it keeps N streams busy with streamed completions and reports aggregate output tokens/s,
-//! time to first token and inter-token latency (p50/p99).
+//! time to first token, inter-token latency (p50/p99) and time per output token.
 //!
 //! Plain std threads and a minimal HTTP/1.1 client (chunked SSE), so the measurement has no async runtime of its
 //! own competing with the server for the CPU.
+//!
+//! Token counting works for both servers' stream formats: every request sets `ignore_eos` and
+//! `stream_options.include_usage`, the output token count is the server's `usage.completion_tokens` (ours sends
+//! it in a usage-only chunk, llama.cpp in its final empty-text chunk, which also carries `finish_reason` and
+//! `timings`, with or without `include_usage`), or the number of text-bearing chunks when a server reports no
+//! usage. A chunk can hold several tokens: both servers hold back text that ends in a partial UTF-8 character
+//! (llama.cpp streamed 24 emoji tokens in 8 chunks), ours also while it may still match a stop string. So chunks
+//! are never taken for tokens when usage is present; ITL is measured per chunk, TPOT per token. Every response
+//! must deliver exactly `--max-tokens` tokens and end with `[DONE]`; anything else fails the run.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -15,8 +24,13 @@ use anyhow::{Context, bail};
 /// `llama-server bench-serve` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchServeArgs {
-    /// Server address, host:port.
-    #[arg(long, env = "LLAMA_BENCH_ADDR", default_value = "127.0.0.1:8000")]
+    /// Server address, host:port (an `http://host:port` URL is accepted too).
+    #[arg(
+        long,
+        visible_alias = "url",
+        env = "LLAMA_BENCH_ADDR",
+        default_value = "127.0.0.1:8000"
+    )]
     pub addr: String,
     /// Model name to send (must match the server's).
     #[arg(long, env = "LLAMA_BENCH_MODEL")]
@@ -32,9 +46,12 @@ pub struct BenchServeArgs {
     /// Requests per level (default: 2 x concurrency, at least 4).
     #[arg(long, env = "LLAMA_BENCH_REQUESTS")]
     pub requests: Option<usize>,
-    /// Output tokens per request (ignore_eos is set so every request produces exactly this many).
+    /// Output tokens per request (ignore_eos is set so every request must produce exactly this many).
     #[arg(long, env = "LLAMA_BENCH_MAX_TOKENS", default_value_t = 64)]
     pub max_tokens: usize,
+    /// Unmeasured requests sent one at a time before the first level (also checks the token count).
+    #[arg(long, env = "LLAMA_BENCH_WARMUP", default_value_t = 1)]
+    pub warmup: usize,
     /// Label for the table rows.
     #[arg(long, env = "LLAMA_BENCH_LABEL", default_value = "llama-server")]
     pub label: String,
@@ -43,9 +60,16 @@ pub struct BenchServeArgs {
 /// One request's timings.
 #[derive(Debug, Clone, Default)]
 struct Sample {
+    /// Request start to the first text-bearing chunk.
     ttft: Duration,
+    /// Gaps between consecutive text-bearing chunks.
     itl: Vec<Duration>,
+    /// Output tokens (the server's usage when reported, else text-bearing chunks).
     tokens: usize,
+    /// Text-bearing chunks (fewer than `tokens` when chunks held several tokens).
+    chunks: usize,
+    /// (last text chunk - first text chunk) / (tokens - 1): decode time per token, whatever the chunking.
+    tpot: Option<Duration>,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -57,8 +81,11 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-/// Reads one HTTP/1.1 chunked body, calling `on_line` for each complete line.
-fn read_chunked(r: &mut impl BufRead, mut on_line: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
+/// Reads one HTTP/1.1 chunked body, calling `on_line` for each complete line until it returns false.
+fn read_chunked(
+    r: &mut impl BufRead,
+    mut on_line: impl FnMut(&str) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let mut pending = String::new();
     loop {
         let mut size_line = String::new();
@@ -75,14 +102,116 @@ fn read_chunked(r: &mut impl BufRead, mut on_line: impl FnMut(&str) -> bool) -> 
         pending.push_str(&String::from_utf8_lossy(&buf[..size]));
         while let Some(i) = pending.find('\n') {
             let line: String = pending.drain(..=i).collect();
-            if !on_line(line.trim_end()) {
+            if !on_line(line.trim_end())? {
                 return Ok(());
             }
         }
     }
 }
 
-fn one_request(addr: &str, body: &str) -> anyhow::Result<Sample> {
+/// Folds one streamed completion's SSE lines into a [`Sample`].
+#[derive(Debug)]
+struct StreamState {
+    start: Instant,
+    sample: Sample,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    usage: Option<usize>,
+    done: bool,
+}
+
+impl StreamState {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            sample: Sample::default(),
+            first: None,
+            last: None,
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// One SSE line received at `now`; false once `[DONE]` arrived.
+    fn line(&mut self, line: &str, now: Instant) -> anyhow::Result<bool> {
+        let Some(data) = line.strip_prefix("data:") else {
+            return Ok(true);
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(false);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(data).with_context(|| format!("bad SSE data {data:?}"))?;
+        if let Some(e) = v.get("error") {
+            bail!("error event in the stream: {e}");
+        }
+        if let Some(n) = v.pointer("/usage/completion_tokens") {
+            let n = n
+                .as_u64()
+                .with_context(|| format!("bad usage.completion_tokens {n}"))?;
+            self.usage = Some(n as usize);
+        }
+        let text = v
+            .pointer("/choices/0/text")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if !text.is_empty() {
+            match self.last {
+                None => {
+                    self.sample.ttft = now - self.start;
+                    self.first = Some(now);
+                }
+                Some(prev) => self.sample.itl.push(now - prev),
+            }
+            self.last = Some(now);
+            self.sample.chunks += 1;
+        }
+        Ok(true)
+    }
+
+    /// The sample, once the stream is over; an error unless it delivered exactly `max_tokens` tokens.
+    fn finish(mut self, max_tokens: usize) -> anyhow::Result<Sample> {
+        if !self.done {
+            bail!(
+                "stream ended without [DONE] after {} text chunks",
+                self.sample.chunks
+            );
+        }
+        let tokens = self.usage.unwrap_or(self.sample.chunks);
+        if self.sample.chunks > tokens {
+            bail!(
+                "{} text chunks but usage.completion_tokens = {tokens}",
+                self.sample.chunks
+            );
+        }
+        if tokens != max_tokens {
+            bail!(
+                "the server returned {tokens} output tokens ({}), {max_tokens} were requested with ignore_eos",
+                if self.usage.is_some() {
+                    "usage.completion_tokens"
+                } else {
+                    "text chunks, no usage reported"
+                }
+            );
+        }
+        self.sample.tokens = tokens;
+        if let (Some(first), Some(last)) = (self.first, self.last)
+            && tokens > 1
+        {
+            self.sample.tpot = Some((last - first) / (tokens - 1) as u32);
+        }
+        Ok(self.sample)
+    }
+}
+
+/// `host:port` from `host:port` or `http://host:port/`.
+fn host_port(addr: &str) -> &str {
+    addr.trim_start_matches("http://").trim_end_matches('/')
+}
+
+fn one_request(addr: &str, body: &str, max_tokens: usize) -> anyhow::Result<Sample> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr)?;
     write!(
@@ -112,53 +241,30 @@ fn one_request(addr: &str, body: &str) -> anyhow::Result<Sample> {
         let _ = r.read_to_string(&mut rest);
         bail!("HTTP {}: {rest}", status.trim());
     }
-    let mut sample = Sample::default();
-    let mut last: Option<Instant> = None;
-    let mut usage_tokens = None;
-    let mut on_line = |line: &str| -> bool {
-        let Some(data) = line.strip_prefix("data: ") else {
-            return true;
-        };
-        if data == "[DONE]" {
-            return false;
-        }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
-            return true;
-        };
-        if let Some(n) = v
-            .pointer("/usage/completion_tokens")
-            .and_then(serde_json::Value::as_u64)
-        {
-            usage_tokens = Some(n as usize);
-        }
-        let text = v
-            .pointer("/choices/0/text")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
-        if !text.is_empty() {
-            let now = Instant::now();
-            match last {
-                None => sample.ttft = now - start,
-                Some(prev) => sample.itl.push(now - prev),
-            }
-            last = Some(now);
-            sample.tokens += 1;
-        }
-        true
-    };
+    let mut st = StreamState::new(start);
+    let mut on_line = |line: &str| st.line(line, Instant::now());
     if chunked {
         read_chunked(&mut r, &mut on_line)?;
     } else {
         for line in r.lines() {
-            if !on_line(&line?) {
+            if !on_line(&line?)? {
                 break;
             }
         }
     }
-    if let Some(n) = usage_tokens {
-        sample.tokens = n;
+    st.finish(max_tokens)
+}
+
+fn request_body(i: usize, model: Option<&str>, max_tokens: usize) -> String {
+    let mut body = serde_json::json!({
+        "prompt": format!("Request {i}. Write a long story about a traveller who finds a map."),
+        "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(m) = model {
+        body["model"] = serde_json::Value::String(m.to_string());
     }
-    Ok(sample)
+    body.to_string()
 }
 
 /// The value of an unlabelled-by-us sample `name{...}` on the server's /metrics (our server only).
@@ -179,13 +285,22 @@ fn scrape(addr: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Runs every level and prints a markdown table on stdout.
+/// Runs every level and prints a markdown table on stdout; fails on the first level with a failed request.
 pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
+    let addr = host_port(&args.addr).to_string();
+    for i in 0..args.warmup {
+        one_request(
+            &addr,
+            &request_body(1_000_000 + i, args.model.as_deref(), args.max_tokens),
+            args.max_tokens,
+        )
+        .context("warm-up request")?;
+    }
     println!(
         "| server | concurrency | requests | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | \
-         KV waste (mean) |"
+         TPOT p50 ms | KV waste (mean) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.concurrency {
         let n = args.requests.unwrap_or((2 * c).max(4));
         let next = Arc::new(Mutex::new(0usize));
@@ -195,7 +310,7 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
         // Sample the KV waste gauge while the level runs (servers without it report n/a).
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let waste_samples = {
-            let (stop, addr) = (stop.clone(), args.addr.clone());
+            let (stop, addr) = (stop.clone(), addr.clone());
             std::thread::spawn(move || {
                 let mut v = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -212,7 +327,7 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
         let threads: Vec<_> = (0..c.max(1))
             .map(|_| {
                 let (next, samples, errors) = (next.clone(), samples.clone(), errors.clone());
-                let (addr, model, max_tokens) = (args.addr.clone(), args.model.clone(), args.max_tokens);
+                let (addr, model, max_tokens) = (addr.clone(), args.model.clone(), args.max_tokens);
                 std::thread::spawn(move || {
                     loop {
                         let i = {
@@ -223,17 +338,13 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
                             *g += 1;
                             *g
                         };
-                        let mut body = serde_json::json!({
-                            "prompt": format!("Request {i}. Write a long story about a traveller who finds a map."),
-                            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "stream": true,
-                            "stream_options": {"include_usage": true},
-                        });
-                        if let Some(m) = &model {
-                            body["model"] = serde_json::Value::String(m.clone());
-                        }
-                        match one_request(&addr, &body.to_string()) {
+                        let body = request_body(i, model.as_deref(), max_tokens);
+                        match one_request(&addr, &body, max_tokens) {
                             Ok(s) => samples.lock().map(|mut v| v.push(s)).unwrap_or_default(),
-                            Err(e) => errors.lock().map(|mut v| v.push(e.to_string())).unwrap_or_default(),
+                            Err(e) => errors
+                                .lock()
+                                .map(|mut v| v.push(format!("{e:#}")))
+                                .unwrap_or_default(),
                         }
                     }
                 })
@@ -254,17 +365,19 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
             )
         };
         let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
-        if let Some(e) = errors.lock().ok().and_then(|v| v.first().cloned()) {
-            eprintln!("bench-serve: errors at concurrency {c}: {e}");
-        }
+        let errors = errors.lock().map(|v| v.clone()).unwrap_or_default();
         let tokens: usize = samples.iter().map(|s| s.tokens).sum();
         let mut ttft: Vec<f64> = samples.iter().map(|s| s.ttft.as_secs_f64() * 1e3).collect();
         let mut itl: Vec<f64> = samples
             .iter()
             .flat_map(|s| s.itl.iter().map(|d| d.as_secs_f64() * 1e3))
             .collect();
+        let mut tpot: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.tpot.map(|d| d.as_secs_f64() * 1e3))
+            .collect();
         println!(
-            "| {} | {c} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {waste} |",
+            "| {} | {c} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {waste} |",
             args.label,
             samples.len(),
             tokens as f64 / wall,
@@ -272,7 +385,22 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
             percentile(&mut ttft, 0.99),
             percentile(&mut itl, 0.5),
             percentile(&mut itl, 0.99),
+            percentile(&mut tpot, 0.5),
         );
+        let packed = samples.iter().filter(|s| s.chunks < s.tokens).count();
+        if packed > 0 {
+            eprintln!(
+                "bench-serve: {packed} of {} responses at concurrency {c} packed several tokens into a chunk \
+                 (ITL is per chunk, TPOT per token)",
+                samples.len()
+            );
+        }
+        if let Some(e) = errors.first() {
+            bail!(
+                "{} of {n} requests failed at concurrency {c}; first: {e}",
+                errors.len()
+            );
+        }
     }
     Ok(())
 }
@@ -287,7 +415,7 @@ mod tests {
         let mut lines = Vec::new();
         read_chunked(&mut body.as_bytes(), |l| {
             lines.push(l.to_string());
-            true
+            Ok(true)
         })
         .unwrap();
         assert_eq!(lines, vec!["data: a", "data: b", ""]);
@@ -298,5 +426,122 @@ mod tests {
         let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
         assert_eq!(percentile(&mut v, 0.5), 3.0);
         assert_eq!(percentile(&mut v, 0.99), 5.0);
+    }
+
+    /// Feeds `events` (ms after the start, SSE line) through a [`StreamState`].
+    fn feed(events: &[(u64, &str)]) -> StreamState {
+        let start = Instant::now();
+        let mut st = StreamState::new(start);
+        for (ms, line) in events {
+            if !st.line(line, start + Duration::from_millis(*ms)).unwrap() {
+                break;
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn our_stream_one_token_per_chunk_then_a_usage_chunk() {
+        let s = feed(&[
+            (50, r#"data: {"choices":[{"index":0,"text":"A","finish_reason":null}]}"#),
+            (55, ""),
+            (60, r#"data: {"choices":[{"index":0,"text":" b","finish_reason":null}]}"#),
+            (80, r#"data: {"choices":[{"index":0,"text":"c","finish_reason":"length"}]}"#),
+            (80, r#"data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#),
+            (81, "data: [DONE]"),
+        ])
+        .finish(3)
+        .unwrap();
+        assert_eq!((s.tokens, s.chunks), (3, 3));
+        assert_eq!(s.ttft, Duration::from_millis(50));
+        assert_eq!(
+            s.itl,
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
+        assert_eq!(s.tpot, Some(Duration::from_millis(15)));
+    }
+
+    #[test]
+    fn llamacpp_stream_multi_token_chunks_and_usage_in_the_final_chunk() {
+        // llama.cpp (0.3.36's vendored server): one chunk per token, several when a UTF-8 character spans tokens
+        // (here "é" = 2 tokens), then a final chunk with empty text, finish_reason, usage and timings; every
+        // "data:" line is followed by a blank line.
+        let s = feed(&[
+            (40, r#"data: {"choices":[{"text":"x","index":0,"logprobs":null,"finish_reason":null}],"object":"text_completion"}"#),
+            (45, ""),
+            (60, r#"data: {"choices":[{"text":"\u00e9","index":0,"logprobs":null,"finish_reason":null}],"object":"text_completion"}"#),
+            (70, r#"data: {"choices":[{"text":"y","index":0,"logprobs":null,"finish_reason":null}],"object":"text_completion"}"#),
+            (70, r#"data: {"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"completion_tokens":4,"prompt_tokens":9,"total_tokens":13},"timings":{"predicted_n":4}}"#),
+            (71, "data: [DONE]"),
+        ])
+        .finish(4)
+        .unwrap();
+        assert_eq!((s.tokens, s.chunks), (4, 3));
+        assert_eq!(s.ttft, Duration::from_millis(40));
+        assert_eq!(s.itl.len(), 2);
+        assert_eq!(s.tpot, Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn without_usage_text_chunks_are_counted() {
+        let s = feed(&[
+            (1, r#"data: {"choices":[{"text":"a"}]}"#),
+            (2, r#"data: {"choices":[{"text":"b"}]}"#),
+            (3, "data: [DONE]"),
+        ])
+        .finish(2)
+        .unwrap();
+        assert_eq!(s.tokens, 2);
+    }
+
+    #[test]
+    fn fewer_tokens_than_requested_fail() {
+        let st = feed(&[
+            (
+                1,
+                r#"data: {"choices":[{"text":"a","finish_reason":"stop"}],"usage":{"completion_tokens":1}}"#,
+            ),
+            (2, "data: [DONE]"),
+        ]);
+        let e = st.finish(64).unwrap_err().to_string();
+        assert!(
+            e.contains("returned 1 output tokens") && e.contains("64 were requested"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_stream_without_done_or_with_an_error_event_fails() {
+        let st = feed(&[(
+            1,
+            r#"data: {"choices":[{"text":"a"}],"usage":{"completion_tokens":1}}"#,
+        )]);
+        assert!(st.finish(1).unwrap_err().to_string().contains("[DONE]"));
+        let start = Instant::now();
+        let mut st = StreamState::new(start);
+        assert!(
+            st.line(r#"data: {"error":{"message":"boom"}}"#, start)
+                .is_err()
+        );
+        assert!(st.line("data: {not json", start).is_err());
+    }
+
+    #[test]
+    fn more_text_chunks_than_reported_tokens_fail() {
+        let st = feed(&[
+            (1, r#"data: {"choices":[{"text":"a"}]}"#),
+            (
+                2,
+                r#"data: {"choices":[{"text":"b"}],"usage":{"completion_tokens":1}}"#,
+            ),
+            (3, "data: [DONE]"),
+        ]);
+        assert!(st.finish(1).is_err());
+    }
+
+    #[test]
+    fn url_or_host_port() {
+        assert_eq!(host_port("http://127.0.0.1:8080/"), "127.0.0.1:8080");
+        assert_eq!(host_port("127.0.0.1:8000"), "127.0.0.1:8000");
     }
 }

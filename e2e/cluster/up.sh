@@ -87,7 +87,8 @@ launch kube-scheduler "$K8S_BIN/kube-scheduler" \
 
 say "starting kwok $KWOK_VERSION"
 stage_args=()
-for f in "$K8S_BIN"/kwok-stages/*.yaml; do stage_args+=(--config "$f"); done
+# kwok's stock fast stages (copied by build.sh), then ours: pods with fake failing images (kwok-stages/).
+for f in "$K8S_BIN"/kwok-stages/*.yaml "$here"/kwok-stages/*.yaml; do stage_args+=(--config "$f"); done
 launch kwok "$K8S_BIN/kwok" --kubeconfig "$E2E_STATE/kwok.kubeconfig" "${stage_args[@]}" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --cidr 10.244.0.1/16 --node-ip 10.0.0.1 --server-address "127.0.0.1:$KWOK_PORT" \

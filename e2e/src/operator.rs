@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::{Value, json};
@@ -288,4 +289,26 @@ pub async fn pods_of(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> 
         .list(&ListParams::default().labels(&sel))
         .await?
         .items)
+}
+
+/// (reason, note) of the Warning events about the `LlamaDeployment` `name` (events.k8s.io).
+pub async fn warning_events(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>> {
+    let events = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("LlamaDeployment") && r.name.as_deref() == Some(name)
+            })
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
 }

@@ -657,3 +657,105 @@ async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loo
     finish(second, &client, ns).await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn operator_finalizer_lives_beside_other_controllers_finalizers() -> Result<()> {
+    if existing_cluster() {
+        return Ok(()); // pods must go Ready without running the server image (kwok)
+    }
+    const OTHER: &str = "e2e.llama-operator.dev/first";
+    const LATE: &str = "e2e.llama-operator.dev/late";
+    const OURS: &str = "inference.llama-operator.dev/cleanup";
+    install_crd().await?;
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "op-fin").await?;
+    let op = Operator::start(&ns.name, "a")?;
+    // Dropped before `op`: if the test fails, the other finalizers must not hold the namespace forever.
+    let _release = DropGuard(|| {
+        let clear = json!({"metadata": {"finalizers": null}}).to_string();
+        let _ = run_tool(
+            "kubectl",
+            &[
+                "patch",
+                "llama",
+                "fin",
+                "-n",
+                &ns.name,
+                "--type=merge",
+                "-p",
+                &clear,
+            ],
+        );
+    });
+    let api = lds(&client, &ns.name);
+    let mut obj = llama("fin", smollm_spec())?;
+    obj.metadata.finalizers = Some(vec![OTHER.to_owned()]);
+    api.create(&PostParams::default(), &obj).await?;
+    // Another controller appends its finalizer while the operator adds its own (the operator's cached list
+    // is then stale): neither write may lose the other's, and the operator must not fail on it.
+    api.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(json!([
+            {"op": "add", "path": "/metadata/finalizers/-", "value": LATE}
+        ]))?),
+    )
+    .await?;
+    wait_ready(&api, "fin", "True", Duration::from_secs(90)).await?;
+    let finalizers = |o: &DynamicObject| {
+        let mut f = o.metadata.finalizers.clone().unwrap_or_default();
+        f.sort();
+        f
+    };
+    assert_eq!(
+        finalizers(&api.get("fin").await?),
+        [OTHER, LATE, OURS],
+        "{}",
+        op.logs()
+    );
+    assert_eq!(
+        op.counter("llama_operator_reconcile_errors_total")?,
+        0.0,
+        "{}",
+        op.logs()
+    );
+
+    // Deleting: the operator removes its children and only its own finalizer; the others hold the object.
+    api.delete("fin", &DeleteParams::default()).await?;
+    let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "children gone and only the other finalizers left",
+        Duration::from_secs(60),
+        || async {
+            let obj = api.get("fin").await?;
+            Ok(
+                (deps.get_opt("fin").await?.is_none() && finalizers(&obj) == [OTHER, LATE])
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .with_context(|| op.logs())?;
+    api.patch(
+        "fin",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    wait_for("fin deleted", Duration::from_secs(30), || async {
+        Ok(api.get_opt("fin").await?.is_none().then_some(()))
+    })
+    .await?;
+    drop(_release);
+    finish(op, &client, ns).await
+}
+
+/// Runs a closure when dropped (cleanup that must happen when a test fails half-way).
+struct DropGuard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for DropGuard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}

@@ -14,7 +14,8 @@ if [ "${E2E_EXISTING_CLUSTER:-0}" = 1 ]; then
   [ -n "${KUBECONFIG:-}" ] || { echo "e2e: E2E_EXISTING_CLUSTER=1 needs KUBECONFIG" >&2; exit 1; }
   echo "e2e: using the existing cluster from KUBECONFIG=$KUBECONFIG" >&2
   export E2E_BIN_DIR="${E2E_BIN_DIR:-$K8S_BIN}"
-  exec cargo test --locked -p e2e -- --ignored --test-threads=2
+  cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_
+  exec cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture # says why it skips
 fi
 
 owned=0
@@ -30,8 +31,12 @@ pids=""
 for c in $E2E_COMPONENTS; do pids="$pids $(cat "$E2E_STATE/pids/$c.pid")"; done
 
 set +e
-cargo test --locked -p e2e -- --ignored --test-threads=2
+cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_
 rc=$?
+# Tests that restart the apiserver run alone, after all others (e2e/tests/disruption.rs).
+E2E_APISERVER_RESTARTS=1 cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture
+rc2=$?
+[ "$rc" = 0 ] && rc=$rc2
 set -e
 
 if [ "$owned" = 1 ]; then

@@ -27,13 +27,13 @@ wait_until() { # wait_until <what> <seconds> <command...>
   done
 }
 
-stop_component() { # stop_component <name>: SIGTERM by pid file, SIGKILL after 5 s; removes the pid file
+stop_component() { # stop_component <name> [grace s]: SIGTERM by pid file, SIGKILL after the grace (5 s); removes the pid file
   local f="$E2E_STATE/pids/$1.pid" pid
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 $(( ${2:-5} * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi

@@ -5,7 +5,7 @@
 # are shared). Prints one markdown table on stdout; logs and raw tables go to $BENCH_DIR.
 #
 # Settings (environment): MODEL (default: scripts/fetch-model.sh), THREADS (2), CONCURRENCY (1,4,16,64),
-# MAX_TOKENS (64), REQUESTS (bench-serve's default: 2 x concurrency, at least 4), PORT (18090; llama.cpp gets
+# MAX_TOKENS (64), MIXED=1 (bench-serve --mixed: prompts of 24-480 words, outputs 16..2 x MAX_TOKENS), REQUESTS (bench-serve's default: 2 x concurrency, at least 4), PORT (18090; llama.cpp gets
 # PORT+1), ORDER ("ours llamacpp"), BENCH_DIR (default $LLAMA_OP_CACHE/bench-serve/<UTC time>), SKIP_BUILD=1 to
 # use the binaries as they are, OURS_ARGS / LLAMACPP_ARGS: extra server flags (e.g. LLAMACPP_ARGS="--poll 0").
 #
@@ -26,9 +26,16 @@ dir="${BENCH_DIR:-$cache/bench-serve/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$dir"
 model="${MODEL:-$(bash "$root/scripts/fetch-model.sh")}"
 max_c=$(tr ',' '\n' <<<"$concurrency" | sort -n | tail -1)
-# bench-serve's prompts are ~17 tokens; each llama.cpp slot gets ctx/np, so give every slot 64 + max_tokens
+# bench-serve's prompts are ~17 tokens (MIXED=1: up to ~500 tokens and 2 x max_tokens output); each llama.cpp
+# slot gets ctx/np, so give every slot room for the longest request
 # (llama.cpp itself raises a slot to at least 256).
-slot_ctx=$((64 + max_tokens))
+mixed_flag=""
+if [ "${MIXED:-0}" = 1 ]; then
+  mixed_flag="--mixed"
+  slot_ctx=$((512 + 2 * max_tokens))
+else
+  slot_ctx=$((64 + max_tokens))
+fi
 [ "$slot_ctx" -ge 256 ] || slot_ctx=256
 ctx=$((max_c * slot_ctx))
 
@@ -99,7 +106,7 @@ run_one() {
   pid=$!
   wait_ready "$p"
   echo "==> $name ready (pid $pid); load $(cut -d' ' -f1-3 /proc/loadavg); bench-serve ..." >&2
-  "$ours" bench-serve --addr "127.0.0.1:$p" --concurrency "$concurrency" --max-tokens "$max_tokens" \
+  "$ours" bench-serve --addr "127.0.0.1:$p" --concurrency "$concurrency" --max-tokens "$max_tokens" $mixed_flag \
     ${REQUESTS:+--requests "$REQUESTS"} --label "$name" | tee "$dir/$name.md" >&2
   stop_server
   echo "==> $name done; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2

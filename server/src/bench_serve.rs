@@ -55,6 +55,39 @@ pub struct BenchServeArgs {
     /// Label for the table rows.
     #[arg(long, env = "LLAMA_BENCH_LABEL", default_value = "llama-server")]
     pub label: String,
+    /// Mixed lengths: request `i` gets a prompt of 24–480 words and 16 to 2 × `--max-tokens` − 16 output
+    /// tokens (mean `--max-tokens`), drawn from `i` alone, so every server sees the same workload. Without it
+    /// every request is a ~17-token prompt and exactly `--max-tokens` output tokens.
+    #[arg(long, env = "LLAMA_BENCH_MIXED")]
+    pub mixed: bool,
+}
+
+/// What request `i` asks for: its prompt and its exact output length.
+fn workload(i: usize, max_tokens: usize, mixed: bool) -> (String, usize) {
+    if !mixed {
+        return (
+            format!("Request {i}. Write a long story about a traveller who finds a map."),
+            max_tokens,
+        );
+    }
+    // splitmix64 of the request number: deterministic, well spread
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    const WORDS: [&str; 16] = [
+        "the", "river", "map", "old", "city", "light", "under", "stone", "long", "road", "night",
+        "green", "bridge", "quiet", "north", "door",
+    ];
+    let words = 24 + (z % 457) as usize;
+    let span = (2 * max_tokens).saturating_sub(31).max(1);
+    let out = 16 + ((z >> 20) % span as u64) as usize;
+    let mut prompt = format!("Request {i}. Continue this text:");
+    for w in 0..words {
+        prompt.push(' ');
+        prompt.push_str(WORDS[((z >> (w % 48)) as usize + w * 7) % WORDS.len()]);
+    }
+    (prompt, out)
 }
 
 /// One request's timings.
@@ -255,9 +288,9 @@ fn one_request(addr: &str, body: &str, max_tokens: usize) -> anyhow::Result<Samp
     st.finish(max_tokens)
 }
 
-fn request_body(i: usize, model: Option<&str>, max_tokens: usize) -> String {
+fn request_body(prompt: &str, model: Option<&str>, max_tokens: usize) -> String {
     let mut body = serde_json::json!({
-        "prompt": format!("Request {i}. Write a long story about a traveller who finds a map."),
+        "prompt": prompt,
         "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "stream": true,
         "stream_options": {"include_usage": true},
     });
@@ -289,10 +322,11 @@ fn scrape(addr: &str, name: &str) -> Option<f64> {
 pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
     let addr = host_port(&args.addr).to_string();
     for i in 0..args.warmup {
+        let (prompt, max_tokens) = workload(1_000_000 + i, args.max_tokens, args.mixed);
         one_request(
             &addr,
-            &request_body(1_000_000 + i, args.model.as_deref(), args.max_tokens),
-            args.max_tokens,
+            &request_body(&prompt, args.model.as_deref(), max_tokens),
+            max_tokens,
         )
         .context("warm-up request")?;
     }
@@ -327,7 +361,12 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
         let threads: Vec<_> = (0..c.max(1))
             .map(|_| {
                 let (next, samples, errors) = (next.clone(), samples.clone(), errors.clone());
-                let (addr, model, max_tokens) = (addr.clone(), args.model.clone(), args.max_tokens);
+                let (addr, model, max_tokens, mixed) = (
+                    addr.clone(),
+                    args.model.clone(),
+                    args.max_tokens,
+                    args.mixed,
+                );
                 std::thread::spawn(move || {
                     loop {
                         let i = {
@@ -338,7 +377,8 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
                             *g += 1;
                             *g
                         };
-                        let body = request_body(i, model.as_deref(), max_tokens);
+                        let (prompt, max_tokens) = workload(i, max_tokens, mixed);
+                        let body = request_body(&prompt, model.as_deref(), max_tokens);
                         match one_request(&addr, &body, max_tokens) {
                             Ok(s) => samples.lock().map(|mut v| v.push(s)).unwrap_or_default(),
                             Err(e) => errors
@@ -537,6 +577,23 @@ mod tests {
             (3, "data: [DONE]"),
         ]);
         assert!(st.finish(1).is_err());
+    }
+
+    #[test]
+    fn mixed_workload_is_deterministic_and_spans_the_lengths() {
+        assert_eq!(workload(7, 64, true), workload(7, 64, true));
+        assert_eq!(workload(7, 64, false).1, 64);
+        let draws: Vec<(String, usize)> = (0..400).map(|i| workload(i, 64, true)).collect();
+        let words: Vec<usize> = draws
+            .iter()
+            .map(|(p, _)| p.split(' ').count() - 5)
+            .collect();
+        let outs: Vec<usize> = draws.iter().map(|&(_, o)| o).collect();
+        assert!(words.iter().all(|&w| (24..=480).contains(&w)), "{words:?}");
+        assert!(outs.iter().all(|&o| (16..=112).contains(&o)), "{outs:?}");
+        let mean = outs.iter().sum::<usize>() as f64 / outs.len() as f64;
+        assert!((54.0..74.0).contains(&mean), "mean output {mean}");
+        assert!(words.iter().min() < Some(&60) && words.iter().max() > Some(&440));
     }
 
     #[test]

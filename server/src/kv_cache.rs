@@ -94,6 +94,42 @@ trait KvElem: Copy + Send + Sync + Default + 'static {
     fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], buf: &mut [f32]);
     /// `o[i·hd + c] += p[i] · v[c]` for each head of a group.
     fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], buf: &mut [f32]);
+    /// `scores[j·g + i] = q_i · cache[offs[j]..][..hd]` for the `g` heads of a group.
+    fn scores(
+        ops: &VecOps,
+        q: &[f32],
+        cache: &[Self],
+        offs: &[usize],
+        hd: usize,
+        scores: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        let g = q.len() / hd;
+        for (j, &off) in offs.iter().enumerate() {
+            Self::dots(
+                ops,
+                q,
+                &cache[off..off + hd],
+                &mut scores[j * g..(j + 1) * g],
+                buf,
+            );
+        }
+    }
+    /// `o[i·hd + c] += Σ_j p[j·g + i] · cache[offs[j] + c]`.
+    fn weighted(
+        ops: &VecOps,
+        p: &[f32],
+        cache: &[Self],
+        offs: &[usize],
+        hd: usize,
+        o: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        let g = o.len() / hd;
+        for (j, &off) in offs.iter().enumerate() {
+            Self::axpys(ops, &p[j * g..(j + 1) * g], &cache[off..off + hd], o, buf);
+        }
+    }
 }
 
 fn dots_f32(ops: &VecOps, q: &[f32], k: &[f32], out: &mut [f32]) {
@@ -128,6 +164,28 @@ impl KvElem for f16 {
     }
     fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], _: &mut [f32]) {
         (ops.axpys_f16)(p, v, o);
+    }
+    fn scores(
+        ops: &VecOps,
+        q: &[f32],
+        cache: &[Self],
+        offs: &[usize],
+        hd: usize,
+        scores: &mut [f32],
+        _: &mut [f32],
+    ) {
+        (ops.scores_f16)(q, cache, offs, hd, scores);
+    }
+    fn weighted(
+        ops: &VecOps,
+        p: &[f32],
+        cache: &[Self],
+        offs: &[usize],
+        hd: usize,
+        o: &mut [f32],
+        _: &mut [f32],
+    ) {
+        (ops.weighted_rows_f16)(p, cache, offs, hd, o);
     }
 }
 impl KvElem for bf16 {
@@ -446,24 +504,23 @@ fn host_attend<T: KvElem>(
     let scale = 1.0 / (hd as f32).sqrt();
     let ops = VecOps::detect();
     let mut out = vec![0f32; q.len()];
-    let init = || (Vec::<f32>::new(), vec![0f32; hd]);
+    let init = || (Vec::<f32>::new(), vec![0f32; hd], Vec::<usize>::new());
     // `o` holds the outputs of heads g*group .. (g+1)*group of one token (contiguous in [tokens, heads, hd]);
-    // `scores[j * group + i]` is head i's score for context position j
-    let body = |(scores, buf): &mut (Vec<f32>, Vec<f32>), (idx, o): (usize, &mut [f32])| {
+    // `scores[j * group + i]` is head i's score for context position j; `offs[j]` that position's row
+    type State = (Vec<f32>, Vec<f32>, Vec<usize>);
+    let body = |(scores, buf, offs): &mut State, (idx, o): (usize, &mut [f32])| {
         let (tok, g) = (idx / s.n_kv_heads, idx % s.n_kv_heads);
         let (si, n_ctx) = token_seq[tok];
         let table = &batch.seqs[si].block_table;
         let qg = &q[idx * group * hd..(idx + 1) * group * hd];
-        let slot_off = |j: usize| {
+        offs.clear();
+        offs.extend((0..n_ctx).map(|j| {
             let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
             slot * row + g * hd
-        };
+        }));
         scores.clear();
         scores.resize(group * n_ctx, 0.0);
-        for (j, sc) in scores.chunks_exact_mut(group).enumerate() {
-            let off = slot_off(j);
-            T::dots(&ops, qg, &k_cache[off..off + hd], sc, buf);
-        }
+        T::scores(&ops, qg, k_cache, offs, hd, scores, buf);
         for i in 0..group {
             let max = (0..n_ctx).fold(f32::NEG_INFINITY, |m, j| m.max(scores[j * group + i]));
             let mut sum = 0f32;
@@ -475,10 +532,7 @@ fn host_attend<T: KvElem>(
             let inv = 1.0 / sum;
             (0..n_ctx).for_each(|j| scores[j * group + i] *= inv);
         }
-        for (j, p) in scores.chunks_exact(group).enumerate() {
-            let off = slot_off(j);
-            T::axpys(&ops, p, &v_cache[off..off + hd], o, buf);
-        }
+        T::weighted(&ops, scores, v_cache, offs, hd, o, buf);
     };
     if rayon::current_num_threads() <= 1 {
         // inline: handing each layer to a one-thread pool costs two context switches

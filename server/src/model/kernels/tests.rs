@@ -356,3 +356,50 @@ fn activation_quantizer_rounds_half_to_even_like_llama_cpp_on_every_isa() {
         "-14.5 → -14, -13.5 → -14, -12.5 → -12, -11.5 → -12"
     );
 }
+
+/// The many-row attention helpers equal the per-row ones within float reordering, for group sizes that
+/// exercise every head split (1..8 heads) and scattered rows.
+#[test]
+fn many_row_attention_helpers_match_the_per_row_ones() {
+    let mut rng = Rng(2024);
+    let hd = 64;
+    let cache: Vec<half::f16> = (0..40 * hd)
+        .map(|_| half::f16::from_f32(rng.unit()))
+        .collect();
+    let offs: Vec<usize> = (0..23).map(|j| ((j * 17) % 40) * hd).collect();
+    for g in 1..=8 {
+        let q: Vec<f32> = (0..g * hd).map(|_| rng.unit()).collect();
+        let p: Vec<f32> = (0..offs.len() * g).map(|_| rng.unit()).collect();
+        for ops in [VecOps::detect(), VecOps::portable()] {
+            let mut scores = vec![0f32; offs.len() * g];
+            (ops.scores_f16)(&q, &cache, &offs, hd, &mut scores);
+            let mut o = vec![0.5f32; g * hd];
+            (ops.weighted_rows_f16)(&p, &cache, &offs, hd, &mut o);
+            for (j, &off) in offs.iter().enumerate() {
+                let row = &cache[off..off + hd];
+                for i in 0..g {
+                    let want: f32 = q[i * hd..(i + 1) * hd]
+                        .iter()
+                        .zip(row)
+                        .map(|(a, b)| a * b.to_f32())
+                        .sum();
+                    assert!((scores[j * g + i] - want).abs() < 1e-4, "g={g} j={j} i={i}");
+                }
+            }
+            for i in 0..g {
+                for c in 0..hd {
+                    let want: f32 = 0.5
+                        + offs
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &off)| p[j * g + i] * cache[off + c].to_f32())
+                            .sum::<f32>();
+                    assert!(
+                        (o[i * hd + c] - want).abs() < 1e-4,
+                        "g={g} head {i} dim {c}"
+                    );
+                }
+            }
+        }
+    }
+}

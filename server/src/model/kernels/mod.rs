@@ -12,6 +12,7 @@
 //! into the `[tokens, rows]` output.
 #![allow(unsafe_code)]
 
+mod q4_0;
 mod q4_1;
 mod q8_0;
 mod vec_ops;
@@ -21,6 +22,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::k_quants::{BlockQ4_0, GgmlType};
 use candle_core::{Result, Tensor};
 
+pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
 pub use q8_0::Q8_0Matrix;
 
@@ -286,9 +288,6 @@ impl PlainBlock for BlockQ4_0 {
     const BYTES: usize = 18;
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == <BlockQ4_0 as PlainBlock>::BYTES);
-
-/// A `[rows, cols]` Q4_0 matrix.
-pub type Q4_0Matrix = BlockMatrix<BlockQ4_0>;
 
 /// A `[rows, cols]` matrix of candle blocks, multiplied through candle's SIMD `vec_dot` with activations
 /// quantized to the block's dot type (Q8_0 for Q4_0, as llama.cpp does).

@@ -56,6 +56,30 @@ fn q8_0_bytes(rng: &mut Rng, blocks: usize) -> Vec<u8> {
     bytes
 }
 
+fn q4_0_bytes(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(blocks * 18);
+    for _ in 0..blocks {
+        let d = half::f16::from_f32(0.01 + (rng.next() % 100) as f32 * 1e-4);
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend((0..16).map(|_| rng.next() as u8));
+    }
+    bytes
+}
+
+fn dequant_q4_0(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(18)
+        .flat_map(|b| {
+            let d = f64::from(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            let q = &b[2..18];
+            (0..32).map(move |j| {
+                let v = if j < 16 { q[j] & 15 } else { q[j - 16] >> 4 };
+                d * (f64::from(v) - 8.0)
+            })
+        })
+        .collect()
+}
+
 /// Dequantized weights `[rows, cols]` straight from the GGUF block layouts.
 fn dequant_q4_1(bytes: &[u8]) -> Vec<f64> {
     bytes
@@ -112,6 +136,8 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
     let q41t = q4_1_bytes(&mut rng, rows41 * cols / 32);
     let q80t = q8_0_bytes(&mut rng, rows41 * cols / 32);
     let w80t = dequant_q8_0(&q80t);
+    let q40t = q4_0_bytes(&mut rng, rows41 * cols / 32);
+    let w40t = dequant_q4_0(&q40t);
     let m80 = Q8_0Matrix::from_bytes_for(Isa::Scalar, &q80, rows, cols).expect("q8_0");
     let (w41, w41t, w80) = (dequant_q4_1(&q41), dequant_q4_1(&q41t), dequant_q8_0(&q80));
     for m in [1usize, 3, 4, 5, 8, 13, 16] {
@@ -136,6 +162,11 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
                 "Q8_0",
                 reference(&w80, &xs, rows, cols),
                 Box::new(|isa| m80.forward_with(isa, &x)),
+            ),
+            (
+                "Q4_0 (tiles on VNNI)",
+                reference(&w40t, &xs, rows41, cols),
+                Box::new(|isa| Q4_0Matrix::from_bytes_for(isa, &q40t, rows41, cols)?.forward(&x)),
             ),
             (
                 "Q8_0 tiles",
@@ -288,12 +319,14 @@ fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
     let (rows, cols, m) = (24, 4 * 32, 13);
     let q41 = q4_1_bytes(&mut rng, rows * cols / 32);
     let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
+    let q40 = q4_0_bytes(&mut rng, rows * cols / 32);
     let xs: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
     let x = Tensor::from_vec(xs.clone(), (m, cols), &Device::Cpu).expect("x");
     for isa in isas() {
         let m41 = Q4_1Matrix::from_bytes_for(isa, &q41, rows, cols).expect("q4_1");
         let m80 = Q8_0Matrix::from_bytes_for(isa, &q80, rows, cols).expect("q8_0");
-        let run = |t: &Tensor| -> (Vec<f32>, Vec<f32>) {
+        let m40 = Q4_0Matrix::from_bytes_for(isa, &q40, rows, cols).expect("q4_0");
+        let run = |t: &Tensor| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
             let f = |r: candle_core::Result<Tensor>| {
                 r.expect("forward")
                     .flatten_all()
@@ -301,9 +334,13 @@ fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
                     .to_vec1::<f32>()
                     .expect("vec")
             };
-            (f(m41.forward_with(isa, t)), f(m80.forward_with(isa, t)))
+            (
+                f(m41.forward_with(isa, t)),
+                f(m80.forward_with(isa, t)),
+                f(m40.forward(t)),
+            )
         };
-        let (all41, all80) = run(&x);
+        let (all41, all80, all40) = run(&x);
         for t in 0..m {
             let one = Tensor::from_vec(
                 xs[t * cols..(t + 1) * cols].to_vec(),
@@ -311,7 +348,12 @@ fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
                 &Device::Cpu,
             )
             .expect("one");
-            let (o41, o80) = run(&one);
+            let (o41, o80, o40) = run(&one);
+            assert_eq!(
+                o40,
+                all40[t * rows..(t + 1) * rows],
+                "Q4_0 {isa:?} token {t}"
+            );
             assert_eq!(
                 o41,
                 all41[t * rows..(t + 1) * rows],

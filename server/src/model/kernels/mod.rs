@@ -15,6 +15,7 @@
 mod q4_0;
 mod q4_1;
 mod q8_0;
+mod quant;
 mod vec_ops;
 
 use std::sync::OnceLock;
@@ -30,7 +31,7 @@ pub(crate) use vec_ops::VecOps;
 
 /// The instruction set a kernel runs with, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
+pub enum Isa {
     Scalar,
     /// AVX2 + FMA.
     Avx2,
@@ -66,7 +67,7 @@ impl Isa {
 /// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term);
 /// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BlockQ8_1 {
+pub struct BlockQ8_1 {
     pub(crate) d: f32,
     pub(crate) s: f32,
     pub(crate) sum: i32,

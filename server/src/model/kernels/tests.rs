@@ -1,7 +1,8 @@
 use candle_core::{Device, Tensor};
 
-use super::q4_1::{self, BlockQ4_1};
-use super::q8_0::{self, BlockQ8};
+use super::q4_1::{BlockQ4_1, Q4_1};
+use super::q8_0::{BlockQ8, Q8_0};
+use super::quant::QuantType;
 use super::*;
 
 /// Deterministic pseudo-random numbers (xorshift).
@@ -241,29 +242,29 @@ fn token_groups_equal_single_token_dots_bit_for_bit() {
     for isa in isas() {
         let one41: Vec<f32> = acts
             .iter()
-            .map(|a| q4_1::dot_n::<1>(isa, &w41, [a])[0])
+            .map(|a| Q4_1::dot::<1>(isa, &w41, [a])[0])
             .collect();
         let one80: Vec<f32> = acts
             .iter()
-            .map(|a| q8_0::dot_n::<1>(isa, &w80, [a])[0])
+            .map(|a| Q8_0::dot::<1>(isa, &w80, [a])[0])
             .collect();
         let a8: [&[BlockQ8_1]; 8] = std::array::from_fn(|i| acts[i].as_slice());
         let a4: [&[BlockQ8_1]; 4] = std::array::from_fn(|i| acts[i].as_slice());
-        assert_eq!(q4_1::dot_n::<8>(isa, &w41, a8).to_vec(), one41, "{isa:?}");
+        assert_eq!(Q4_1::dot::<8>(isa, &w41, a8).to_vec(), one41, "{isa:?}");
         assert_eq!(
-            q4_1::dot_n::<4>(isa, &w41, a4).to_vec(),
+            Q4_1::dot::<4>(isa, &w41, a4).to_vec(),
             one41[..4],
             "{isa:?}"
         );
-        assert_eq!(q8_0::dot_n::<8>(isa, &w80, a8).to_vec(), one80, "{isa:?}");
+        assert_eq!(Q8_0::dot::<8>(isa, &w80, a8).to_vec(), one80, "{isa:?}");
         assert_eq!(
-            q8_0::dot_n::<4>(isa, &w80, a4).to_vec(),
+            Q8_0::dot::<4>(isa, &w80, a4).to_vec(),
             one80[..4],
             "{isa:?}"
         );
         if isa == Isa::Scalar {
-            assert_eq!(q4_1::dot_scalar(&w41, &acts[0]), one41[0]);
-            assert_eq!(q8_0::dot_scalar(&w80, &acts[0]), one80[0]);
+            assert_eq!(Q4_1::dot::<1>(Isa::Scalar, &w41, [&acts[0]])[0], one41[0]);
+            assert_eq!(Q8_0::dot::<1>(Isa::Scalar, &w80, [&acts[0]])[0], one80[0]);
         }
     }
 }

@@ -1,0 +1,281 @@
+//! What the quantized matmuls share: the matrix type (GGUF blocks in; row-major blocks for the scalar and
+//! AVX2 kernels or 8-row tiles for the VNNI kernel), its forward pass, and the VNNI tile kernel itself.
+//! Each weight type ([`super::q4_1`], [`super::q8_0`], [`super::q4_0`]) says how to parse, tile and dot.
+
+use candle_core::{Result, Tensor};
+
+use super::{BlockQ8_1, Isa, for_token_groups, matmul_rows, quantize_rows, tile_token_groups};
+
+/// One GGUF weight type multiplied by our kernels.
+pub trait QuantType: Clone + std::fmt::Debug + 'static {
+    /// The GGUF type's name (for errors).
+    const NAME: &'static str;
+    /// GGUF bytes per block of 32 weights.
+    const BYTES: usize;
+    /// A block in the row-major layout.
+    type Block: Copy + Send + Sync + std::fmt::Debug;
+    /// Eight rows × one block column in the VNNI layout.
+    type Tile: Copy + Send + Sync + std::fmt::Debug + VnniTile;
+    /// Parses one block from its `BYTES` GGUF bytes.
+    fn parse(bytes: &[u8]) -> Self::Block;
+    /// Interleaves the same block column of eight consecutive rows.
+    fn tile(rows: [&Self::Block; 8]) -> Self::Tile;
+    /// One row dotted with one token's activations, portable reference code.
+    fn dot_scalar(w: &[Self::Block], a: &[BlockQ8_1]) -> f32;
+    /// One row dotted with `N` tokens with AVX2 (+ AVX-512 VNNI when `VNNI`).
+    ///
+    /// # Safety
+    /// The CPU has those features; every `a[t]` has `w.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86<const N: usize, const VNNI: bool>(
+        w: &[Self::Block],
+        a: [&[BlockQ8_1]; N],
+    ) -> [f32; N];
+
+    /// One row dotted with `N` tokens on the block layout, at `isa`. Panics unless every `a[t]` has
+    /// `w.len()` blocks.
+    fn dot<const N: usize>(isa: Isa, w: &[Self::Block], a: [&[BlockQ8_1]; N]) -> [f32; N] {
+        check_blocks(Self::NAME, w.len(), &a);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Vnni` is only detected with AVX2, FMA, AVX-512 VNNI and VL; lengths checked.
+            Isa::Vnni => unsafe { Self::dot_x86::<N, true>(w, a) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only detected with AVX2 and FMA; lengths checked above.
+            Isa::Avx2 => unsafe { Self::dot_x86::<N, false>(w, a) },
+            _ => a.map(|a| Self::dot_scalar(w, a)),
+        }
+    }
+}
+
+/// Eight rows dotted with `N` tokens on the tile layout (`[token][row]`). Panics unless every `a[t]` has
+/// `w.len()` blocks; tiles are only built on VNNI CPUs.
+fn tile_dot<T: VnniTile, const N: usize>(
+    name: &str,
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    check_blocks(name, w.len(), &a);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: tiles are only built when `Isa::Vnni` was detected; lengths checked above.
+        unsafe { tile_vnni::<T, N>(w, a) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        unreachable!("tiles are only built on x86_64")
+    }
+}
+
+/// Panics unless every token has as many activation blocks as the weight row (the kernels' bound).
+pub(super) fn check_blocks<const N: usize>(name: &str, w: usize, a: &[&[BlockQ8_1]; N]) {
+    assert!(
+        a.iter().all(|a| a.len() == w),
+        "{name} dot: block counts differ"
+    );
+}
+
+/// A `[rows, cols]` matrix of one quantized GGUF type.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix<Q: QuantType> {
+    layout: Layout<Q>,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Layout<Q: QuantType> {
+    /// GGUF's row-major blocks (scalar and AVX2 kernels).
+    Blocks(Vec<Q::Block>),
+    /// Eight rows interleaved per block column, row group after row group (VNNI kernel).
+    Tiles(Vec<Q::Tile>),
+}
+
+impl<Q: QuantType> QuantMatrix<Q> {
+    /// From the raw GGUF bytes of a `[rows, cols]` tensor, laid out for this CPU's kernel.
+    pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_bytes_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    /// Like [`QuantMatrix::from_bytes`], laid out for the kernel of `isa` (tiles need VNNI and rows in
+    /// eights).
+    pub(super) fn from_bytes_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(32) {
+            candle_core::bail!("{} matrix with {cols} columns", Q::NAME);
+        }
+        let kb = cols / 32;
+        if bytes.len() != rows * kb * Q::BYTES {
+            candle_core::bail!(
+                "{} matrix [{rows}, {cols}] needs {} bytes, got {}",
+                Q::NAME,
+                rows * kb * Q::BYTES,
+                bytes.len()
+            );
+        }
+        let blocks: Vec<Q::Block> = bytes.chunks_exact(Q::BYTES).map(Q::parse).collect();
+        let layout = if isa == Isa::Vnni && rows.is_multiple_of(8) {
+            let mut tiles = Vec::with_capacity(rows / 8 * kb);
+            for rg in 0..rows / 8 {
+                for b in 0..kb {
+                    tiles.push(Q::tile(std::array::from_fn(|i| {
+                        &blocks[(rg * 8 + i) * kb + b]
+                    })));
+                }
+            }
+            Layout::Tiles(tiles)
+        } else {
+            Layout::Blocks(blocks)
+        };
+        Ok(Self { layout, rows, cols })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(Isa::detect(), x)
+    }
+
+    pub(super) fn forward_with(&self, isa: Isa, x: &Tensor) -> Result<Tensor> {
+        let (acts, m) = quantize_rows(x, self.cols, Q::NAME)?;
+        let kb = self.cols / 32;
+        let act = |t: usize| &acts[t * kb..(t + 1) * kb];
+        match &self.layout {
+            Layout::Blocks(blocks) => matmul_rows(self.rows, m, 1, x, |row, out| {
+                let w = &blocks[row * kb..(row + 1) * kb];
+                for_token_groups(
+                    m,
+                    out,
+                    |t, o| {
+                        o.copy_from_slice(&Q::dot::<8>(isa, w, std::array::from_fn(|i| act(t + i))))
+                    },
+                    |t, o| {
+                        o.copy_from_slice(&Q::dot::<4>(isa, w, std::array::from_fn(|i| act(t + i))))
+                    },
+                    |t, o| *o = Q::dot::<1>(isa, w, [act(t)])[0],
+                );
+            }),
+            Layout::Tiles(tiles) => {
+                if isa != Isa::Vnni {
+                    candle_core::bail!(
+                        "{} matrix laid out for VNNI, asked to run with {isa:?}",
+                        Q::NAME
+                    );
+                }
+                matmul_rows(self.rows, m, 8, x, |r0, out| {
+                    let w = &tiles[r0 / 8 * kb..(r0 / 8 + 1) * kb];
+                    tile_token_groups(
+                        m,
+                        out,
+                        |t| tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
+                        |t| tile_dot::<_, 4>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
+                        |t| tile_dot::<_, 1>(Q::NAME, w, [act(t)]),
+                    );
+                })
+            }
+        }
+    }
+}
+
+/// What the VNNI tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k` lining
+/// up with activation dword `k` (lane `i` = row `i`), the rows' scales and minimums, and the offset the
+/// unsigned encoding adds (`w = d · (u − OFFSET) + m`).
+pub trait VnniTile {
+    /// 0 for Q4_1, 8 for Q4_0, 128 for Q8_0 (stored as `q + 128`).
+    const OFFSET: i32;
+    /// Whether the rows have a minimum term (`m · s`, Q4_1).
+    const HAS_MIN: bool;
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load(&self) -> TileRegs;
+}
+
+/// A tile in registers: weights (register `k` ↔ activation dword `k`), scales, minimums.
+#[cfg(target_arch = "x86_64")]
+pub type TileRegs = (
+    [std::arch::x86_64::__m256i; 8],
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256,
+);
+
+/// Eight rows × `N` tokens over a row group's tiles: per block, eight `vpdpbusd` with broadcast activation
+/// dwords give each row's exact integer dot in its own lane (`Σ u a − OFFSET · Σ a`), scaled by `d_w · d_a`,
+/// plus `m · s` where the type has minimums.
+///
+/// # Safety
+/// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (b, tile) in w.iter().enumerate() {
+        // SAFETY: AVX2 is enabled on this function.
+        let (wq, dv, mv) = unsafe { tile.load() };
+        for t in 0..N {
+            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
+            let ab = unsafe { a[t].get_unchecked(b) };
+            // the activation block as eight little-endian dwords of four i8 each
+            let q: [i32; 8] = std::array::from_fn(|i| {
+                i32::from_le_bytes([
+                    ab.qs[4 * i] as u8,
+                    ab.qs[4 * i + 1] as u8,
+                    ab.qs[4 * i + 2] as u8,
+                    ab.qs[4 * i + 3] as u8,
+                ])
+            });
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for k in 0..4 {
+                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            let mut isum = _mm256_add_epi32(s0, s1);
+            if T::OFFSET != 0 {
+                isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(T::OFFSET * ab.sum));
+            }
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum),
+                _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
+                acc[t],
+            );
+            if T::HAS_MIN {
+                acc[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(ab.s), acc[t]);
+            }
+        }
+    }
+    std::array::from_fn(|t| {
+        let mut o = [0f32; 8];
+        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
+}
+
+/// Splits four registers of packed nibbles into eight of values (low nibbles: values 0–15 of each row's
+/// block, lining up with activation dwords 0–3; high nibbles: values 16–31, dwords 4–7).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn unpack_nibbles(packed: &[[u8; 32]; 4]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(0x0F);
+    // SAFETY: each row of `packed` is 32 bytes, matching the unaligned 256-bit loads.
+    let p = [0, 1, 2, 3].map(|k| unsafe { _mm256_loadu_si256(packed[k].as_ptr().cast()) });
+    std::array::from_fn(|k| {
+        if k < 4 {
+            _mm256_and_si256(p[k], mask)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(p[k - 4], 4), mask)
+        }
+    })
+}

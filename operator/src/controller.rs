@@ -58,6 +58,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub plan: PlanConfig,
+    /// Consecutive failed reconciles per object (namespace, name), for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<(String, String), u32>>,
 }
 
 impl Context {
@@ -79,8 +81,38 @@ impl Context {
             metrics,
             recorder,
             plan,
+            failures: Default::default(),
         }
     }
+
+    /// Counts one more failure of `key` and returns how many in a row it has now.
+    fn record_failure(&self, key: (String, String)) -> u32 {
+        let Ok(mut map) = self.failures.lock() else {
+            return 1;
+        };
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn clear_failures(&self, key: &(String, String)) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Delay before retrying an object whose last `failures` reconciles failed in a row: 1 s, doubling, at most
+/// 15 s. A short blip is retried within seconds, an outage at most 15 s after the apiserver is back (the
+/// watch resumes without a new event for the object, so this retry is what picks the work up again), and a
+/// persistent failure costs one request per object every 15 s (the fixed delay this replaces).
+pub fn retry_backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(4);
+    Duration::from_secs((1u64 << exp).min(15))
+}
+
+fn object_key(ld: &LlamaDeployment) -> (String, String) {
+    (ld.namespace().unwrap_or_default(), ld.name_any())
 }
 
 fn managed() -> watcher::Config {
@@ -136,7 +168,11 @@ pub async fn run(
 
 async fn reconcile(ld: Arc<LlamaDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile();
+    let key = object_key(&ld);
     let result = reconcile_inner(ld, &ctx).await;
+    if result.is_ok() {
+        ctx.clear_failures(&key);
+    }
     let label = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.with_label_values(&[label]).inc();
     result
@@ -241,7 +277,7 @@ async fn set_finalizer(
 fn error_policy(ld: Arc<LlamaDeployment>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(name = %ld.name_any(), namespace = ?ld.namespace(), error = %err, "reconcile failed");
     ctx.metrics.errors.with_label_values(&[err.label()]).inc();
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(retry_backoff(ctx.record_failure(object_key(&ld))))
 }
 
 async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
@@ -419,6 +455,14 @@ mod tests {
             finalizers_with(&list(&["other.io/keep", FINALIZER]), true),
             None
         );
+    }
+
+    #[test]
+    fn failed_reconciles_back_off_from_one_second_to_fifteen() {
+        let delays: Vec<u64> = (1..=7).map(|n| retry_backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 15, 15, 15]);
+        assert_eq!(retry_backoff(0).as_secs(), 1);
+        assert_eq!(retry_backoff(u32::MAX).as_secs(), 15);
     }
 
     #[test]

@@ -13,13 +13,13 @@
 //! The logical block allocator (which blocks a sequence owns) is the scheduler's business, not this module's.
 
 use candle_core::{DType, Device, Tensor};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::batch::BatchInput;
 use crate::model::ModelConfig;
-use crate::model::kernels::VecOps;
+use host::{Shape, host_attend};
+
+mod host;
 
 /// Element type of the cached keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,120 +85,6 @@ pub enum KvCacheError {
 impl From<KvCacheError> for candle_core::Error {
     fn from(e: KvCacheError) -> Self {
         candle_core::Error::msg(e.to_string())
-    }
-}
-
-trait KvElem: Copy + Send + Sync + Default + 'static {
-    fn from_f32(x: f32) -> Self;
-    /// `out[i] = q[i·hd..(i+1)·hd] · k` for each query head of a group (`hd = k.len()`).
-    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], buf: &mut [f32]);
-    /// `o[i·hd + c] += p[i] · v[c]` for each head of a group.
-    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], buf: &mut [f32]);
-    /// `scores[j·g + i] = q_i · cache[offs[j]..][..hd]` for the `g` heads of a group.
-    fn scores(
-        ops: &VecOps,
-        q: &[f32],
-        cache: &[Self],
-        offs: &[usize],
-        hd: usize,
-        scores: &mut [f32],
-        buf: &mut [f32],
-    ) {
-        let g = q.len() / hd;
-        for (j, &off) in offs.iter().enumerate() {
-            Self::dots(
-                ops,
-                q,
-                &cache[off..off + hd],
-                &mut scores[j * g..(j + 1) * g],
-                buf,
-            );
-        }
-    }
-    /// `o[i·hd + c] += Σ_j p[j·g + i] · cache[offs[j] + c]`.
-    fn weighted(
-        ops: &VecOps,
-        p: &[f32],
-        cache: &[Self],
-        offs: &[usize],
-        hd: usize,
-        o: &mut [f32],
-        buf: &mut [f32],
-    ) {
-        let g = o.len() / hd;
-        for (j, &off) in offs.iter().enumerate() {
-            Self::axpys(ops, &p[j * g..(j + 1) * g], &cache[off..off + hd], o, buf);
-        }
-    }
-}
-
-fn dots_f32(ops: &VecOps, q: &[f32], k: &[f32], out: &mut [f32]) {
-    for (o, qh) in out.iter_mut().zip(q.chunks_exact(k.len())) {
-        *o = (ops.dot)(qh, k);
-    }
-}
-
-fn axpys_f32(ops: &VecOps, p: &[f32], v: &[f32], o: &mut [f32]) {
-    for (&w, oh) in p.iter().zip(o.chunks_exact_mut(v.len())) {
-        (ops.axpy)(w, v, oh);
-    }
-}
-
-impl KvElem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], _: &mut [f32]) {
-        dots_f32(ops, q, k, out);
-    }
-    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], _: &mut [f32]) {
-        axpys_f32(ops, p, v, o);
-    }
-}
-impl KvElem for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], _: &mut [f32]) {
-        (ops.dots_f16)(q, k, out);
-    }
-    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], _: &mut [f32]) {
-        (ops.axpys_f16)(p, v, o);
-    }
-    fn scores(
-        ops: &VecOps,
-        q: &[f32],
-        cache: &[Self],
-        offs: &[usize],
-        hd: usize,
-        scores: &mut [f32],
-        _: &mut [f32],
-    ) {
-        (ops.scores_f16)(q, cache, offs, hd, scores);
-    }
-    fn weighted(
-        ops: &VecOps,
-        p: &[f32],
-        cache: &[Self],
-        offs: &[usize],
-        hd: usize,
-        o: &mut [f32],
-        _: &mut [f32],
-    ) {
-        (ops.weighted_rows_f16)(p, cache, offs, hd, o);
-    }
-}
-impl KvElem for bf16 {
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn dots(ops: &VecOps, q: &[f32], k: &[Self], out: &mut [f32], buf: &mut [f32]) {
-        k.convert_to_f32_slice(buf);
-        dots_f32(ops, q, buf, out);
-    }
-    fn axpys(ops: &VecOps, p: &[f32], v: &[Self], o: &mut [f32], buf: &mut [f32]) {
-        v.convert_to_f32_slice(buf);
-        axpys_f32(ops, p, buf, o);
     }
 }
 
@@ -453,99 +339,6 @@ impl KvCache {
             }
         }
     }
-}
-
-struct Shape {
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    block_size: usize,
-}
-
-fn host_attend<T: KvElem>(
-    s: &Shape,
-    q: &[f32],
-    k_new: &[f32],
-    v_new: &[f32],
-    k_cache: &mut [T],
-    v_cache: &mut [T],
-    batch: &BatchInput,
-) -> Vec<f32> {
-    let row = s.n_kv_heads * s.head_dim;
-    // 1. write the new rows into their slots
-    for (i, &slot) in batch.slot_mapping.iter().enumerate() {
-        let dst = slot as usize * row;
-        for (d, x) in k_cache[dst..dst + row]
-            .iter_mut()
-            .zip(&k_new[i * row..(i + 1) * row])
-        {
-            *d = T::from_f32(*x);
-        }
-        for (d, x) in v_cache[dst..dst + row]
-            .iter_mut()
-            .zip(&v_new[i * row..(i + 1) * row])
-        {
-            *d = T::from_f32(*x);
-        }
-    }
-    // 2. each (token, KV head) pair attends causally over its sequence's context through the block table,
-    //    for all the query heads sharing that KV head at once (GQA): every K/V row is widened once per group
-    let mut token_seq = Vec::with_capacity(batch.num_tokens());
-    for (si, seq) in batch.seqs.iter().enumerate() {
-        let cached = seq.context_len - seq.len;
-        for i in 0..seq.len {
-            token_seq.push((si, cached + i + 1));
-        }
-    }
-    let k_cache: &[T] = k_cache;
-    let v_cache: &[T] = v_cache;
-    let hd = s.head_dim;
-    let group = s.n_heads / s.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let ops = VecOps::detect();
-    let mut out = vec![0f32; q.len()];
-    let init = || (Vec::<f32>::new(), vec![0f32; hd], Vec::<usize>::new());
-    // `o` holds the outputs of heads g*group .. (g+1)*group of one token (contiguous in [tokens, heads, hd]);
-    // `scores[j * group + i]` is head i's score for context position j; `offs[j]` that position's row
-    type State = (Vec<f32>, Vec<f32>, Vec<usize>);
-    let body = |(scores, buf, offs): &mut State, (idx, o): (usize, &mut [f32])| {
-        let (tok, g) = (idx / s.n_kv_heads, idx % s.n_kv_heads);
-        let (si, n_ctx) = token_seq[tok];
-        let table = &batch.seqs[si].block_table;
-        let qg = &q[idx * group * hd..(idx + 1) * group * hd];
-        offs.clear();
-        offs.extend((0..n_ctx).map(|j| {
-            let slot = table[j / s.block_size] as usize * s.block_size + j % s.block_size;
-            slot * row + g * hd
-        }));
-        scores.clear();
-        scores.resize(group * n_ctx, 0.0);
-        T::scores(&ops, qg, k_cache, offs, hd, scores, buf);
-        for i in 0..group {
-            let max = (0..n_ctx).fold(f32::NEG_INFINITY, |m, j| m.max(scores[j * group + i]));
-            let mut sum = 0f32;
-            for j in 0..n_ctx {
-                let e = ((scores[j * group + i] - max) * scale).exp();
-                scores[j * group + i] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            (0..n_ctx).for_each(|j| scores[j * group + i] *= inv);
-        }
-        T::weighted(&ops, scores, v_cache, offs, hd, o, buf);
-    };
-    if rayon::current_num_threads() <= 1 {
-        // inline: handing each layer to a one-thread pool costs two context switches
-        let mut state = init();
-        out.chunks_mut(group * hd)
-            .enumerate()
-            .for_each(|item| body(&mut state, item));
-    } else {
-        out.par_chunks_mut(group * hd)
-            .enumerate()
-            .for_each_init(init, body);
-    }
-    out
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -121,12 +121,9 @@ pub async fn completions(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let valid = (|| {
-        state.check_auth(&req)?;
-        let parsed: CompletionRequest = parse(&body)?;
-        super::validate::validate_completion(&parsed, &Encoder(&state), &state.limits)
-    })()
-    .map_err(|e| state.count(e))?;
+    let valid = checked(&state, &req, &body, |r: &CompletionRequest, enc, limits| {
+        super::validate::validate_completion(r, enc, limits)
+    })?;
     generate(state, valid).await
 }
 
@@ -135,13 +132,27 @@ pub async fn chat_completions(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let valid = (|| {
-        state.check_auth(&req)?;
-        let parsed: ChatCompletionRequest = parse(&body)?;
-        super::validate::validate_chat(&parsed, &Encoder(&state), &state.limits)
-    })()
-    .map_err(|e| state.count(e))?;
+    let valid = checked(
+        &state,
+        &req,
+        &body,
+        |r: &ChatCompletionRequest, enc, limits| super::validate::validate_chat(r, enc, limits),
+    )?;
     generate(state, valid).await
+}
+
+/// Authenticates, parses and validates a generation request; every refusal is counted.
+fn checked<T: DeserializeOwned>(
+    state: &AppState,
+    req: &HttpRequest,
+    body: &Bytes,
+    validate: impl FnOnce(&T, &Encoder<'_>, &Limits) -> Result<ValidRequest, ApiError>,
+) -> Result<ValidRequest, ApiError> {
+    (|| {
+        state.check_auth(req)?;
+        validate(&parse(body)?, &Encoder(state), &state.limits)
+    })()
+    .map_err(|e| state.count(e))
 }
 
 /// Submits a checked request and answers with one JSON body or an SSE stream.

@@ -15,7 +15,7 @@ pub(crate) fn llama(name: &str, spec: serde_json::Value) -> LlamaDeployment {
 }
 
 /// Compares `value` rendered as YAML with `src/testdata/<file>`; `UPDATE_GOLDEN=1` rewrites the file.
-fn assert_golden<T: serde::Serialize>(file: &str, value: &T) {
+pub(crate) fn assert_golden<T: serde::Serialize>(file: &str, value: &T) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("src/testdata")
         .join(file);
@@ -24,7 +24,9 @@ fn assert_golden<T: serde::Serialize>(file: &str, value: &T) {
         std::fs::write(&path, &actual).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    // a test binary built in another checkout sharing the target dir carries that checkout's path: say so
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading golden file {}: {e}", path.display()));
     assert!(
         expected == actual,
         "{file} differs from the plan (UPDATE_GOLDEN=1 cargo test -p llama-operator to accept):\n{actual}"

@@ -1,6 +1,6 @@
 use super::*;
 use crate::hardware::{Fit, HardwareError};
-use crate::plan::tests::llama;
+use crate::plan::tests::{assert_golden, llama};
 use k8s_openapi::jiff::Timestamp;
 
 fn at(secs: i64) -> Time {
@@ -328,13 +328,7 @@ fn status_golden() {
         },
         &at(0),
     );
-    let actual = serde_yaml::to_string(&s).expect("yaml");
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/status-ready.yaml");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).expect("write");
-    }
-    assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), actual);
+    assert_golden("status-ready.yaml", &s);
 }
 
 #[test]

@@ -74,12 +74,19 @@ pub struct BlockQ8_1 {
     pub(crate) qs: [i8; 32],
 }
 
-/// Quantizes 32 values as llama.cpp's AVX2 `quantize_row_q8_1` does (`id = 127 / amax`, rounding half to
-/// even), with the same result on every instruction set.
+/// [`quantize_block`] at this CPU's instruction set.
+#[cfg(test)]
 pub(crate) fn quantize_q8_1(x: &[f32]) -> BlockQ8_1 {
+    quantize_block(x, Isa::detect())
+}
+
+/// Quantizes 32 values as llama.cpp's AVX2 `quantize_row_q8_1` does (`id = 127 / amax`, rounding half to
+/// even), with the same result on every instruction set. `isa` comes from [`Isa::detect`] (once per matmul,
+/// not per block).
+fn quantize_block(x: &[f32], isa: Isa) -> BlockQ8_1 {
     #[cfg(target_arch = "x86_64")]
     {
-        if Isa::detect() != Isa::Scalar && x.len() == 32 {
+        if isa != Isa::Scalar && x.len() == 32 {
             // SAFETY: every non-scalar ISA includes AVX2; `x` holds the 32 values the kernel loads.
             return unsafe { quantize_q8_1_avx2(x) };
         }
@@ -153,7 +160,13 @@ pub(crate) fn quantize_rows(
         candle_core::bail!("{what} matmul: input has {k} features, weight {cols}");
     }
     let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-    Ok((lhs.chunks_exact(32).map(quantize_q8_1).collect(), m))
+    let isa = Isa::detect();
+    Ok((
+        lhs.chunks_exact(32)
+            .map(|b| quantize_block(b, isa))
+            .collect(),
+        m,
+    ))
 }
 
 /// Runs a row kernel over a `[n, k]` weight for `m` tokens and returns the `[m, n]` output.

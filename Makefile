@@ -10,10 +10,13 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo model pyenv
+.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
 
 help:
-	@echo "make demo          run the local demo on the bundled default model"
+	@echo "make demo          the whole platform on the local cluster: operator (Helm) + a served SmolLM2 LlamaDeployment"
+	@echo "make demo-server   just llama-server on 127.0.0.1:8000 with the default model (no cluster)"
+	@echo "make images        OCI image archives of llama-server and llama-operator (loaded into the local node if up)"
+	@echo "make model-image MODEL=file.gguf  a modelcar image for spec.model.image"
 	@echo "make test          everything CI runs: fmt, clippy, unit+integration tests, generated-file checks, e2e"
 	@echo "make cluster-up    start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)"
 	@echo "make cluster-down  stop it and remove its state"
@@ -52,4 +55,18 @@ pyenv:
 	@bash scripts/pyenv.sh >/dev/null
 
 demo:
+	bash scripts/demo-platform.sh
+
+demo-server:
 	bash scripts/demo.sh
+
+images:
+	@archives=$$(bash scripts/build-images.sh) && echo "$$archives" && \
+	  { bash e2e/cluster/load-image.sh $$archives 2>/dev/null && echo "loaded into the local cluster's real node" || \
+	    echo "(the local cluster's real node is not running: images not loaded; make cluster-up, then make images)"; }
+
+model-image:
+	@test -n "$(MODEL)" || { echo "usage: make model-image MODEL=path/to/file.gguf [IMAGE=ref]" >&2; exit 2; }
+	@out=$$(bash scripts/build-model-image.sh "$(MODEL)" $(IMAGE)) && echo "$$out" && \
+	  { bash e2e/cluster/load-image.sh $$(echo "$$out" | sed -n 's/^archive: //p') 2>/dev/null && \
+	    echo "loaded into the local cluster's real node" || echo "(the local cluster's real node is not running: not loaded)"; }

@@ -14,7 +14,10 @@ if [ "${E2E_EXISTING_CLUSTER:-0}" = 1 ]; then
   [ -n "${KUBECONFIG:-}" ] || { echo "e2e: E2E_EXISTING_CLUSTER=1 needs KUBECONFIG" >&2; exit 1; }
   echo "e2e: using the existing cluster from KUBECONFIG=$KUBECONFIG" >&2
   export E2E_BIN_DIR="${E2E_BIN_DIR:-$K8S_BIN}"
-  cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_
+  # Real-pod tests need our images loaded into the cluster's nodes and a model server the pods can reach: they
+  # run against the local cluster's real node only.
+  echo "e2e: skipping tests/real_node.rs (local cluster only)" >&2
+  cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
   exec cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture # says why it skips
 fi
 
@@ -30,9 +33,33 @@ export PATH="$K8S_BIN:$PATH"
 pids=""
 for c in $E2E_COMPONENTS; do pids="$pids $(cat "$E2E_STATE/pids/$c.pid")"; done
 
+# Real serving pods (tests/real_node.rs): the images, the model, a modelcar and the openai client they use.
+real_env() {
+  local node model sha venv modelcar_out
+  node=$("$K8S_BIN/kubectl" get nodes -l llama-operator.dev/real-node=true -o jsonpath='{.items[0].metadata.name}')
+  [ -n "$node" ] || { echo "e2e: the local cluster has no real node (needed by tests/real_node.rs)" >&2; return 1; }
+  model=$(bash scripts/fetch-model.sh)
+  sha=$(sha256sum "$model" | cut -d' ' -f1)
+  venv=$(bash scripts/pyenv.sh)
+  local images
+  images=$(bash scripts/build-images.sh) || { echo "e2e: building the images failed" >&2; return 1; }
+  mapfile -t archives <<<"$images"
+  modelcar_out=$(bash scripts/build-model-image.sh "$model") || { echo "e2e: building the modelcar failed" >&2; return 1; }
+  E2E_MODELCAR_IMAGE=$(printf '%s\n' "$modelcar_out" | sed -n 's/^ref: *//p' | tail -1)
+  archives+=("$(printf '%s\n' "$modelcar_out" | sed -n 's/^archive: *//p' | tail -1)")
+  bash e2e/cluster/load-image.sh "${archives[@]}" >&2
+  export E2E_REAL_NODE="$node" E2E_MODEL_SHA256="$sha" E2E_MODEL_DIR="$(dirname "$model")" E2E_MODELCAR_IMAGE
+  E2E_MODEL_URL="$MODEL_SERVER_URL/$(basename "$model")"
+  export E2E_MODEL_URL E2E_PYTHON="$venv/bin/python"
+}
+
 set +e
-cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_
+cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
 rc=$?
+# Real pods load the 2 cores: these tests run one at a time, after the kwok ones.
+real_env && cargo test --locked -p e2e --test real_node -- --ignored --test-threads=1 --nocapture
+rc3=$?
+[ "$rc" = 0 ] && rc=$rc3
 # Tests that restart the apiserver run alone, after all others (e2e/tests/disruption.rs).
 E2E_APISERVER_RESTARTS=1 cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture
 rc2=$?

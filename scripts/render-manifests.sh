@@ -13,8 +13,13 @@ if [ -z "$helm" ]; then
 fi
 if [ -z "$helm" ]; then helm="$(command -v helm || true)"; fi
 if [ -z "$helm" ]; then
-  echo "render-manifests: no helm binary (run 'make cluster-build' or set HELM=...)" >&2
-  exit 1
+  # A fresh machine has no helm yet: build the pinned one (with the rest of the local cluster, cached by version)
+  # rather than fail; a warm cache makes this a no-op.
+  echo "render-manifests: no helm binary; building the pinned one with e2e/cluster/build.sh" >&2
+  bash e2e/cluster/build.sh >&2
+  source e2e/cluster/versions.sh
+  helm="$K8S_BIN/helm"
+  [ -x "$helm" ] || { echo "render-manifests: e2e/cluster/build.sh did not produce $helm" >&2; exit 1; }
 fi
 namespace=llama-operator
 out=manifests/install.yaml

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok and helm from Go
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, kwok
+# and helm from Go
 # modules (no downloads besides the Go module proxy) into a versioned cache directory. Idempotent: a
 # complete cache is reused untouched.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/versions.sh"
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 missing=0
 for b in "${want[@]}"; do [ -x "$K8S_BIN/$b" ] || missing=1; done
 if [ "$missing" = 0 ]; then echo "control-plane binaries cached in $K8S_BIN"; exit 0; fi
@@ -64,6 +65,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
 echo "==> go mod tidy"
@@ -76,7 +79,7 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
   ld="$ld -X $p.gitTreeState=clean -X $p.gitCommit=$commit -X $p.buildDate=1970-01-01T00:00:00Z"
 done
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   echo "==> building $c $K8S_VERSION"
   go build -trimpath -ldflags "-s -w $ld" -o "$K8S_BIN.tmp/$c" "k8s.io/kubernetes/cmd/$c"
 done

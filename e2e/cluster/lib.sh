@@ -3,7 +3,13 @@
 # Callers set `say_as` (the prefix of progress lines on stderr) before sourcing.
 say() { echo "${say_as:-cluster}: $*" >&2; }
 
-alive() { local f="$E2E_STATE/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+running() { # running <pid>: the process exists and has not exited (a zombie waiting for its reaper counts as gone)
+  kill -0 "$1" 2>/dev/null || return 1
+  local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ "${st%% *}" != Z ]
+}
+
+alive() { local f="$E2E_STATE/pids/$1.pid"; [ -f "$f" ] && running "$(cat "$f")"; }
 
 api_ready() {
   curl -sf --max-time 2 --cacert "$E2E_STATE/pki/ca.crt" --cert "$E2E_STATE/pki/admin.crt" \
@@ -31,16 +37,17 @@ stop_component() { # stop_component <name> [grace s]: SIGTERM by pid file, SIGKI
   local f="$E2E_STATE/pids/$1.pid" pid
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 $(( ${2:-5} * 10 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 $(( ${2:-5} * 10 ))); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -KILL "$pid" 2>/dev/null
+    for _ in $(seq 1 20); do running "$pid" || break; sleep 0.1; done
   fi
   rm -f "$f"
 }
 
-start_apiserver() { # the kube-apiserver of the local control plane (PKI from pki.sh, etcd on $ETCD_PORT)
+start_apiserver() { # the kube-apiserver of the local control plane (PKI from pki.sh, etcd on $ETCD_PORT); it
+  # reaches kubelets (logs, exec, port-forward) with its own client certificate and checks their serving certs
   local pki="$E2E_STATE/pki"
   launch kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
@@ -51,6 +58,10 @@ start_apiserver() { # the kube-apiserver of the local control plane (PKI from pk
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --authorization-mode RBAC --allow-privileged=true --profiling=false \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP \
+    --allow-privileged=true --profiling=false \
     --v=1
 }

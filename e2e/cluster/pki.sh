@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Generates the local control plane's PKI with openssl: a CA, the apiserver serving certificate, client
-# certificates (admin in system:masters, controller-manager, scheduler, kwok) and the service-account key pair.
+# certificates (admin in system:masters, controller-manager, scheduler, kwok; for the real node: its kubelet
+# in system:nodes, kube-proxy, the apiserver's client for kubelets), the kubelet's serving certificate and
+# the service-account key pair.
 set -euo pipefail
 pki="$1"
+. "$(cd "$(dirname "$0")" && pwd)/env.sh"   # NODE_NAME, NODE_IP
 mkdir -p "$pki"
 cd "$pki"
 [ -f .complete ] && exit 0
@@ -18,7 +21,7 @@ distinguished_name = dn
 basicConstraints = CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:10.96.0.1
+subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local, IP:127.0.0.1, IP:10.96.0.1, IP:$NODE_IP
 CNF
 openssl genrsa -out apiserver.key 2048 2>/dev/null
 openssl req -new -key apiserver.key -subj "/CN=kube-apiserver" -out apiserver.csr 2>/dev/null
@@ -37,6 +40,21 @@ client admin admin system:masters
 client controller-manager system:kube-controller-manager
 client scheduler system:kube-scheduler
 client kwok kwok-controller system:masters
+client kubelet "system:node:$NODE_NAME" system:nodes
+client kube-proxy system:kube-proxy
+client apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+
+cat > kubelet-serving.cnf <<CNF
+[ext]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:$NODE_NAME, IP:$NODE_IP, IP:127.0.0.1
+CNF
+openssl genrsa -out kubelet-serving.key 2048 2>/dev/null
+openssl req -new -key kubelet-serving.key -subj "/CN=$NODE_NAME" -out kubelet-serving.csr 2>/dev/null
+openssl x509 -req -in kubelet-serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days $days -sha256 \
+  -extfile kubelet-serving.cnf -extensions ext -out kubelet-serving.crt 2>/dev/null
 
 openssl genrsa -out sa.key 2048 2>/dev/null
 openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null

@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Config};
 
 pub mod operator;
+pub mod real_node;
 
 /// The repository root. Read from `CARGO_MANIFEST_DIR` at run time (cargo sets it for `cargo test`), else
 /// the path this crate was compiled at: a shared target directory can hold test binaries built from another

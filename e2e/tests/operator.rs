@@ -70,6 +70,22 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
     for file in ["smollm2-cpu.yaml", "llama-tp2-gpu.yaml", "autoscaling.yaml"] {
         names.push(apply_example(&client, &ns.name, file).await?);
     }
+    // Tensor parallelism has not landed in the server: the TP 2 example fits the cluster but is refused with
+    // the server's own sentence (its pods would only crash-loop); at TP 1 the same spec deploys.
+    let (reason, message) =
+        wait_ready(&api, "llama-8b-tp2", "False", Duration::from_secs(60)).await?;
+    assert_eq!(reason, "TensorParallelUnsupported", "{message}");
+    assert!(
+        message.contains(&llama_contract::tensor_parallel_unsupported(2))
+            && message.contains("fits gpu-node-0"),
+        "{message}"
+    );
+    api.patch(
+        "llama-8b-tp2",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"tensorParallelSize": 1}})),
+    )
+    .await?;
     for name in &names {
         let r = wait_ready(&api, name, "True", Duration::from_secs(120)).await;
         if r.is_err() {
@@ -89,7 +105,7 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
             .unwrap_or_default();
         assert_eq!(
             limits.get("nvidia.com/gpu").map(|q| q.0.as_str()),
-            Some("2")
+            Some("1")
         );
     }
     assert_eq!(pods_of(&client, &ns.name, "llama-8b-tp2").await?.len(), 2);

@@ -179,7 +179,8 @@ pub struct LlamaDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 
-    /// Inference-server image. Default: `ghcr.io/llama-operator/llama-server:<operator version>`.
+    /// Inference-server image. Default: the operator's `--server-image` (Helm value `server.image`), built in as
+    /// `ghcr.io/llama-operator/llama-server:<operator version>` (what `make images` tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 

@@ -81,6 +81,9 @@ pub enum HardwareError {
     InsufficientGpuMemory(String),
     #[error("{0}")]
     InvalidSpec(String),
+    /// The spec fits the cluster but the server cannot run it yet (the contract's supported TP size).
+    #[error("{0}")]
+    TensorParallelUnsupported(String),
 }
 
 impl HardwareError {
@@ -91,6 +94,7 @@ impl HardwareError {
             HardwareError::InsufficientGpus(_) => "InsufficientGPUs",
             HardwareError::InsufficientGpuMemory(_) => "InsufficientGPUMemory",
             HardwareError::InvalidSpec(_) => "InvalidSpec",
+            HardwareError::TensorParallelUnsupported(_) => "TensorParallelUnsupported",
         }
     }
 }
@@ -148,8 +152,23 @@ fn estimate_kv_bytes(spec: &LlamaDeploymentSpec) -> Option<u64> {
     Some(2 * layers * kv_heads * head_dim * KV_BYTES_PER_ELEMENT * tokens)
 }
 
-/// Validates `spec` against `nodes`.
+/// Validates `spec` against `nodes`, and against what the server supports: a spec that fits the cluster but
+/// asks for a tensor-parallel size the server refuses is not deployed (its pods would only crash-loop).
 pub fn validate(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, HardwareError> {
+    let fit = fit(spec, nodes)?;
+    let tp = spec.tensor_parallel_size;
+    if u32::try_from(tp).is_ok_and(|tp| tp > llama_contract::MAX_SUPPORTED_TENSOR_PARALLEL_SIZE) {
+        return Err(HardwareError::TensorParallelUnsupported(format!(
+            "spec.tensorParallelSize {tp}: {} (the cluster would fit it: {})",
+            llama_contract::tensor_parallel_unsupported(tp.unsigned_abs()),
+            fit.message
+        )));
+    }
+    Ok(fit)
+}
+
+/// Whether `spec` fits `nodes`: TP divides the heads, enough GPUs per node, weights + KV fit GPU memory.
+pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, HardwareError> {
     let tp = spec.tensor_parallel_size;
     if tp < 1 {
         return Err(HardwareError::InvalidSpec(format!(
@@ -433,12 +452,31 @@ mod tests {
                       "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
             "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096, "tensorParallelSize": 4
         }));
-        let fit = validate(&s, &cluster()).expect("35 GiB per GPU fits");
+        let fit = fit(&s, &cluster()).expect("35 GiB per GPU fits");
         assert!(
             fit.message.contains("= 35.1 GiB per GPU fits gpu-node-0"),
             "{}",
             fit.message
         );
+    }
+
+    #[test]
+    fn a_tensor_parallel_size_the_server_cannot_run_yet_is_refused_after_the_fit_checks() {
+        let s = spec(serde_json::json!({
+            "model": {"pvc": {"claimName": "m", "path": "l70b.gguf"}, "parameters": 70_000_000_000_i64,
+                      "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
+            "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096, "tensorParallelSize": 4
+        }));
+        let err = validate(&s, &cluster()).expect_err("the server runs TP 1 only");
+        assert_eq!(err.reason(), "TensorParallelUnsupported");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "spec.tensorParallelSize 4: tensor-parallel-size 4 is not supported by this llama-server yet (at most 1)"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("35.1 GiB per GPU fits gpu-node-0"), "{msg}");
     }
 
     #[test]

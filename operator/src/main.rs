@@ -43,7 +43,19 @@ struct Args {
     /// Server image used when a LlamaDeployment sets none.
     #[arg(long, env = "LLAMA_SERVER_IMAGE")]
     server_image: Option<String>,
-    /// Image of the init container fetching url models (needs sh, curl and sha256sum).
+    /// Pull policy of the server image for LlamaDeployments that set none (`Always`, `IfNotPresent`,
+    /// `Never`; default: Kubernetes' own).
+    #[arg(long, env = "LLAMA_SERVER_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    server_image_pull_policy: Option<String>,
+    /// Secret name every serving pod pulls its images with (repeatable, or comma-separated in the variable).
+    #[arg(
+        long = "server-image-pull-secret",
+        env = "LLAMA_SERVER_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    server_image_pull_secrets: Vec<String>,
+    /// Image of the init container fetching url models with `llama-server fetch` (default: the pod's own
+    /// server image).
     #[arg(long, env = "LLAMA_FETCH_IMAGE")]
     fetch_image: Option<String>,
     /// Log format: `text` or `json`.
@@ -147,9 +159,13 @@ async fn main() -> Result<()> {
     if let Some(i) = args.server_image {
         plan.default_image = i;
     }
-    if let Some(i) = args.fetch_image {
-        plan.fetch_image = i;
-    }
+    plan.fetch_image = args.fetch_image.filter(|i| !i.is_empty());
+    plan.image_pull_policy = args.server_image_pull_policy;
+    plan.image_pull_secrets = args
+        .server_image_pull_secrets
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),

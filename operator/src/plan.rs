@@ -8,10 +8,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume,
-    VolumeMount,
+    HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,8 +22,8 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{Accelerator, LlamaDeployment, LlamaDeploymentSpec, parse_size};
 use crate::hardware::estimate_memory;
 
-/// Port the server listens on (container and Service).
-pub const HTTP_PORT: i32 = 8000;
+/// Port the server listens on (container and Service), from the operator↔server contract.
+pub const HTTP_PORT: i32 = llama_contract::HTTP_PORT as i32;
 /// Label selecting a LlamaDeployment's pods (its value is the LlamaDeployment's name).
 pub const SELECTOR_LABEL: &str = "inference.llama-operator.dev/deployment";
 /// Value of `app.kubernetes.io/managed-by` on everything the operator creates.
@@ -35,6 +35,8 @@ pub const RUN_AS_USER: i64 = 65532;
 pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
 /// Extra seconds of grace beyond preStop + drain timeout.
 pub const GRACE_MARGIN_SECONDS: i64 = 10;
+/// Name of the init container that downloads a `url` model.
+pub const FETCH_CONTAINER: &str = "model-fetch";
 /// Where model weights appear inside the server container.
 const MODEL_DIR: &str = "/models";
 /// Shared directory where the modelcar publishes a link to its `/models`.
@@ -45,8 +47,13 @@ const MODELCAR_DIR: &str = "/modelcar";
 pub struct PlanConfig {
     /// Server image used when the spec sets none.
     pub default_image: String,
-    /// Image of the init container that fetches `url` models (needs `sh`, `curl`, `sha256sum`).
-    pub fetch_image: String,
+    /// Image of the init container that fetches `url` models with `llama-server fetch`; `None`: the
+    /// pod's own server image (which has the `fetch` subcommand).
+    pub fetch_image: Option<String>,
+    /// Pull policy of the server image when the spec sets none (`None`: Kubernetes' default).
+    pub image_pull_policy: Option<String>,
+    /// Secrets (names, in the LlamaDeployment's namespace) every serving pod pulls its images with.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for PlanConfig {
@@ -56,7 +63,9 @@ impl Default for PlanConfig {
                 "ghcr.io/llama-operator/llama-server:{}",
                 env!("CARGO_PKG_VERSION")
             ),
-            fetch_image: "docker.io/curlimages/curl:8.11.1".to_owned(),
+            fetch_image: None,
+            image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -151,37 +160,44 @@ pub fn model_path(spec: &LlamaDeploymentSpec) -> String {
     }
 }
 
-/// Server flags derived from the spec (then `serverArgs`).
+/// `--<name>` of a contract flag.
+fn flag(name: &str) -> String {
+    format!("--{name}")
+}
+
+/// Server flags derived from the spec (then `serverArgs`). Every flag name comes from the contract, and a test
+/// parses the result with the server's own CLI parser.
 pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
+    use llama_contract::serve_flags as f;
     let s = &ld.spec;
     let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--model".into(),
+        llama_contract::cmd::SERVE.into(),
+        flag(f::MODEL),
         model_path(s),
-        "--host".into(),
+        flag(f::HOST),
         "0.0.0.0".into(),
-        "--port".into(),
+        flag(f::PORT),
         HTTP_PORT.to_string(),
-        "--served-model-name".into(),
+        flag(f::SERVED_MODEL_NAME),
         served_model_name(ld),
-        "--tensor-parallel-size".into(),
+        flag(f::TENSOR_PARALLEL_SIZE),
         s.tensor_parallel_size.to_string(),
-        "--max-batch-size".into(),
+        flag(f::MAX_BATCH_SIZE),
         s.max_batch_size.to_string(),
-        "--max-seq-len".into(),
+        flag(f::MAX_SEQ_LEN),
         s.max_seq_len.to_string(),
-        "--max-num-batched-tokens".into(),
+        flag(f::MAX_NUM_BATCHED_TOKENS),
         s.max_batched_tokens.to_string(),
     ];
     if let Some(bytes) = s.kv_cache_memory.as_deref().and_then(parse_size) {
-        args.extend(["--kv-cache-memory".into(), bytes.to_string()]);
+        args.extend([flag(f::KV_CACHE_MEMORY), bytes.to_string()]);
     }
     args.extend([
-        "--block-size".into(),
+        flag(f::BLOCK_SIZE),
         s.block_size.to_string(),
-        "--max-queue".into(),
+        flag(f::MAX_QUEUE),
         s.max_queue.to_string(),
-        "--drain-timeout".into(),
+        flag(f::DRAIN_TIMEOUT),
         s.drain_timeout_seconds.to_string(),
     ]);
     let threads = s.threads.or_else(|| {
@@ -189,9 +205,24 @@ pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
         cpu.0.parse::<i32>().ok().filter(|n| *n >= 1)
     });
     if let Some(t) = threads {
-        args.extend(["--threads".into(), t.to_string()]);
+        args.extend([flag(f::THREADS), t.to_string()]);
     }
     args.extend(s.server_args.iter().cloned());
+    args
+}
+
+/// Arguments of the `model-fetch` init container (`llama-server fetch ...`).
+pub fn fetch_args(url: &str, sha256: Option<&str>) -> Vec<String> {
+    use llama_contract::fetch_flags as f;
+    let mut args = vec![
+        llama_contract::cmd::FETCH.to_owned(),
+        flag(f::URL),
+        url.to_owned(),
+    ];
+    if let Some(sha) = sha256 {
+        args.extend([flag(f::SHA256), sha.to_owned()]);
+    }
+    args.extend([flag(f::OUT), format!("{MODEL_DIR}/model.gguf")]);
     args
 }
 
@@ -199,7 +230,7 @@ fn http_probe(path: &str, period: i32, failures: i32, timeout: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("http".to_owned()),
+            port: IntOrString::String(llama_contract::HTTP_PORT_NAME.to_owned()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -252,23 +283,13 @@ fn empty_dir(name: &str, medium: Option<&str>, size: Option<Quantity>) -> Volume
     }
 }
 
-/// Shell of the init container that fetches a `url` model; reads `MODEL_URL` and `MODEL_SHA256` from the
-/// environment (never interpolated into the script) and publishes the file atomically.
-const FETCH_SCRIPT: &str = r#"set -eu
-out=/models/model.gguf
-if [ -s "$out" ]; then echo "model already present"; exit 0; fi
-curl -fL --retry 5 --retry-delay 3 --retry-connrefused -o "$out.part" "$MODEL_URL"
-if [ -n "${MODEL_SHA256:-}" ]; then
-  echo "$MODEL_SHA256  $out.part" | sha256sum -c -
-fi
-mv "$out.part" "$out"
-"#;
-
 /// Shell of the modelcar sidecar: publish a link to this process's root `/models` (reachable by the server
 /// through the shared process namespace as `/proc/<pid>/root/models`) in the shared `/modelcar` volume, then
 /// wait for SIGTERM. `$$` is the sidecar shell's own pid as the pod's other containers see it, so no pid search
-/// is needed; the sidecar's startup probe holds the server back until the link resolves.
-const MODELCAR_SCRIPT: &str = r#"ln -sfn "/proc/$$/root/models" /modelcar/models
+/// is needed; the sidecar's startup probe holds the server back until the link resolves. The kubelet expands
+/// `$(VAR)` in commands and turns `$$` into `$`, so the shell's `$$` is written `$$$$` here (found on a real node:
+/// with `$$` the link pointed at `/proc/$/root/models`).
+const MODELCAR_SCRIPT: &str = r#"ln -sfn "/proc/$$$$/root/models" /modelcar/models
 trap 'exit 0' TERM INT
 while true; do sleep 3600 & wait $!; done
 "#;
@@ -278,6 +299,11 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let name = ld.name_any();
     let gpu = s.accelerator == Accelerator::Gpu;
     let gpu_name = s.resources.gpu_resource_name.clone();
+    let server_image = s.image.clone().unwrap_or_else(|| cfg.default_image.clone());
+    let pull_policy = s
+        .image_pull_policy
+        .map(|p| p.as_str().to_owned())
+        .or_else(|| cfg.image_pull_policy.clone());
 
     let mut quantities = BTreeMap::new();
     if let Some(cpu) = &s.resources.cpu {
@@ -301,7 +327,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let mut env = Vec::new();
     if let Some(secret) = &s.api_key_secret_ref {
         env.push(EnvVar {
-            name: "LLAMA_API_KEY".to_owned(),
+            name: llama_contract::env::API_KEY.to_owned(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(secret.clone()),
                 ..Default::default()
@@ -336,32 +362,23 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             .map(|b| Quantity(format!("{}Mi", (b + b / 10).div_euclid(1 << 20) + 64)));
         volumes.push(empty_dir("model", None, size));
         mounts.push(mount("model", MODEL_DIR, true));
-        let mut fetch_env = vec![EnvVar {
-            name: "MODEL_URL".to_owned(),
-            value: Some(url.clone()),
-            ..Default::default()
-        }];
-        if let Some(sha) = &m.sha256 {
-            fetch_env.push(EnvVar {
-                name: "MODEL_SHA256".to_owned(),
-                value: Some(sha.clone()),
-                ..Default::default()
-            });
-        }
         init_containers.push(Container {
-            name: "model-fetch".to_owned(),
-            image: Some(cfg.fetch_image.clone()),
-            command: Some(vec![
-                "sh".to_owned(),
-                "-c".to_owned(),
-                FETCH_SCRIPT.to_owned(),
-            ]),
-            env: Some(fetch_env),
+            name: FETCH_CONTAINER.to_owned(),
+            image: Some(
+                cfg.fetch_image
+                    .clone()
+                    .unwrap_or_else(|| server_image.clone()),
+            ),
+            image_pull_policy: pull_policy.clone(),
+            command: Some(vec![llama_contract::cmd::BINARY.to_owned()]),
+            args: Some(fetch_args(url, m.sha256.as_deref())),
             volume_mounts: Some(vec![
                 mount("model", MODEL_DIR, false),
                 mount("tmp", "/tmp", false),
             ]),
             security_context: Some(restricted_container_security()),
+            // A failed fetch's last log lines (status, URL, checksum) become the termination message.
+            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             ..Default::default()
         });
     } else if let Some(pvc) = &m.pvc {
@@ -424,12 +441,12 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let startup_period = 10;
     let server = Container {
         name: "server".to_owned(),
-        image: Some(s.image.clone().unwrap_or_else(|| cfg.default_image.clone())),
-        image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_owned()),
-        command: Some(vec!["llama-server".to_owned()]),
+        image: Some(server_image),
+        image_pull_policy: pull_policy.clone(),
+        command: Some(vec![llama_contract::cmd::BINARY.to_owned()]),
         args: Some(server_args(ld)),
         ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
+            name: Some(llama_contract::HTTP_PORT_NAME.to_owned()),
             container_port: HTTP_PORT,
             protocol: Some("TCP".to_owned()),
             ..Default::default()
@@ -438,13 +455,13 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         resources,
         volume_mounts: Some(mounts),
         startup_probe: Some(http_probe(
-            "/ready",
+            llama_contract::paths::READY,
             startup_period,
             startup_budget_seconds(s) / startup_period,
             5,
         )),
-        readiness_probe: Some(http_probe("/ready", 5, 2, 3)),
-        liveness_probe: Some(http_probe("/health", 10, 3, 5)),
+        readiness_probe: Some(http_probe(llama_contract::paths::READY, 5, 2, 3)),
+        liveness_probe: Some(http_probe(llama_contract::paths::HEALTH, 10, 3, 5)),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -479,6 +496,12 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         affinity: s.affinity.clone(),
         priority_class_name: s.priority_class_name.clone(),
+        image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
+            cfg.image_pull_secrets
+                .iter()
+                .map(|n| LocalObjectReference { name: n.clone() })
+                .collect()
+        }),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(
@@ -530,9 +553,11 @@ fn service(ld: &LlamaDeployment) -> Service {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(BTreeMap::from([(SELECTOR_LABEL.to_owned(), ld.name_any())])),
             ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
+                name: Some(llama_contract::HTTP_PORT_NAME.to_owned()),
                 port: HTTP_PORT,
-                target_port: Some(IntOrString::String("http".to_owned())),
+                target_port: Some(IntOrString::String(
+                    llama_contract::HTTP_PORT_NAME.to_owned(),
+                )),
                 protocol: Some("TCP".to_owned()),
                 app_protocol: Some("http".to_owned()),
                 ..Default::default()

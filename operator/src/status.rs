@@ -19,8 +19,9 @@ pub const VALIDATED: &str = "Validated";
 /// A pod-level failure worth surfacing on the LlamaDeployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodProblem {
-    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`, `CreateContainerConfigError`
-    /// or `OOMKilled` (which stands in for the `CrashLoopBackOff` it causes).
+    /// `Unschedulable`, `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`, `CreateContainerConfigError`,
+    /// `OOMKilled` (which stands in for the `CrashLoopBackOff` it causes) or `ModelFetchFailed` (the `url`
+    /// source's download failed; the message carries the fetcher's error, naming the URL).
     pub reason: String,
     pub pod: String,
     pub message: String,
@@ -78,16 +79,53 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
                     message,
                 });
             }
+            // The model download failing (bad checksum, HTTP error) is its own reason, with the fetcher's last
+            // log line (the kubelet's FallbackToLogsOnError termination message), which names the URL.
+            if cs.name == crate::plan::FETCH_CONTAINER && !oom {
+                let failed_run = [cs.state.as_ref(), cs.last_state.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.terminated.as_ref())
+                    .find(|t| t.exit_code != 0);
+                if let Some(t) = failed_run {
+                    let why = t
+                        .message
+                        .as_deref()
+                        .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+                        .map(|l| l.trim().trim_start_matches("llama-server: ").to_owned())
+                        .unwrap_or_else(|| format!("exit code {}", t.exit_code));
+                    out.push(PodProblem {
+                        reason: "ModelFetchFailed".to_owned(),
+                        pod: name.clone(),
+                        message: format!(
+                            "init container {} failed (restarts: {}): {why}",
+                            cs.name, cs.restart_count
+                        ),
+                    });
+                    continue;
+                }
+            }
             let failed = match waiting_reason {
                 "CrashLoopBackOff" => !oom,
                 "ImagePullBackOff" | "ErrImagePull" | "CreateContainerConfigError" => true,
                 _ => false,
             };
             if failed {
+                let mut message = format!("container {}: {waiting_message}", cs.name);
+                // A crash loop says why the process exited: the last line it logged (termination message).
+                if let Some(last) = cs
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.message.as_deref())
+                    .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+                {
+                    message = format!("{message}; last log line: {}", last.trim());
+                }
                 out.push(PodProblem {
                     reason: waiting_reason.to_owned(),
                     pod: name.clone(),
-                    message: format!("container {}: {waiting_message}", cs.name),
+                    message,
                 });
             }
         }

@@ -2,12 +2,14 @@
 //! OpenAI-compatible HTTP API.
 
 pub mod api;
+pub mod app;
 pub mod batch;
 pub mod bench_serve;
 pub mod block_manager;
 pub mod chat;
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod gguf;
 pub mod kv_cache;
 pub mod metrics;

@@ -9,9 +9,18 @@ use prometheus::{
 
 /// `llama_` name → vLLM-compatible name.
 const VLLM_NAMES: &[(&str, &str)] = &[
-    ("llama_requests_waiting", "vllm:num_requests_waiting"),
-    ("llama_requests_running", "vllm:num_requests_running"),
-    ("llama_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc"),
+    (
+        llama_contract::metrics::REQUESTS_WAITING,
+        "vllm:num_requests_waiting",
+    ),
+    (
+        llama_contract::metrics::REQUESTS_RUNNING,
+        "vllm:num_requests_running",
+    ),
+    (
+        llama_contract::metrics::KV_CACHE_USAGE,
+        "vllm:kv_cache_usage_perc",
+    ),
     ("llama_preemptions_total", "vllm:num_preemptions_total"),
     (
         "llama_prefix_cache_queries_total",
@@ -102,17 +111,17 @@ impl Metrics {
         let registry = Registry::new();
         let this = Self {
             requests_waiting: IntGauge::with_opts(opts(
-                "llama_requests_waiting",
+                llama_contract::metrics::REQUESTS_WAITING,
                 "Requests waiting to be scheduled.",
                 m,
             ))?,
             requests_running: IntGauge::with_opts(opts(
-                "llama_requests_running",
+                llama_contract::metrics::REQUESTS_RUNNING,
                 "Requests in the running batch.",
                 m,
             ))?,
             kv_cache_usage: Gauge::with_opts(opts(
-                "llama_kv_cache_usage_ratio",
+                llama_contract::metrics::KV_CACHE_USAGE,
                 "Fraction of KV cache blocks in use (0-1).",
                 m,
             ))?,
@@ -203,7 +212,7 @@ impl Metrics {
                 STEP_TOKEN_BUCKETS,
             ))?,
             draining: IntGauge::with_opts(opts(
-                "llama_draining",
+                llama_contract::metrics::DRAINING,
                 "1 while the server drains before exit.",
                 m,
             ))?,

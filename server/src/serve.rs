@@ -22,31 +22,39 @@ use crate::metrics::Metrics;
 use crate::model::{LoadOptions, Model, ModelConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
+use llama_contract::serve_flags as flags;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// `llama-server serve` flags; every flag can also come from the `LLAMA_*` environment variable named beside it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// GGUF model file (default: the cached SmolLM2-135M-Instruct Q4_1, fetched on first use).
-    #[arg(long, env = "LLAMA_MODEL")]
+    #[arg(long = flags::MODEL, env = "LLAMA_MODEL")]
     pub model: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, env = "LLAMA_HOST", default_value = "0.0.0.0")]
+    #[arg(long = flags::HOST, env = "LLAMA_HOST", default_value = "0.0.0.0")]
     pub host: String,
     /// Port to listen on.
-    #[arg(long, env = "LLAMA_PORT", default_value_t = 8000)]
+    #[arg(long = flags::PORT, env = "LLAMA_PORT", default_value_t = llama_contract::HTTP_PORT)]
     pub port: u16,
     /// Model name clients use (default: the GGUF's `general.name`, else the file stem).
-    #[arg(long, env = "LLAMA_SERVED_MODEL_NAME")]
+    #[arg(long = flags::SERVED_MODEL_NAME, env = "LLAMA_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
     /// Compute threads (default: RAYON_NUM_THREADS, else all cores).
-    #[arg(long, env = "LLAMA_THREADS")]
+    #[arg(long = flags::THREADS, env = "LLAMA_THREADS")]
     pub threads: Option<usize>,
     /// Tokens per KV cache block.
-    #[arg(long, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
+    #[arg(long = flags::BLOCK_SIZE, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
     /// KV cache size in bytes (default: --kv-cache-fraction of available memory, at most what
     /// --max-batch-size full-length sequences need, and at most 1 GiB).
-    #[arg(long, env = "LLAMA_KV_CACHE_MEMORY")]
+    #[arg(long = flags::KV_CACHE_MEMORY, env = "LLAMA_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
     /// Fraction of available memory for the KV cache when --kv-cache-memory is not given.
     #[arg(long, env = "LLAMA_KV_CACHE_FRACTION", default_value_t = 0.25)]
@@ -55,22 +63,26 @@ pub struct ServeArgs {
     #[arg(long, env = "LLAMA_KV_DTYPE", default_value = "f16")]
     pub kv_dtype: KvDType,
     /// Most new tokens (prompt chunks + decodes) in one engine step.
-    #[arg(long, env = "LLAMA_MAX_NUM_BATCHED_TOKENS", default_value_t = 512)]
+    #[arg(
+        long = flags::MAX_NUM_BATCHED_TOKENS,
+        env = "LLAMA_MAX_NUM_BATCHED_TOKENS",
+        default_value_t = 512
+    )]
     pub max_num_batched_tokens: usize,
     /// Most sequences running at once (the CRD's maxBatchSize).
-    #[arg(long, env = "LLAMA_MAX_BATCH_SIZE", default_value_t = 64)]
+    #[arg(long = flags::MAX_BATCH_SIZE, env = "LLAMA_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,
     /// Most tokens (prompt + output) per sequence (default: the model's context length, bounded by the cache).
-    #[arg(long, env = "LLAMA_MAX_SEQ_LEN")]
+    #[arg(long = flags::MAX_SEQ_LEN, env = "LLAMA_MAX_SEQ_LEN")]
     pub max_seq_len: Option<usize>,
     /// Most requests waiting for a batch slot; beyond it new requests get 429.
-    #[arg(long, env = "LLAMA_MAX_QUEUE", default_value_t = 256)]
+    #[arg(long = flags::MAX_QUEUE, env = "LLAMA_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "LLAMA_DRAIN_TIMEOUT", default_value_t = 30)]
+    #[arg(long = flags::DRAIN_TIMEOUT, env = "LLAMA_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
     /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize.
-    #[arg(long, env = "LLAMA_API_KEY", hide_env_values = true)]
+    #[arg(long, env = llama_contract::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
     /// Disable prefix caching.
     #[arg(long, env = "LLAMA_NO_PREFIX_CACHING")]
@@ -78,9 +90,16 @@ pub struct ServeArgs {
     /// Jinja chat template file overriding the model's.
     #[arg(long, env = "LLAMA_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
-    /// Log lines as JSON.
-    #[arg(long, env = "LLAMA_LOG_JSON")]
+    /// Log format: `text` (human-readable) or `json` (one JSON object per line).
+    #[arg(long = flags::LOG_FORMAT, env = "LLAMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Same as `--log-format json` (kept for earlier scripts).
+    #[arg(long, env = "LLAMA_LOG_JSON", hide = true)]
     pub log_json: bool,
+    /// GPUs (ranks) one replica shards the model across. Only 1 is supported until tensor parallelism lands;
+    /// larger values exit with a message saying so.
+    #[arg(long = flags::TENSOR_PARALLEL_SIZE, env = "LLAMA_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
+    pub tensor_parallel_size: u32,
     /// HTTP worker threads.
     #[arg(long, env = "LLAMA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
@@ -94,7 +113,7 @@ pub fn main(args: &ServeArgs) -> ExitCode {
     if let Some(code) = crate::cli::apply_threads(args.threads) {
         return code;
     }
-    init_tracing(args.log_json);
+    init_tracing(args.log_json || args.log_format == LogFormat::Json);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -140,6 +159,14 @@ struct Prepared {
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
+    if args.tensor_parallel_size == 0 {
+        bail!("--tensor-parallel-size must be at least 1");
+    }
+    if args.tensor_parallel_size > llama_contract::MAX_SUPPORTED_TENSOR_PARALLEL_SIZE {
+        bail!(llama_contract::tensor_parallel_unsupported(
+            args.tensor_parallel_size
+        ));
+    }
     if args.block_size == 0 {
         bail!("--block-size must be positive");
     }
@@ -283,6 +310,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .wrap_fn(close_connections_while_draining)
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(16 << 20))
                 .configure(handlers::routes)
@@ -329,6 +357,36 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// While draining, every response closes its connection: clients holding a keep-alive connection to this pod
+/// (which has left the Service's endpoints) reconnect, through the Service, to a pod that serves.
+fn close_connections_while_draining<S>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
+where
+    S: actix_web::dev::Service<
+            actix_web::dev::ServiceRequest,
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+        >,
+{
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let fut = srv.call(req);
+    async move {
+        let mut res = fut.await?;
+        let draining = state
+            .as_ref()
+            .and_then(|s| s.engine.get())
+            .is_some_and(EngineHandle::is_draining);
+        if draining {
+            res.response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        Ok(res)
+    }
 }
 
 /// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish

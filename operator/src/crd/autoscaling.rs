@@ -18,13 +18,13 @@ pub struct AutoscalingSpec {
     /// Upper bound of replicas. Unit: pods.
     #[x_kube(validation = Rule::new("self >= 1").message("spec.autoscaling.maxReplicas must be at least 1"))]
     pub max_replicas: i32,
-    /// Target mean number of waiting requests per pod (`llama_num_requests_waiting`). Unit: requests.
-    /// Default: 4.
+    /// Target mean number of waiting requests per pod (the server's `llama_requests_waiting` gauge).
+    /// Unit: requests. Default: 4.
     #[serde(default = "default_target_queue_depth")]
     #[x_kube(validation = Rule::new("self > 0.0").message("spec.autoscaling.targetQueueDepth must be positive"))]
     pub target_queue_depth: f64,
-    /// Optional target mean KV-cache usage per pod (`llama_kv_cache_usage_perc`) as a fraction in (0, 1];
-    /// the larger of the two desired counts wins. Unit: fraction. Default: unset.
+    /// Optional target mean KV-cache usage per pod (the server's `llama_kv_cache_usage_ratio` gauge) as a
+    /// fraction in (0, 1]; the larger of the two desired counts wins. Unit: fraction. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("spec.autoscaling.targetKvCacheUsage must be in (0, 1]"))]
     pub target_kv_cache_usage: Option<f64>,

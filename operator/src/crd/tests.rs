@@ -116,3 +116,24 @@ fn quantization_names_round_trip_through_serde() {
         assert_eq!(v, serde_json::json!(q.as_str()));
     }
 }
+
+#[test]
+fn autoscaling_docs_name_the_metrics_the_server_exports() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_string(&LlamaDeployment::crd()).expect("crd json");
+    for name in [
+        llama_contract::metrics::REQUESTS_WAITING,
+        llama_contract::metrics::KV_CACHE_USAGE,
+    ] {
+        assert!(
+            crd.contains(&format!("`{name}`")),
+            "the CRD docs do not name {name}"
+        );
+    }
+    for stale in ["llama_num_requests_waiting", "llama_kv_cache_usage_perc"] {
+        assert!(
+            !crd.contains(stale),
+            "the CRD docs name {stale}, which the server does not export"
+        );
+    }
+}

@@ -190,3 +190,179 @@ fn children_are_owned_by_the_llama_deployment_as_controller() {
     assert_eq!(owners[0].controller, Some(true));
     assert_eq!(owners[0].uid, "0000-1111");
 }
+
+/// Every container of a planned pod that runs `llama-server`, as (container name, argv).
+fn llama_server_commands(d: &Deployment) -> Vec<(String, Vec<String>)> {
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    pod.init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .filter(|c| c.command.as_deref() == Some(&[llama_contract::cmd::BINARY.to_owned()][..]))
+        .map(|c| {
+            let mut argv = vec![llama_contract::cmd::BINARY.to_owned()];
+            argv.extend(c.args.iter().flatten().cloned());
+            (c.name.clone(), argv)
+        })
+        .collect()
+}
+
+fn parse_with_the_server(argv: &[String]) -> llama_server::app::Commands {
+    use clap::Parser;
+    match llama_server::app::Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) => panic!("llama-server rejects {argv:?}:\n{e}"),
+    }
+}
+
+#[test]
+fn every_golden_deployment_runs_commands_the_server_accepts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("testdata") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.ends_with("-deployment.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("golden");
+        let d: Deployment = serde_yaml::from_str(&text).expect("a Deployment");
+        let cmds = llama_server_commands(&d);
+        assert!(!cmds.is_empty(), "{name} runs no llama-server");
+        for (container, argv) in cmds {
+            parse_with_the_server(&argv);
+            checked += 1;
+            assert!(!container.is_empty());
+        }
+    }
+    assert!(checked >= 4, "only {checked} commands found in the goldens");
+}
+
+#[test]
+fn planned_serve_flags_mean_to_the_server_what_the_spec_says() {
+    for ld in [smollm_cpu(), llama_tp2_gpu()] {
+        let d = children(&ld, &PlanConfig::default()).deployment;
+        let (_, argv) = llama_server_commands(&d)
+            .into_iter()
+            .find(|(n, _)| n == "server")
+            .expect("server container");
+        let llama_server::app::Commands::Serve(a) = parse_with_the_server(&argv) else {
+            panic!("the server container does not run `serve`: {argv:?}");
+        };
+        let s = &ld.spec;
+        assert_eq!(i32::from(a.port), HTTP_PORT);
+        assert_eq!(
+            a.model.as_deref(),
+            Some(std::path::Path::new(&model_path(s)))
+        );
+        assert_eq!(
+            i64::from(a.tensor_parallel_size),
+            i64::from(s.tensor_parallel_size)
+        );
+        assert_eq!(a.max_batch_size as i64, i64::from(s.max_batch_size));
+        assert_eq!(
+            a.max_seq_len.map(|v| v as i64),
+            Some(i64::from(s.max_seq_len))
+        );
+        assert_eq!(a.block_size as i64, i64::from(s.block_size));
+        assert_eq!(a.max_queue as i64, i64::from(s.max_queue));
+        assert_eq!(a.drain_timeout as i64, i64::from(s.drain_timeout_seconds));
+        assert_eq!(a.served_model_name, Some(served_model_name(&ld)));
+    }
+}
+
+#[test]
+fn the_url_source_fetches_with_the_servers_own_image_and_checksum() {
+    let ld = smollm_cpu();
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    let (_, argv) = llama_server_commands(&d)
+        .into_iter()
+        .find(|(n, _)| n == "model-fetch")
+        .expect("fetch init container");
+    let llama_server::app::Commands::Fetch(f) = parse_with_the_server(&argv) else {
+        panic!("the init container does not run `fetch`: {argv:?}");
+    };
+    assert_eq!(Some(f.url), ld.spec.model.url.clone());
+    assert_eq!(f.sha256, ld.spec.model.sha256.clone());
+    assert_eq!(
+        f.out,
+        std::path::PathBuf::from("/models/model.gguf"),
+        "the server reads {}",
+        model_path(&ld.spec)
+    );
+    assert_eq!(model_path(&ld.spec), "/models/model.gguf");
+    let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+    let images: Vec<_> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .map(|c| c.image.clone())
+        .collect();
+    assert!(images.windows(2).all(|w| w[0] == w[1]), "{images:?}");
+}
+
+#[test]
+fn probes_and_ports_use_the_servers_routes() {
+    let d = children(&smollm_cpu(), &PlanConfig::default()).deployment;
+    let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+    let server = &pod.containers[0];
+    let path = |p: &Option<Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        path(&server.readiness_probe).as_deref(),
+        Some(llama_contract::paths::READY)
+    );
+    assert_eq!(
+        path(&server.startup_probe).as_deref(),
+        Some(llama_contract::paths::READY)
+    );
+    assert_eq!(
+        path(&server.liveness_probe).as_deref(),
+        Some(llama_contract::paths::HEALTH)
+    );
+    let port = &server.ports.as_ref().expect("ports")[0];
+    assert_eq!(port.container_port, i32::from(llama_contract::HTTP_PORT));
+}
+
+/// The kubelet's expansion of a container command: `$$` → `$`, `$(VAR)` → its value (none are defined here).
+fn kubelet_expand(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek() == Some(&'$') {
+            chars.next();
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_modelcar_shell_sees_its_own_pid_after_the_kubelet_expands_the_command() {
+    let ld = llama(
+        "modelcar",
+        serde_json::json!({"model": {"image": "oci://registry.example/models/llama:q4"}}),
+    );
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+    let sidecar = &pod.init_containers.expect("sidecar")[0];
+    let script = sidecar.command.as_ref().expect("command")[2].clone();
+    let run = kubelet_expand(&script);
+    assert!(
+        run.starts_with(r#"ln -sfn "/proc/$$/root/models" /modelcar/models"#),
+        "{run}"
+    );
+}

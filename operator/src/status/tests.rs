@@ -360,3 +360,45 @@ fn failures_are_warning_events_and_routine_conditions_are_quiet() {
         None
     );
 }
+
+#[test]
+fn a_failed_model_download_is_reported_with_the_fetchers_error_naming_the_url() {
+    let log = "fetch: GET http://10.77.0.1:8080/m.gguf -> HTTP 200, 100 bytes\n\
+               llama-server: sha256 mismatch for http://10.77.0.1:8080/m.gguf: expected aaaa, got bbbb (100 bytes)\n";
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m-fetch"},
+        "status": {"initContainerStatuses": [{
+            "name": "model-fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+            "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": log}}
+        }]}
+    }))
+    .expect("pod");
+    let problems = pod_problems(&[pod]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].reason, "ModelFetchFailed");
+    assert_eq!(
+        problems[0].message,
+        "init container model-fetch failed (restarts: 2): sha256 mismatch for \
+         http://10.77.0.1:8080/m.gguf: expected aaaa, got bbbb (100 bytes)"
+    );
+}
+
+#[test]
+fn a_crash_loop_carries_the_last_line_the_process_logged() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m-tp"},
+        "status": {"containerStatuses": [{
+            "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+            "lastState": {"terminated": {"reason": "Error", "exitCode": 1,
+                          "message": "loading\nllama-server serve: tensor-parallel-size 2 is not supported\n"}}
+        }]}
+    }))
+    .expect("pod");
+    let problems = pod_problems(&[pod]);
+    assert_eq!(
+        problems[0].message,
+        "container server: back-off 10s; last log line: llama-server serve: tensor-parallel-size 2 is not supported"
+    );
+}

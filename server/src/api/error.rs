@@ -121,6 +121,12 @@ impl ResponseError for ApiError {
         if let Self::Unauthorized = self {
             resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
+        if let Self::Draining = self {
+            // A draining pod has left the Service's endpoints: the client's retry (the OpenAI SDKs retry 503)
+            // must open a new connection, which reaches a pod that serves.
+            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            resp.force_close();
+        }
         resp.json(self.body())
     }
 }

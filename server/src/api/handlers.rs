@@ -446,7 +446,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/models", web::get().to(models))
         .route("/tokenize", web::post().to(tokenize))
         .route("/detokenize", web::post().to(detokenize))
-        .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+        .route(llama_contract::paths::HEALTH, web::get().to(health))
+        .route(llama_contract::paths::READY, web::get().to(ready))
+        .route(llama_contract::paths::METRICS, web::get().to(metrics));
 }

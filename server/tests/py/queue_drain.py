@@ -46,8 +46,24 @@ else:
     while time.time() < deadline and get(base, "/ready")[0] != 503:
         time.sleep(0.05)
     check(get(base, "/ready")[0] == 503, "ready is 503 while draining")
-    status, _, r = post(base, "/v1/completions", {"prompt": "x", "max_tokens": 1})
+    status, h, r = post(base, "/v1/completions", {"prompt": "x", "max_tokens": 1})
     check(status == 503 and r["error"]["code"] == "draining", f"new request while draining: {status} {r}")
+    # A keep-alive client (as the OpenAI SDKs are) is told to reconnect, so its retry goes through the Service to
+    # a pod that serves: http.client speaks HTTP/1.1 and does not ask for close itself (urllib would).
+    import http.client
+    from urllib.parse import urlparse
+    u = urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "x", "max_tokens": 1}),
+                 headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    h = {k.lower(): v for k, v in resp.getheaders()}
+    check(resp.status == 503, f"keep-alive request while draining: {resp.status}")
+    check(h.get("connection", "").lower() == "close" and resp.will_close,
+          f"a draining 503 closes its keep-alive connection: {h}")
+    check(h.get("retry-after") == "1", f"a draining 503 says when to retry: {h}")
+    conn.close()
     t.join(120)
     ev = result.get("events", [])
     check(ev and ev[-1] == "[DONE]", f"in-flight stream completed: {ev[-2:]}")

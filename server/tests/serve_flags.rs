@@ -1,0 +1,47 @@
+//! Flags the operator passes to `serve` that the server does not run yet are refused with a message that
+//! says so (the pod's termination message and the operator's Ready=False say the same), never a clap error.
+
+use std::process::Command;
+
+fn serve(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
+        .arg("serve")
+        .args(args)
+        .env("CANDLE_NUM_THREADS", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run llama-server serve");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tensor_parallel_size_above_one_exits_with_the_contract_message() {
+    let (ok, err) = serve(&[
+        "--model",
+        "/nonexistent.gguf",
+        "--tensor-parallel-size",
+        "2",
+        "--port",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&llama_contract::tensor_parallel_unsupported(2)),
+        "{err}"
+    );
+    assert!(!err.contains("unexpected argument"), "{err}");
+}
+
+#[test]
+fn log_format_json_is_accepted_and_bad_values_name_the_choices() {
+    let (ok, err) = serve(&["--log-format", "yaml"]);
+    assert!(!ok);
+    assert!(err.contains("possible values: text, json"), "{err}");
+    // json is accepted: the failure is about the model file, not the flag
+    let (ok, err) = serve(&["--log-format", "json", "--model", "/nonexistent.gguf"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent.gguf"), "{err}");
+}

@@ -17,7 +17,7 @@ if [ "${E2E_EXISTING_CLUSTER:-0}" = 1 ]; then
   # Real-pod tests need our images loaded into the cluster's nodes and a model server the pods can reach: they
   # run against the local cluster's real node only.
   echo "e2e: skipping tests/real_node.rs (local cluster only)" >&2
-  cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
+  cargo test --locked --no-fail-fast -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
   exec cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture # says why it skips
 fi
 
@@ -54,7 +54,7 @@ real_env() {
 }
 
 set +e
-cargo test --locked -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
+cargo test --locked --no-fail-fast -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
 rc=$?
 # Real pods load the 2 cores: these tests run one at a time, after the kwok ones.
 real_env && cargo test --locked -p e2e --test real_node -- --ignored --test-threads=1 --nocapture

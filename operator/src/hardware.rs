@@ -445,13 +445,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_same_model_split_over_four_gpus_fits() {
-        let s = spec(serde_json::json!({
+    /// A 70B F16 model split over four GPUs (35 GiB per GPU).
+    fn l70b_f16_tp4() -> LlamaDeploymentSpec {
+        spec(serde_json::json!({
             "model": {"pvc": {"claimName": "m", "path": "l70b.gguf"}, "parameters": 70_000_000_000_i64,
                       "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
             "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096, "tensorParallelSize": 4
-        }));
+        }))
+    }
+
+    #[test]
+    fn the_same_model_split_over_four_gpus_fits() {
+        let s = l70b_f16_tp4();
         let fit = fit(&s, &cluster()).expect("35 GiB per GPU fits");
         assert!(
             fit.message.contains("= 35.1 GiB per GPU fits gpu-node-0"),
@@ -462,11 +467,7 @@ mod tests {
 
     #[test]
     fn a_tensor_parallel_size_the_server_cannot_run_yet_is_refused_after_the_fit_checks() {
-        let s = spec(serde_json::json!({
-            "model": {"pvc": {"claimName": "m", "path": "l70b.gguf"}, "parameters": 70_000_000_000_i64,
-                      "heads": 64, "kvHeads": 8, "layers": 80, "hiddenSize": 8192},
-            "quantization": "F16", "maxBatchSize": 8, "maxSeqLen": 4096, "tensorParallelSize": 4
-        }));
+        let s = l70b_f16_tp4();
         let err = validate(&s, &cluster()).expect_err("the server runs TP 1 only");
         assert_eq!(err.reason(), "TensorParallelUnsupported");
         let msg = err.to_string();

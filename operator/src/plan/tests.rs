@@ -366,3 +366,46 @@ fn the_modelcar_shell_sees_its_own_pid_after_the_kubelet_expands_the_command() {
         "{run}"
     );
 }
+
+#[test]
+fn the_operators_pull_policy_and_secrets_reach_every_container_and_the_spec_policy_wins() {
+    let cfg = PlanConfig {
+        image_pull_policy: Some("Never".to_owned()),
+        image_pull_secrets: vec!["regcred".to_owned()],
+        ..PlanConfig::default()
+    };
+    let pod_of = |ld: &LlamaDeployment| {
+        children(ld, &cfg)
+            .deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod")
+    };
+    let pod = pod_of(&smollm_cpu());
+    let secrets: Vec<String> = pod
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(secrets, ["regcred"]);
+    let policies: Vec<Option<String>> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .map(|c| c.image_pull_policy.clone())
+        .collect();
+    assert_eq!(
+        policies,
+        [Some("Never".to_owned()), Some("Never".to_owned())]
+    );
+
+    let mut ld = smollm_cpu();
+    ld.spec.image_pull_policy = Some(crate::crd::PullPolicy::Always);
+    let pod = pod_of(&ld);
+    assert_eq!(
+        pod.containers[0].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+}

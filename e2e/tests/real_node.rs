@@ -231,7 +231,8 @@ async fn real_node_pods_serve_every_model_source_survive_sigkill_and_roll_withou
 }
 
 /// The Helm chart installs the operator *in* the cluster from the built image, and the same flow passes: a
-/// LlamaDeployment becomes Ready on the real node and answers through its Service.
+/// GPU LlamaDeployment gets a (fake-device-plugin) GPU on the real node, becomes Ready and answers through its
+/// Service.
 #[tokio::test]
 #[ignore = "needs cluster"]
 async fn real_node_helm_installs_the_operator_in_cluster_and_it_serves_a_model() -> Result<()> {
@@ -268,7 +269,11 @@ async fn real_node_helm_installs_the_operator_in_cluster_and_it_serves_a_model()
     )
     .context("helm install of the operator image on the real node")?;
     let api = lds(&client, &ns.name);
-    create(&api, "in-cluster", node.spec(node.url_model())).await?;
+    // A GPU deployment: the pod requests one `nvidia.com/gpu`, which the real node's device plugin grants (the
+    // server itself computes on the CPU until the CUDA path lands).
+    let mut spec = node.spec(node.url_model());
+    spec["accelerator"] = json!("GPU");
+    create(&api, "in-cluster", spec).await?;
     let ready = wait_ready(&api, "in-cluster", "True", READY_TIMEOUT).await;
     if ready.is_err() {
         let logs = run_tool(
@@ -286,6 +291,24 @@ async fn real_node_helm_installs_the_operator_in_cluster_and_it_serves_a_model()
         eprintln!("operator log:\n{logs}");
     }
     ready?;
+    let pod = pods_of(&client, &ns.name, "in-cluster")
+        .await?
+        .into_iter()
+        .next()
+        .context("in-cluster has no pod")?;
+    let spec = pod.spec.context("pod spec")?;
+    ensure!(
+        spec.node_name.as_deref() == Some(node.node.as_str()),
+        "{:?}",
+        spec.node_name
+    );
+    let gpus = spec.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("nvidia.com/gpu"))
+        .map(|q| q.0.clone());
+    ensure!(gpus.as_deref() == Some("1"), "GPU limit {gpus:?}");
     let base = service_base(&client, &ns.name, "in-cluster").await?;
     ensure!(!node.chat_once(&base, MODEL)?.trim().is_empty());
     // Deleting the LlamaDeployment while the in-cluster operator runs lets its finalizer finish.

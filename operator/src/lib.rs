@@ -2,6 +2,7 @@
 //! itself. Pure decisions (`hardware`, `plan`, `status`, `leader::decide`) are separate from the thin I/O
 //! (`controller`, `leader`).
 
+pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod hardware;

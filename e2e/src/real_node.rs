@@ -176,18 +176,8 @@ impl StreamLoop {
         Ok(StreamSummary {
             ok: v["ok"].as_u64().unwrap_or_default(),
             failed: v["failed"].as_u64().unwrap_or_default(),
-            errors: v["errors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect(),
-            retried: v["retried_responses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect(),
+            errors: strings(&v["errors"]),
+            retried: strings(&v["retried_responses"]),
         })
     }
 }
@@ -201,6 +191,15 @@ impl Drop for StreamLoop {
         }
         let _ = self.child.wait();
     }
+}
+
+/// The strings of a JSON array (nothing for anything else).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// `http://<ClusterIP>:<port>/v1` of the Service named `name` (reachable from the host through kube-proxy).

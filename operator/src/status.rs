@@ -2,7 +2,7 @@
 //! whose `lastTransitionTime` only moves when their status changes.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -25,6 +25,24 @@ pub struct PodProblem {
     pub reason: String,
     pub pod: String,
     pub message: String,
+}
+
+/// The container's current and last terminations.
+fn terminations(cs: &ContainerStatus) -> impl Iterator<Item = &ContainerStateTerminated> {
+    [cs.state.as_ref(), cs.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.terminated.as_ref())
+}
+
+/// The last non-empty line of a termination message (with `FallbackToLogsOnError`: the last line logged).
+fn last_log_line(t: &ContainerStateTerminated) -> Option<&str> {
+    t.message
+        .as_deref()?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
 }
 
 /// Finds the failures of the given pods, in a stable order (by pod name, then reason).
@@ -60,11 +78,7 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
                 .unwrap_or_default();
             // Out of memory, now or as the last termination: the most specific cause of a crash loop (a
             // container killed for its memory limit spends most of its time in CrashLoopBackOff).
-            let oom = [cs.state.as_ref(), cs.last_state.as_ref()]
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.terminated.as_ref())
-                .any(|t| t.reason.as_deref() == Some("OOMKilled"));
+            let oom = terminations(cs).any(|t| t.reason.as_deref() == Some("OOMKilled"));
             if oom {
                 let mut message = format!(
                     "container {} was killed for exceeding its memory limit (restarts: {})",
@@ -81,29 +95,22 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
             }
             // The model download failing (bad checksum, HTTP error) is its own reason, with the fetcher's last
             // log line (the kubelet's FallbackToLogsOnError termination message), which names the URL.
-            if cs.name == crate::plan::FETCH_CONTAINER && !oom {
-                let failed_run = [cs.state.as_ref(), cs.last_state.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.terminated.as_ref())
-                    .find(|t| t.exit_code != 0);
-                if let Some(t) = failed_run {
-                    let why = t
-                        .message
-                        .as_deref()
-                        .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
-                        .map(|l| l.trim().trim_start_matches("llama-server: ").to_owned())
-                        .unwrap_or_else(|| format!("exit code {}", t.exit_code));
-                    out.push(PodProblem {
-                        reason: "ModelFetchFailed".to_owned(),
-                        pod: name.clone(),
-                        message: format!(
-                            "init container {} failed (restarts: {}): {why}",
-                            cs.name, cs.restart_count
-                        ),
-                    });
-                    continue;
-                }
+            if cs.name == crate::plan::FETCH_CONTAINER
+                && !oom
+                && let Some(t) = terminations(cs).find(|t| t.exit_code != 0)
+            {
+                let why = last_log_line(t)
+                    .map(|l| l.trim_start_matches("llama-server: ").to_owned())
+                    .unwrap_or_else(|| format!("exit code {}", t.exit_code));
+                out.push(PodProblem {
+                    reason: "ModelFetchFailed".to_owned(),
+                    pod: name.clone(),
+                    message: format!(
+                        "init container {} failed (restarts: {}): {why}",
+                        cs.name, cs.restart_count
+                    ),
+                });
+                continue;
             }
             let failed = match waiting_reason {
                 "CrashLoopBackOff" => !oom,
@@ -117,10 +124,9 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
                     .last_state
                     .as_ref()
                     .and_then(|s| s.terminated.as_ref())
-                    .and_then(|t| t.message.as_deref())
-                    .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+                    .and_then(last_log_line)
                 {
-                    message = format!("{message}; last log line: {}", last.trim());
+                    message = format!("{message}; last log line: {last}");
                 }
                 out.push(PodProblem {
                     reason: waiting_reason.to_owned(),

@@ -211,6 +211,15 @@ fn llama_server_commands(d: &Deployment) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The `llama-server` argv of the container named `name`.
+fn command_of(d: &Deployment, name: &str) -> Vec<String> {
+    llama_server_commands(d)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, argv)| argv)
+        .unwrap_or_else(|| panic!("no llama-server container {name}"))
+}
+
 fn parse_with_the_server(argv: &[String]) -> llama_server::app::Commands {
     use clap::Parser;
     match llama_server::app::Cli::try_parse_from(argv) {
@@ -249,10 +258,7 @@ fn every_golden_deployment_runs_commands_the_server_accepts() {
 fn planned_serve_flags_mean_to_the_server_what_the_spec_says() {
     for ld in [smollm_cpu(), llama_tp2_gpu()] {
         let d = children(&ld, &PlanConfig::default()).deployment;
-        let (_, argv) = llama_server_commands(&d)
-            .into_iter()
-            .find(|(n, _)| n == "server")
-            .expect("server container");
+        let argv = command_of(&d, "server");
         let llama_server::app::Commands::Serve(a) = parse_with_the_server(&argv) else {
             panic!("the server container does not run `serve`: {argv:?}");
         };
@@ -282,10 +288,7 @@ fn planned_serve_flags_mean_to_the_server_what_the_spec_says() {
 fn the_url_source_fetches_with_the_servers_own_image_and_checksum() {
     let ld = smollm_cpu();
     let d = children(&ld, &PlanConfig::default()).deployment;
-    let (_, argv) = llama_server_commands(&d)
-        .into_iter()
-        .find(|(n, _)| n == "model-fetch")
-        .expect("fetch init container");
+    let argv = command_of(&d, FETCH_CONTAINER);
     let llama_server::app::Commands::Fetch(f) = parse_with_the_server(&argv) else {
         panic!("the init container does not run `fetch`: {argv:?}");
     };

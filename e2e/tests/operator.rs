@@ -141,7 +141,7 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
     assert_eq!(
         header,
         [
-            "NAME", "READY", "REPLICAS", "MODEL", "QUANT", "TP", "QUEUE", "KV%", "AGE"
+            "NAME", "READY", "REPLICAS", "MODEL", "QUANT", "TP", "QUEUE", "KV", "AGE"
         ],
         "{table}"
     );

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::crd::{Accelerator, LlamaDeployment, LlamaDeploymentStatus};
+use crate::crd::{Accelerator, LlamaDeployment};
 use crate::hardware::{self, NodeFacts};
 use crate::metrics::Metrics;
 use crate::plan::{self, MANAGER, PlanConfig, SELECTOR_LABEL};
@@ -119,7 +119,7 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -357,19 +357,14 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
         &now,
     );
     let previous = ld.status.clone().unwrap_or_default();
-    if ld.status.as_ref() != Some(&next) {
+    if status::controller_view(&previous) != next {
         let api: Api<LlamaDeployment> = Api::namespaced(client.clone(), &ns);
-        // Server-side apply of the fields this controller owns: `queueDepth` and `kvCacheUsage` belong to
-        // the autoscaler's field manager and are left out, so neither writer clobbers the other.
-        let owned = LlamaDeploymentStatus {
-            queue_depth: None,
-            kv_cache_usage: None,
-            ..next.clone()
-        };
+        // Server-side apply of the fields this controller owns (`next` leaves the autoscaler's fields and
+        // conditions out; `conditions` is a list map keyed by type), so neither writer clobbers the other.
         let patch = serde_json::json!({
             "apiVersion": LlamaDeployment::api_version(&()),
             "kind": LlamaDeployment::kind(&()),
-            "status": owned,
+            "status": next,
         });
         api.patch_status(
             &name,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, SecretKeySelector, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -64,10 +64,17 @@ pub const GROUP: &str = "inference.llama-operator.dev";
         json_path = ".status.queueDepth"
     ),
     printcolumn(
-        name = "KV%",
+        name = "KV",
         type_ = "number",
-        description = "mean KV-cache usage in percent",
+        description = "mean KV-cache usage, fraction 0-1",
         json_path = ".status.kvCacheUsage"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        priority = 1,
+        description = "replicas the autoscaler last decided on",
+        json_path = ".status.desiredReplicas"
     ),
     printcolumn(
         name = "Age",
@@ -147,8 +154,10 @@ pub struct LlamaDeploymentSpec {
     #[x_kube(validation = Rule::new("self >= 1").message("spec.threads must be at least 1"))]
     pub threads: Option<i32>,
 
-    /// Desired number of serving pods; written by `kubectl scale` and by the autoscaler through the scale
-    /// subresource. Unit: pods. Default: 1.
+    /// Desired number of serving pods, also the scale subresource (`kubectl scale`, HPA, KEDA). With
+    /// `spec.autoscaling` the operator's autoscaler owns it: it writes it through `/scale` and treats a manual
+    /// change as the new current size, which the next decision may change again (as HPA does); leave it out of
+    /// GitOps manifests then. Unit: pods. Default: 1.
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self >= 0").message("spec.replicas must not be negative"))]
     pub replicas: i32,
@@ -396,7 +405,9 @@ impl Default for ResourcesSpec {
     }
 }
 
-/// Observed state, written by the operator (and `queueDepth`/`kvCacheUsage` by its autoscaler).
+/// Observed state, written by the operator's controller and (`queueDepth`, `kvCacheUsage`,
+/// `desiredReplicas`, `lastScaleTime` and the scaling conditions) by its autoscaler, each under its own
+/// server-side-apply field manager.
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LlamaDeploymentStatus {
@@ -424,15 +435,27 @@ pub struct LlamaDeploymentStatus {
     /// In-cluster base URL of the OpenAI-compatible API, e.g. `http://name.ns.svc:8000/v1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Mean waiting requests per ready pod, filled by the autoscaler. Unit: requests.
+    /// Mean waiting requests per Ready pod (the server's `llama_requests_waiting`), read by the autoscaler
+    /// every scrape interval; absent when no Ready pod answered. Unit: requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<f64>,
-    /// Mean KV-cache usage of the ready pods, filled by the autoscaler. Unit: percent (0-100).
+    /// Mean KV-cache usage of the Ready pods (the server's `llama_kv_cache_usage_ratio`), the same unit as
+    /// `spec.autoscaling.targetKvCacheUsage`; absent when no Ready pod answered. Unit: fraction (0-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_usage: Option<f64>,
-    /// `Ready`, `Available`, `Progressing`, `Degraded` and `Validated`, with reasons; `lastTransitionTime`
-    /// changes only when a condition's status changes.
+    /// Replica count the autoscaler last decided on (after stabilisation, rate limits and bounds); only with
+    /// `spec.autoscaling`. Unit: pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When the autoscaler last changed `spec.replicas`; only with `spec.autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// `Ready`, `Available`, `Progressing`, `Degraded` and `Validated` (the controller's), and with
+    /// `spec.autoscaling` also `AbleToScale`, `ScalingActive` and `ScalingLimited` (the autoscaler's, with
+    /// HorizontalPodAutoscaler's reasons). `lastTransitionTime` changes only when a condition's status
+    /// changes. A list map keyed by `type`, so the two writers' server-side applies never clobber each other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -1,4 +1,4 @@
-//! The `llama-operator` binary: leader election, the controller, `/metrics` and `/health`.
+//! The `llama-operator` binary: leader election, the controller and the autoscaler, `/metrics` and `/health`.
 //! Runs in cluster (service account) or out of cluster with the current `KUBECONFIG`.
 
 use std::net::SocketAddr;
@@ -8,7 +8,9 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use futures::FutureExt as _;
 use kube::Client;
+use llama_operator::autoscale;
 use llama_operator::controller::{self, Context};
 use llama_operator::leader::Elector;
 use llama_operator::metrics::Metrics;
@@ -182,27 +184,31 @@ async fn main() -> Result<()> {
         metrics.leader.set(1);
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stop = stop_rx.clone();
+        // The controller and the autoscaler are leader-only tasks sharing one shutdown signal.
         let shutdown = async move {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => {}
                 _ = lost_rx => {}
             }
-        };
-        let controller = controller::run(ctx.clone(), args.watch_namespace.clone(), shutdown);
-        info!(namespace = ?args.watch_namespace, "controller starting");
+        }
+        .shared();
+        let controller =
+            controller::run(ctx.clone(), args.watch_namespace.clone(), shutdown.clone());
+        let autoscaler = autoscale::run(ctx.clone(), args.watch_namespace.clone(), shutdown);
+        info!(namespace = ?args.watch_namespace, "controller and autoscaler starting");
         if args.no_leader_elect {
             let _never_lost = lost_tx;
-            controller.await;
+            tokio::join!(controller, autoscaler);
         } else {
             let keep = async {
                 let kept = elector.keep(Duration::from_secs(5), &stop_rx).await;
                 let _ = lost_tx.send(());
                 kept
             };
-            let ((), _) = tokio::join!(controller, keep);
+            let ((), (), _) = tokio::join!(controller, autoscaler, keep);
         }
         metrics.leader.set(0);
-        info!("controller stopped");
+        info!("controller and autoscaler stopped");
         if *stop_rx.borrow() {
             if !args.no_leader_elect {
                 elector.release().await;

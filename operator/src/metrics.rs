@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics of the operator binary.
@@ -18,6 +19,16 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Duration of reading one serving pod's `/metrics` (answered or not).
+    pub scrape_duration: Histogram,
+    /// Failed `/metrics` reads by LlamaDeployment (`namespace`, `name`).
+    pub scrape_failures: IntCounterVec,
+    /// Replicas the autoscaler last decided on, by LlamaDeployment.
+    pub desired_replicas: IntGaugeVec,
+    /// `spec.replicas` the autoscaler last saw, by LlamaDeployment.
+    pub current_replicas: IntGaugeVec,
+    /// Changes the autoscaler wrote to `/scale`, by LlamaDeployment and direction (`up`, `down`).
+    pub rescales: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,6 +67,49 @@ impl Metrics {
             "llama_operator_leader",
             "1 while this replica holds the leader Lease",
         )?;
+        let scrape_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "llama_operator_autoscaler_scrape_duration_seconds",
+                "Duration of reading one serving pod's /metrics, answered or not",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+            ]),
+        )?;
+        let per_ld = ["namespace", "name"];
+        let scrape_failures = IntCounterVec::new(
+            Opts::new(
+                "llama_operator_autoscaler_scrape_failures_total",
+                "Serving pods' /metrics reads that failed (timeout, refused, bad answer)",
+            ),
+            &per_ld,
+        )?;
+        let desired_replicas = IntGaugeVec::new(
+            Opts::new(
+                "llama_operator_autoscaler_desired_replicas",
+                "Replicas the autoscaler last decided on",
+            ),
+            &per_ld,
+        )?;
+        let current_replicas = IntGaugeVec::new(
+            Opts::new(
+                "llama_operator_autoscaler_current_replicas",
+                "spec.replicas the autoscaler last saw",
+            ),
+            &per_ld,
+        )?;
+        let rescales = IntCounterVec::new(
+            Opts::new(
+                "llama_operator_autoscaler_rescales_total",
+                "Replica changes the autoscaler wrote to the scale subresource",
+            ),
+            &["namespace", "name", "direction"],
+        )?;
+        registry.register(Box::new(scrape_duration.clone()))?;
+        registry.register(Box::new(scrape_failures.clone()))?;
+        registry.register(Box::new(desired_replicas.clone()))?;
+        registry.register(Box::new(current_replicas.clone()))?;
+        registry.register(Box::new(rescales.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -66,6 +120,11 @@ impl Metrics {
             errors,
             duration,
             leader,
+            scrape_duration,
+            scrape_failures,
+            desired_replicas,
+            current_replicas,
+            rescales,
         })
     }
 
@@ -74,6 +133,22 @@ impl Metrics {
         DurationGuard {
             histogram: self.duration.clone(),
             start: Instant::now(),
+        }
+    }
+
+    /// Drops the per-LlamaDeployment series of an object that is gone.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let _ = self.scrape_failures.remove_label_values(&[namespace, name]);
+        let _ = self
+            .desired_replicas
+            .remove_label_values(&[namespace, name]);
+        let _ = self
+            .current_replicas
+            .remove_label_values(&[namespace, name]);
+        for direction in ["up", "down"] {
+            let _ = self
+                .rescales
+                .remove_label_values(&[namespace, name, direction]);
         }
     }
 

@@ -367,9 +367,33 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
         selector: Some(selector_string(&ld.name_any())),
         model: Some(served_model_name(ld)),
         endpoint: Some(endpoint(ld)),
-        queue_depth: previous.queue_depth,
-        kv_cache_usage: previous.kv_cache_usage,
+        // The autoscaler's fields and conditions are written under its own field manager.
+        queue_depth: None,
+        kv_cache_usage: None,
+        desired_replicas: None,
+        last_scale_time: None,
         conditions,
+    }
+}
+
+/// Condition types this controller writes (the rest belong to the autoscaler).
+pub const CONTROLLER_CONDITIONS: [&str; 5] = [READY, AVAILABLE, PROGRESSING, DEGRADED, VALIDATED];
+
+/// The part of `status` the controller owns: what [`derive`] would produce, so that comparing the two tells
+/// whether the controller has anything to write (the autoscaler's fields and conditions left out).
+pub fn controller_view(status: &LlamaDeploymentStatus) -> LlamaDeploymentStatus {
+    LlamaDeploymentStatus {
+        queue_depth: None,
+        kv_cache_usage: None,
+        desired_replicas: None,
+        last_scale_time: None,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| CONTROLLER_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned()
+            .collect(),
+        ..status.clone()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The autoscaler's policy (pure): HPA v2 arithmetic over plain numbers. From the per-pod queue depth and KV
 //! usage of the Ready pods, the targets, the `scaleUp`/`scaleDown` behaviours and what happened recently, it
-//! decides the replica count and why. No I/O: the loop around it (not wired yet) scrapes and patches `/scale`.
+//! decides the replica count and why. No I/O: the loop around it (`autoscale.rs`) scrapes and patches `/scale`.
 //!
 //! Semantics follow Kubernetes' `pkg/controller/podautoscaler`: a 10 % tolerance; missing metrics count as at
 //! target when scaling down and as 0 when scaling up (and a decision they would reverse is dropped); the larger
@@ -57,6 +57,8 @@ pub enum Limit {
 pub struct Recommendation {
     /// What the metrics alone ask for (before stabilisation, rate limits and bounds): record it in `history`.
     pub raw: i32,
+    /// `raw` after the stabilisation windows (before rate limits and bounds).
+    pub stabilized: i32,
     /// The replica count to set.
     pub replicas: i32,
     /// Which metric drove `raw` (`queue` or `kv`), with its average and target.
@@ -192,6 +194,7 @@ pub fn recommend(input: &Input<'_>) -> Recommendation {
     }
     Recommendation {
         raw,
+        stabilized,
         replicas,
         metric: best.map(|(_, m)| m),
         limit,

@@ -18,6 +18,10 @@ pub struct AutoscalingSpec {
     /// Upper bound of replicas. Unit: pods.
     #[x_kube(validation = Rule::new("self >= 1").message("spec.autoscaling.maxReplicas must be at least 1"))]
     pub max_replicas: i32,
+    /// How often the autoscaler reads each Ready pod's `/metrics` and decides. Unit: seconds. Default: 5.
+    #[serde(default = "default_scrape_interval")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 300").message("spec.autoscaling.scrapeIntervalSeconds must be between 1 and 300"))]
+    pub scrape_interval_seconds: i32,
     /// Target mean number of waiting requests per pod (the server's `llama_requests_waiting` gauge).
     /// Unit: requests. Default: 4.
     #[serde(default = "default_target_queue_depth")]
@@ -114,6 +118,10 @@ pub struct ScalingPolicy {
 pub enum ScalingPolicyType {
     Pods,
     Percent,
+}
+
+fn default_scrape_interval() -> i32 {
+    5
 }
 
 fn default_target_queue_depth() -> f64 {

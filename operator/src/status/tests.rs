@@ -297,23 +297,41 @@ fn a_deployment_not_yet_observed_by_its_controller_is_not_ready() {
 }
 
 #[test]
-fn autoscaler_fields_survive_a_status_derivation() {
+fn the_controller_leaves_the_autoscalers_fields_and_conditions_alone() {
     let mut ld = two_replicas();
-    ld.status = Some(LlamaDeploymentStatus {
-        queue_depth: Some(3.5),
-        kv_cache_usage: Some(42.0),
-        ..Default::default()
+    let obs = Observed {
+        validation: &fit(),
+        deployment: None,
+        problems: &[],
+    };
+    let mine = derive(&ld, &obs, &at(0));
+    // What the autoscaler wrote beside the controller's status.
+    let mut written = mine.clone();
+    written.queue_depth = Some(3.5);
+    written.kv_cache_usage = Some(0.42);
+    written.desired_replicas = Some(2);
+    written.conditions.push(Condition {
+        type_: "ScalingActive".to_owned(),
+        status: "True".to_owned(),
+        reason: "ValidMetricFound".to_owned(),
+        message: String::new(),
+        observed_generation: None,
+        last_transition_time: at(0),
     });
-    let s = derive(
-        &ld,
-        &Observed {
-            validation: &fit(),
-            deployment: None,
-            problems: &[],
-        },
-        &at(0),
+    ld.status = Some(written.clone());
+    let again = derive(&ld, &obs, &at(60));
+    // It applies none of them (they stay the autoscaler's under server-side apply) ...
+    assert_eq!(
+        (
+            again.queue_depth,
+            again.kv_cache_usage,
+            again.desired_replicas
+        ),
+        (None, None, None)
     );
-    assert_eq!((s.queue_depth, s.kv_cache_usage), (Some(3.5), Some(42.0)));
+    assert!(find(&again.conditions, "ScalingActive").is_none());
+    // ... and sees nothing to write when only the autoscaler's part changed.
+    assert_eq!(controller_view(&written), again);
 }
 
 #[test]

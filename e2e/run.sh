@@ -16,7 +16,7 @@ if [ "${E2E_EXISTING_CLUSTER:-0}" = 1 ]; then
   export E2E_BIN_DIR="${E2E_BIN_DIR:-$K8S_BIN}"
   # Real-pod tests need our images loaded into the cluster's nodes and a model server the pods can reach: they
   # run against the local cluster's real node only.
-  echo "e2e: skipping tests/real_node.rs (local cluster only)" >&2
+  echo "e2e: skipping tests/real_node*.rs (local cluster only)" >&2
   cargo test --locked --no-fail-fast -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
   exec cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture # says why it skips
 fi
@@ -53,17 +53,26 @@ real_env() {
   export E2E_MODEL_URL E2E_PYTHON="$venv/bin/python"
 }
 
+# E2E_REAL_ONLY=1 runs only the real-node tests (E2E_REAL_FILTER: a test-name filter), for quick iteration.
+real_only="${E2E_REAL_ONLY:-0}"
 set +e
-cargo test --locked --no-fail-fast -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
-rc=$?
+rc=0
+if [ "$real_only" != 1 ]; then
+  cargo test --locked --no-fail-fast -p e2e -- --ignored --test-threads=2 --skip disruption_ --skip real_node_
+  rc=$?
+fi
 # Real pods load the 2 cores: these tests run one at a time, after the kwok ones.
-real_env && cargo test --locked -p e2e --test real_node -- --ignored --test-threads=1 --nocapture
+# shellcheck disable=SC2086
+real_env && cargo test --locked --no-fail-fast -p e2e --test real_node --test real_node_autoscale -- \
+  --ignored --test-threads=1 --nocapture ${E2E_REAL_FILTER:-}
 rc3=$?
 [ "$rc" = 0 ] && rc=$rc3
-# Tests that restart the apiserver run alone, after all others (e2e/tests/disruption.rs).
-E2E_APISERVER_RESTARTS=1 cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture
-rc2=$?
-[ "$rc" = 0 ] && rc=$rc2
+if [ "$real_only" != 1 ]; then
+  # Tests that restart the apiserver run alone, after all others (e2e/tests/disruption.rs).
+  E2E_APISERVER_RESTARTS=1 cargo test --locked -p e2e --test disruption -- --ignored --test-threads=1 --nocapture
+  rc2=$?
+  [ "$rc" = 0 ] && rc=$rc2
+fi
 set -e
 
 if [ "$owned" = 1 ]; then

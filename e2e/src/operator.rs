@@ -297,13 +297,23 @@ pub async fn warning_events(
     ns: &str,
     name: &str,
 ) -> Result<Vec<(String, String)>> {
+    events_of(client, ns, name, "Warning").await
+}
+
+/// (reason, note) of the events of `type_` (`Normal`, `Warning`) about the `LlamaDeployment` `name`.
+pub async fn events_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<Vec<(String, String)>> {
     let events = Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await?;
     Ok(events
         .items
         .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter(|e| e.type_.as_deref() == Some(type_))
         .filter(|e| {
             e.regarding.as_ref().is_some_and(|r| {
                 r.kind.as_deref() == Some("LlamaDeployment") && r.name.as_deref() == Some(name)

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::repo_root;
@@ -93,6 +93,38 @@ impl RealNode {
         })
     }
 
+    /// A hostPath PersistentVolume holding the model directory, bound to a claim `models` in `ns`.
+    pub async fn model_volume(&self, client: &kube::Client, ns: &str) -> Result<String> {
+        let pv_name = format!("{ns}-models");
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": pv_name, "labels": {"llama-operator.dev/e2e": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": self.model_dir, "type": "Directory"},
+                "claimRef": {"namespace": ns, "name": "models"},
+            }
+        }))?;
+        Api::<PersistentVolume>::all(client.clone())
+            .create(&PostParams::default(), &pv)
+            .await?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "models"},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            }
+        }))?;
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &pvc)
+            .await?;
+        Ok(pv_name)
+    }
+
     /// The `url` source: our own fetcher downloads from the cluster's model server and checks the SHA-256.
     pub fn url_model(&self) -> Value {
         json!({"url": self.model_url, "sha256": self.model_sha256})
@@ -119,7 +151,9 @@ impl RealNode {
 
     /// Starts a client streaming chat completions back to back against `base` until [`StreamLoop::stop`].
     pub fn stream_loop(&self, base: &str, model: &str) -> Result<StreamLoop> {
-        let dir = std::env::temp_dir().join(format!("e2e-stream-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("e2e-stream-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let stop = dir.join("stop");
         let out = dir.join("summary.json");
@@ -229,9 +263,15 @@ pub fn server_restarts(pod: &Pod) -> i32 {
         .unwrap_or_default()
 }
 
-/// SIGKILLs the `llama-server serve` process of the pod with `uid` on this host (the real node runs here):
-/// found by its cgroup path, which names the pod UID. Returns the pid it killed.
+/// SIGKILLs the `llama-server serve` process of the pod with `uid` on this host (the real node runs here).
+/// Returns the pid it killed.
 pub fn sigkill_server(uid: &str) -> Result<i32> {
+    signal_server(uid, "KILL")
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to the `llama-server serve` process of the pod with `uid` on
+/// this host: found by its cgroup path, which names the pod UID. Returns the pid.
+pub fn signal_server(uid: &str, signal: &str) -> Result<i32> {
     let needle = uid.replace('-', "_");
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -252,13 +292,53 @@ pub fn sigkill_server(uid: &str) -> Result<i32> {
             && args.get(1).is_some_and(|a| *a == b"serve");
         if is_server {
             let status = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+                .args([&format!("-{signal}"), &pid.to_string()])
                 .status()?;
             if !status.success() {
-                bail!("kill -KILL {pid} failed");
+                bail!("kill -{signal} {pid} failed");
             }
             return Ok(pid);
         }
     }
     bail!("no llama-server serve process found in the cgroup of pod {uid}")
+}
+
+/// The host's `llama-server` binary (for `bench-serve`): `$LLAMA_SERVER_BIN`, else the release build that
+/// `scripts/build-images.sh` made in `$CARGO_TARGET_DIR`, else in `<workspace>/target`.
+pub fn server_bin() -> Result<PathBuf> {
+    let candidates = [
+        std::env::var_os("LLAMA_SERVER_BIN").map(PathBuf::from),
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/llama-server")),
+        Some(repo_root().join("target/release/llama-server")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .context("llama-server binary not found: e2e/run.sh builds it with scripts/build-images.sh")
+}
+
+/// Starts `llama-server bench-serve` (the load generator) against `addr` (`http://<ClusterIP>:<port>`) with
+/// extra flags; its output goes to a log file in the temp dir, returned with the child.
+pub fn bench_serve(addr: &str, model: &str, flags: &[&str]) -> Result<(Child, PathBuf)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!("e2e-bench-{}-{n}.log", std::process::id()));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(server_bin()?)
+        .args([
+            "bench-serve",
+            "--addr",
+            addr,
+            "--model",
+            model,
+            "--warmup",
+            "0",
+        ])
+        .args(flags)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting llama-server bench-serve")?;
+    Ok((child, log))
 }

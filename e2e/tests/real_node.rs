@@ -10,7 +10,7 @@ use e2e::operator::{MANAGED, Operator, finish, install_crd, lds, llama, pods_of,
 use e2e::real_node::{RealNode, server_restarts, service_base, sigkill_server};
 use e2e::{TestNamespace, client, run_tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -28,38 +28,6 @@ async fn create(
     Ok(())
 }
 
-/// A hostPath PersistentVolume holding the model directory, bound to a claim `models` in `ns`.
-async fn model_volume(client: &kube::Client, node: &RealNode, ns: &str) -> Result<String> {
-    let pv_name = format!("{ns}-models");
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": pv_name, "labels": {"llama-operator.dev/e2e": "true"}},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": node.model_dir, "type": "Directory"},
-            "claimRef": {"namespace": ns, "name": "models"},
-        }
-    }))?;
-    Api::<PersistentVolume>::all(client.clone())
-        .create(&PostParams::default(), &pv)
-        .await?;
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": "models"},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": pv_name,
-            "resources": {"requests": {"storage": "1Gi"}},
-        }
-    }))?;
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
-        .await?;
-    Ok(pv_name)
-}
-
 /// Every model source serves for real; a bad checksum is explained; a SIGKILLed server comes back; a rollout
 /// under a streaming client loses no request.
 #[tokio::test]
@@ -72,7 +40,7 @@ async fn real_node_pods_serve_every_model_source_survive_sigkill_and_roll_withou
     let ns = TestNamespace::create(&client, "real").await?;
     let mut op = Operator::start(&ns.name, "real-node")?;
     let api = lds(&client, &ns.name);
-    let pv = model_volume(&client, &node, &ns.name).await?;
+    let pv = node.model_volume(&client, &ns.name).await?;
 
     create(&api, "from-url", node.spec(node.url_model())).await?;
     create(

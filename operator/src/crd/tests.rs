@@ -137,3 +137,49 @@ fn autoscaling_docs_name_the_metrics_the_server_exports() {
         );
     }
 }
+
+/// The KEDA example targets our scale subresource and reads a metric the server really exports.
+#[test]
+fn the_keda_example_targets_the_scale_subresource_and_a_metric_the_server_exports() {
+    use kube::CustomResourceExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("manifests/examples/keda-scaledobject.yaml"))
+        .expect("example");
+    let so: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");
+    let crd = LlamaDeployment::crd();
+    let target = &so["spec"]["scaleTargetRef"];
+    assert_eq!(
+        target["apiVersion"],
+        format!("{}/{}", crd.spec.group, crd.spec.versions[0].name)
+    );
+    assert_eq!(target["kind"], crd.spec.names.kind);
+    assert!(
+        crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.scale.is_some())
+    );
+    // The LlamaDeployment it names is the example's.
+    let ld: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("manifests/examples/smollm2-cpu.yaml"))
+            .expect("example"),
+    )
+    .expect("yaml");
+    assert_eq!(target["name"], ld["metadata"]["name"]);
+    let query = so["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .expect("query");
+    let metric = query
+        .split(['(', '{'])
+        .nth(1)
+        .expect("a metric name in the query");
+    let m = llama_server::metrics::Metrics::new("smollm2").expect("server metrics");
+    m.requests_waiting.set(5);
+    let rendered = m.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.starts_with(metric) && l.ends_with(" 5")),
+        "the server does not export {metric} as the queue: {rendered}"
+    );
+}

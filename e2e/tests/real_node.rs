@@ -241,6 +241,9 @@ async fn real_node_helm_installs_the_operator_in_cluster_and_it_serves_a_model()
     // server itself computes on the CPU until the CUDA path lands).
     let mut spec = node.spec(node.url_model());
     spec["accelerator"] = json!("GPU");
+    // Autoscaled (pinned to one pod): the in-cluster autoscaler must reach the pod's /metrics over the pod
+    // network and write its status with the chart's RBAC.
+    spec["autoscaling"] = json!({"minReplicas": 1, "maxReplicas": 1, "scrapeIntervalSeconds": 2});
     create(&api, "in-cluster", spec).await?;
     let ready = wait_ready(&api, "in-cluster", "True", READY_TIMEOUT).await;
     if ready.is_err() {
@@ -279,6 +282,33 @@ async fn real_node_helm_installs_the_operator_in_cluster_and_it_serves_a_model()
     ensure!(gpus.as_deref() == Some("1"), "GPU limit {gpus:?}");
     let base = service_base(&client, &ns.name, "in-cluster").await?;
     ensure!(!node.chat_once(&base, MODEL)?.trim().is_empty());
+    let active = wait_for(
+        "the in-cluster autoscaler to read the pod's metrics",
+        Duration::from_secs(60),
+        || async {
+            let obj = api.get("in-cluster").await?;
+            Ok(e2e::operator::condition(&obj, "ScalingActive")
+                .filter(|(s, r, _)| s == "True" && r == "ValidMetricFound")
+                .map(|c| (c, obj.data["status"]["kvCacheUsage"].clone())))
+        },
+    )
+    .await?;
+    eprintln!("in-cluster autoscaler: {active:?}");
+    let logs = run_tool(
+        "kubectl",
+        &[
+            "logs",
+            "-n",
+            &ns.name,
+            "-l",
+            "app.kubernetes.io/name=llama-operator",
+            "--tail=-1",
+        ],
+    )?;
+    ensure!(
+        !logs.contains("forbidden"),
+        "the operator hit RBAC limits:\n{logs}"
+    );
     // Deleting the LlamaDeployment while the in-cluster operator runs lets its finalizer finish.
     api.delete("in-cluster", &DeleteParams::default()).await?;
     wait_for("in-cluster deleted", Duration::from_secs(90), || async {

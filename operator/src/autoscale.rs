@@ -40,6 +40,8 @@ pub const MANAGER: &str = "llama-operator-autoscaler";
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrape interval of LlamaDeployments without `spec.autoscaling` (status only).
 const STATUS_INTERVAL_SECONDS: f64 = 5.0;
+/// How often an unchanged status is re-applied when the object shows other values (someone else wrote them).
+const RESYNC_SECONDS: f64 = 60.0;
 /// How often the loop looks for LlamaDeployments whose interval has passed.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -52,6 +54,9 @@ struct Memory {
     history: Vec<Timed>,
     events: Vec<(Timed, i32)>,
     last_scale: Option<Time>,
+    /// What this pass last applied and when: an unchanged status is not written again, except to resync
+    /// (at most every [`RESYNC_SECONDS`]) when the object shows something else.
+    last_written: Option<(ScalerStatus, f64)>,
 }
 
 impl Memory {
@@ -64,6 +69,7 @@ impl Memory {
             }],
             events: Vec::new(),
             last_scale: None,
+            last_written: None,
         }
     }
 
@@ -469,7 +475,12 @@ async fn pass(
         }
     }
 
-    if ScalerStatus::of(&previous) != next {
+    let seen = ScalerStatus::of(&previous);
+    let write = match &mem.last_written {
+        None => seen != next,
+        Some((last, at)) => *last != next || (seen != next && now - at >= RESYNC_SECONDS),
+    };
+    if write {
         let api: Api<LlamaDeployment> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({
             "apiVersion": LlamaDeployment::api_version(&()),
@@ -485,6 +496,8 @@ async fn pass(
             .await
         {
             warn!(name = %name, namespace = %ns, error = %e, "writing the autoscaler's status failed");
+        } else {
+            mem.last_written = Some((next, now));
         }
     }
     ((ns, name), mem)

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -158,7 +158,11 @@ impl Server {
     }
 
     pub fn py_output(&self, script: &str, args: &[&str]) -> Output {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py");
+        let dir = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("tests/py");
         Command::new(python())
             .arg(dir.join(script))
             .arg(&self.base)

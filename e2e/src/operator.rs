@@ -230,6 +230,14 @@ pub fn llama(name: &str, spec: Value) -> Result<DynamicObject> {
     }))?)
 }
 
+/// Creates the LlamaDeployment `name` with `spec`.
+pub async fn create(api: &Api<DynamicObject>, name: &str, spec: Value) -> Result<()> {
+    api.create(&kube::api::PostParams::default(), &llama(name, spec)?)
+        .await
+        .with_context(|| format!("creating LlamaDeployment {name}"))?;
+    Ok(())
+}
+
 /// A small CPU deployment (SmolLM2-135M from a URL) that fits the fake CPU node.
 pub fn smollm_spec() -> Value {
     json!({

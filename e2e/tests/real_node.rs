@@ -6,27 +6,16 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use e2e::operator::{MANAGED, Operator, finish, install_crd, lds, llama, pods_of, wait_ready};
+use e2e::operator::{MANAGED, Operator, create, finish, install_crd, lds, pods_of, wait_ready};
 use e2e::real_node::{RealNode, server_restarts, service_base, sigkill_server};
 use e2e::{TestNamespace, client, run_tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const MODEL: &str = "smollm2";
-
-async fn create(
-    api: &Api<kube::api::DynamicObject>,
-    name: &str,
-    spec: serde_json::Value,
-) -> Result<()> {
-    api.create(&PostParams::default(), &llama(name, spec)?)
-        .await
-        .with_context(|| format!("creating LlamaDeployment {name}"))?;
-    Ok(())
-}
 
 /// Every model source serves for real; a bad checksum is explained; a SIGKILLed server comes back; a rollout
 /// under a streaming client loses no request.

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use e2e::operator::{
-    Operator, condition, events_of, finish, install_crd, lds, llama, pods_of, wait_ready,
+    Operator, condition, create, events_of, finish, install_crd, lds, pods_of, wait_ready,
 };
 use e2e::real_node::{RealNode, bench_serve, service_base, signal_server};
 use e2e::{TestNamespace, client, run_tool, wait_for};
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,13 +39,6 @@ fn scaled_spec(node: &RealNode, autoscaling: Value) -> Value {
     spec["maxBatchSize"] = json!(1);
     spec["autoscaling"] = autoscaling;
     spec
-}
-
-async fn create(api: &Api<DynamicObject>, name: &str, spec: Value) -> Result<()> {
-    api.create(&PostParams::default(), &llama(name, spec)?)
-        .await
-        .with_context(|| format!("creating LlamaDeployment {name}"))?;
-    Ok(())
 }
 
 /// Queue depth drives 1 → 3 under load (clamped by maxReplicas), and back to 1 once the load stops, removing

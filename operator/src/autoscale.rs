@@ -98,32 +98,11 @@ pub async fn run(
     let managed = watcher::Config::default().labels(&format!(
         "app.kubernetes.io/managed-by={CONTROLLER_MANAGER}"
     ));
-    let watch_lds = reflector::reflector(
-        lds_writer,
-        watcher(
-            scoped::<LlamaDeployment>(client, ns),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| std::future::ready(()));
-    let watch_pods = reflector::reflector(pods_writer, watcher(scoped::<Pod>(client, ns), managed))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| std::future::ready(()));
+    let watch_lds = mirror(lds_writer, scoped(client, ns), watcher::Config::default());
+    let watch_pods = mirror(pods_writer, scoped(client, ns), managed);
     // Other autoscalers (HPAs, KEDA's included) that target a LlamaDeployment; without RBAC for them the
     // store stays empty and the watch retries in the background.
-    let watch_hpas = reflector::reflector(
-        hpas_writer,
-        watcher(
-            scoped::<HorizontalPodAutoscaler>(client, ns),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| std::future::ready(()));
+    let watch_hpas = mirror(hpas_writer, scoped(client, ns), watcher::Config::default());
 
     let work = async {
         if lds.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
@@ -192,6 +171,24 @@ pub async fn run(
         () = watch_hpas => {}
     }
     info!("autoscaler stopped");
+}
+
+/// Keeps a reflector store in sync with a watch (retrying with back-off) for as long as it is polled.
+async fn mirror<K>(writer: reflector::store::Writer<K>, api: Api<K>, config: watcher::Config)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| std::future::ready(()))
+        .await;
 }
 
 fn key(ld: &LlamaDeployment) -> (String, String) {

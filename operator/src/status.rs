@@ -150,7 +150,8 @@ pub struct Observed<'a> {
     pub problems: &'a [PodProblem],
 }
 
-fn condition(
+/// A condition stamped with `now` (callers merge it with the previous one to keep its transition time).
+pub(crate) fn condition(
     type_: &str,
     ok: bool,
     reason: &str,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::recommend::{Limit, PodSample, Recommendation};
 use super::scrape::PodMetrics;
 use crate::crd::{AutoscalingSpec, LlamaDeploymentStatus};
-use crate::status::merge_conditions;
+use crate::status::{condition, merge_conditions};
 
 pub const ABLE_TO_SCALE: &str = "AbleToScale";
 pub const SCALING_ACTIVE: &str = "ScalingActive";
@@ -135,24 +135,6 @@ pub enum Outcome<'a> {
         rec: &'a Recommendation,
         rescale_error: Option<String>,
     },
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    Condition {
-        type_: type_.to_owned(),
-        status: if ok { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time: now.clone(),
-    }
 }
 
 /// The autoscaler's conditions after `outcome`. A condition the outcome says nothing about keeps its previous

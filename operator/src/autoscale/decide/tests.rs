@@ -50,6 +50,21 @@ fn decide(
     })
 }
 
+/// The conditions of a successful decision, from no earlier conditions.
+fn decided(s: &AutoscalingSpec, current: i32, rec: &Recommendation) -> Vec<Condition> {
+    conditions(
+        &Outcome::Decided {
+            spec: s,
+            current,
+            rec,
+            rescale_error: None,
+        },
+        &[],
+        Some(2),
+        &time(100),
+    )
+}
+
 #[test]
 fn the_idlest_pod_has_the_lowest_deletion_cost_and_a_silent_pod_the_lowest_of_all() {
     let scraped = [
@@ -99,17 +114,7 @@ fn a_scale_up_names_its_metric_in_the_event_and_the_conditions() {
         rescale_message(&rec),
         "New size: 3; reason: queue depth 9.50 per pod above target 4"
     );
-    let cs = conditions(
-        &Outcome::Decided {
-            spec: &s,
-            current: 1,
-            rec: &rec,
-            rescale_error: None,
-        },
-        &[],
-        Some(2),
-        &time(100),
-    );
+    let cs = decided(&s, 1, &rec);
     let types: Vec<&str> = cs.iter().map(|c| c.type_.as_str()).collect();
     assert_eq!(types, AUTOSCALER_CONDITIONS);
     assert_eq!(find(&cs, ABLE_TO_SCALE).reason, "SucceededRescale");
@@ -129,17 +134,7 @@ fn the_max_bound_shows_as_scaling_limited_too_many_replicas() {
     let s = spec(serde_json::json!({"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 2}));
     let rec = decide(&s, 1, &[answered("a", 9.0, 1.0, 0.0)], &[]);
     assert_eq!((rec.raw, rec.replicas), (5, 2));
-    let cs = conditions(
-        &Outcome::Decided {
-            spec: &s,
-            current: 1,
-            rec: &rec,
-            rescale_error: None,
-        },
-        &[],
-        None,
-        &time(100),
-    );
+    let cs = decided(&s, 1, &rec);
     let limited = find(&cs, SCALING_LIMITED);
     assert_eq!(
         (limited.status.as_str(), limited.reason.as_str()),
@@ -173,17 +168,7 @@ fn a_held_scale_down_says_it_is_stabilized_and_the_min_bound_says_too_few() {
         }],
     );
     assert_eq!(held.replicas, 2);
-    let cs = conditions(
-        &Outcome::Decided {
-            spec: &s,
-            current: 2,
-            rec: &held,
-            rescale_error: None,
-        },
-        &[],
-        None,
-        &time(100),
-    );
+    let cs = decided(&s, 2, &held);
     assert_eq!(find(&cs, ABLE_TO_SCALE).reason, "ScaleDownStabilized");
     let after = decide(
         &s,
@@ -195,17 +180,7 @@ fn a_held_scale_down_says_it_is_stabilized_and_the_min_bound_says_too_few() {
         }],
     );
     assert_eq!(after.replicas, 1);
-    let cs = conditions(
-        &Outcome::Decided {
-            spec: &s,
-            current: 2,
-            rec: &after,
-            rescale_error: None,
-        },
-        &[],
-        None,
-        &time(100),
-    );
+    let cs = decided(&s, 2, &after);
     assert_eq!(find(&cs, SCALING_LIMITED).reason, "TooFewReplicas");
     assert_eq!(
         rescale_message(&after),
@@ -217,17 +192,7 @@ fn a_held_scale_down_says_it_is_stabilized_and_the_min_bound_says_too_few() {
 fn missing_metrics_turn_scaling_inactive_and_keep_the_limit_condition_as_it_was() {
     let s = spec(serde_json::json!({"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 2}));
     let rec = decide(&s, 1, &[answered("a", 9.0, 1.0, 0.0)], &[]);
-    let before = conditions(
-        &Outcome::Decided {
-            spec: &s,
-            current: 1,
-            rec: &rec,
-            rescale_error: None,
-        },
-        &[],
-        None,
-        &time(100),
-    );
+    let before = decided(&s, 1, &rec);
     let after = conditions(
         &Outcome::NoMetrics {
             why: "pod a: no answer within 2s".to_owned(),

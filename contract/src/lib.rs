@@ -44,6 +44,8 @@ pub mod serve_flags {
     pub const DRAIN_TIMEOUT: &str = "drain-timeout";
     pub const THREADS: &str = "threads";
     pub const LOG_FORMAT: &str = "log-format";
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub const DEVICE: &str = "device";
 }
 
 /// Long flag names of `llama-server fetch`.

@@ -6,7 +6,6 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::Device;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::gguf::GgufFile;
@@ -113,6 +112,9 @@ pub struct ModelArgs {
     /// Re-encode Q4_1 weights as Q8_0 at load (experiment; the default exact Q4_1 kernel is as fast).
     #[arg(long)]
     pub repack_q4_1: bool,
+    /// Where to compute: `auto`, `cpu`, `cuda` or `cuda:N` (see `serve --help`).
+    #[arg(long, env = "LLAMA_DEVICE", default_value = "auto")]
+    pub device: crate::device::DeviceArg,
 }
 
 impl ModelArgs {
@@ -177,7 +179,8 @@ pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     drop(file);
-    let model = Model::load(&path, &Device::Cpu, args.model.load_options())?;
+    let device = crate::device::choose(args.model.device)?;
+    let model = Model::load(&path, &device, args.model.load_options())?;
     eprintln!(
         "loaded {} in {:.2}s ({} layers, {})",
         path.display(),
@@ -262,6 +265,9 @@ pub struct BenchArgs {
     /// Re-encode Q4_1 weights as Q8_0 at load (experiment).
     #[arg(long)]
     pub repack_q4_1: bool,
+    /// Where to compute: `auto`, `cpu`, `cuda` or `cuda:N` (see `serve --help`).
+    #[arg(long, env = "LLAMA_DEVICE", default_value = "auto")]
+    pub device: crate::device::DeviceArg,
     /// Batched decode: for each size B, B sequences of `--prompt-tokens` cached context decode one token
     /// each per step (one flat batch, as the server's engine runs them); reports aggregate tokens/s.
     #[arg(long, value_delimiter = ',')]
@@ -306,6 +312,8 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .arg(args.gen_tokens.to_string())
                 .arg("--repeat")
                 .arg(args.repeat.to_string())
+                .arg("--device")
+                .arg(args.device.to_string())
                 .env("RAYON_NUM_THREADS", t.to_string())
                 .env("CANDLE_NUM_THREADS", "1");
             if args.repack_q4_1 {
@@ -331,7 +339,8 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         repack_q4_1: args.repack_q4_1,
     };
-    let model = Model::load(path, &Device::Cpu, opts)?;
+    let device = crate::device::choose(args.device)?;
+    let model = Model::load(path, &device, opts)?;
     let vocab = model.config().vocab_size as u32;
     // a deterministic, non-degenerate prompt
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)

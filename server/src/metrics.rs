@@ -3,8 +3,8 @@
 //! time, so the two can never disagree).
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// `llama_` name → vLLM-compatible name.
@@ -92,6 +92,8 @@ pub struct Metrics {
     pub tokens_per_step: Histogram,
     /// 1 while draining.
     pub draining: IntGauge,
+    /// 1 for the device the engine computes on (`device` = `cpu` or `cuda:N`).
+    pub device_info: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str, model: &str) -> Opts {
@@ -216,6 +218,14 @@ impl Metrics {
                 "1 while the server drains before exit.",
                 m,
             ))?,
+            device_info: IntGaugeVec::new(
+                opts(
+                    "llama_device_info",
+                    "1 for the device the engine computes on (--device).",
+                    m,
+                ),
+                &["device"],
+            )?,
             registry,
         };
         let r = &this.registry;
@@ -238,6 +248,7 @@ impl Metrics {
         r.register(Box::new(this.request_queue_time.clone()))?;
         r.register(Box::new(this.tokens_per_step.clone()))?;
         r.register(Box::new(this.draining.clone()))?;
+        r.register(Box::new(this.device_info.clone()))?;
         for reason in ["stop", "length", "abort"] {
             this.request_success.with_label_values(&[reason]);
         }

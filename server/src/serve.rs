@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// larger values exit with a message saying so.
     #[arg(long = flags::TENSOR_PARALLEL_SIZE, env = "LLAMA_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
     pub tensor_parallel_size: u32,
+    /// Where the engine computes: `auto` (CUDA when compiled in and present, else the CPU), `cpu`, `cuda`
+    /// or `cuda:N`. CUDA from a CPU-only build, or a GPU that is not there, exits before loading.
+    #[arg(long = flags::DEVICE, env = "LLAMA_DEVICE", default_value = "auto")]
+    pub device: crate::device::DeviceArg,
     /// HTTP worker threads.
     #[arg(long, env = "LLAMA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
@@ -156,6 +160,7 @@ struct Prepared {
     name: String,
     num_blocks: usize,
     max_seq_len: usize,
+    device: Device,
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
@@ -167,6 +172,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
             args.tensor_parallel_size
         ));
     }
+    let device = crate::device::choose(args.device)?;
     if args.block_size == 0 {
         bail!("--block-size must be positive");
     }
@@ -234,6 +240,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         name,
         num_blocks,
         max_seq_len,
+        device,
     })
 }
 
@@ -245,8 +252,9 @@ fn start_engine(
     num_blocks: usize,
     max_seq_len: usize,
     metrics: Metrics,
+    device: &Device,
 ) -> anyhow::Result<EngineHandle> {
-    let device = Device::Cpu;
+    let device = device.clone();
     let model = Model::load(
         path,
         &device,
@@ -282,8 +290,22 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         name,
         num_blocks,
         max_seq_len,
+        device,
     } = prepare(args)?;
     let metrics = Metrics::new(&name)?;
+    let device_name = crate::device::describe(&device);
+    metrics
+        .device_info
+        .with_label_values(&[device_name.as_str()])
+        .set(1);
+    if device.is_cpu()
+        && args.device == crate::device::DeviceArg::Auto
+        && !crate::device::CUDA_COMPILED
+    {
+        tracing::info!(device = %device_name, "computing on the CPU (this build has no CUDA support)");
+    } else {
+        tracing::info!(device = %device_name, "computing on {device_name}");
+    }
     let state = web::Data::new(AppState {
         engine: OnceLock::new(),
         tokenizer: Arc::new(tokenizer),
@@ -328,7 +350,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let loader_handle = handle.clone();
         let loader_metrics = metrics.clone();
         std::thread::Builder::new().name("loader".into()).spawn(move || {
-            match start_engine(&args2, &path, &cfg, num_blocks, max_seq_len, loader_metrics) {
+            match start_engine(&args2, &path, &cfg, num_blocks, max_seq_len, loader_metrics, &device) {
                 Ok(engine) => {
                     let _ = loader_state.engine.set(engine);
                     loader_state.ready.store(true, Ordering::SeqCst);

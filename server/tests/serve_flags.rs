@@ -45,3 +45,23 @@ fn log_format_json_is_accepted_and_bad_values_name_the_choices() {
     assert!(!ok);
     assert!(err.contains("/nonexistent.gguf"), "{err}");
 }
+
+/// `--device` (the contract's flag): CUDA from this CPU-only build exits before loading, naming the feature;
+/// a bad value names the choices; `cpu` is accepted (the failure is then about the model file).
+#[test]
+fn device_cuda_on_a_cpu_build_names_the_feature_and_bad_values_the_choices() {
+    let device = format!("--{}", llama_contract::serve_flags::DEVICE);
+    let (ok, err) = serve(&[&device, "cuda:7", "--model", "/nonexistent.gguf"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--device cuda:7: this llama-server was built without CUDA support (the `cuda` Cargo feature)"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (ok, err) = serve(&[&device, "gpu"]);
+    assert!(!ok);
+    assert!(err.contains("expected auto, cpu, cuda or cuda:N"), "{err}");
+    let (ok, err) = serve(&[&device, "cpu", "--model", "/nonexistent.gguf"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent.gguf"), "{err}");
+}

@@ -10,24 +10,31 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint unit gen-check e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
+.PHONY: help test lint cuda-check unit gen-check e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
 
 help:
 	@echo "make demo          the whole platform on the local cluster: operator (Helm) + a served SmolLM2 LlamaDeployment"
 	@echo "make demo-server   just llama-server on 127.0.0.1:8000 with the default model (no cluster)"
 	@echo "make images        OCI image archives of llama-server and llama-operator (loaded into the local node if up)"
 	@echo "make model-image MODEL=file.gguf  a modelcar image for spec.model.image"
-	@echo "make test          everything CI runs: fmt, clippy, unit+integration tests, generated-file checks, e2e"
+	@echo "make test          everything CI runs: fmt, clippy, the CUDA compile-check, unit+integration tests, generated-file checks, e2e"
+	@echo "make cuda-check    clippy of llama-server --features cuda with nvcc from PyPI wheels (no GPU needed)"
 	@echo "make cluster-up    start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)"
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make e2e           run the e2e suite (starts and stops the local control plane unless one is up)"
 
 ## The one test command.
-test: lint unit gen-check e2e
+test: lint cuda-check unit gen-check e2e
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# The `cuda` feature compile-checked (no GPU, no driver, no link): nvcc from NVIDIA's PyPI wheels, cached.
+cuda-check:
+	CUDA_HOME=$$(bash scripts/cuda-toolkit.sh) && export CUDA_HOME CUDA_PATH=$$CUDA_HOME \
+	  PATH="$$CUDA_HOME/bin:$$PATH" CUDA_COMPUTE_CAP=90 && \
+	  $(CARGO) clippy -p llama-server --features cuda --all-targets --locked -- -D warnings
 
 unit: pyenv model
 	LLAMA_OP_VENV=$$(bash scripts/pyenv.sh) LLAMA_OP_MODEL=$$(bash scripts/fetch-model.sh) \

@@ -207,6 +207,11 @@ pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
     if let Some(t) = threads {
         args.extend([flag(f::THREADS), t.to_string()]);
     }
+    // A CPU pod never tries a GPU. A GPU pod keeps the server's `auto` (CUDA when its image has it) until the
+    // CUDA engine path lands and images are built with it; then it will say `cuda`.
+    if s.accelerator == crate::crd::Accelerator::Cpu {
+        args.extend([flag(f::DEVICE), "cpu".to_owned()]);
+    }
     args.extend(s.server_args.iter().cloned());
     args
 }

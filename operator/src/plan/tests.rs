@@ -286,6 +286,12 @@ fn planned_serve_flags_mean_to_the_server_what_the_spec_says() {
         assert_eq!(a.max_queue as i64, i64::from(s.max_queue));
         assert_eq!(a.drain_timeout as i64, i64::from(s.drain_timeout_seconds));
         assert_eq!(a.served_model_name, Some(served_model_name(&ld)));
+        // A CPU pod computes on the CPU, whatever the image was built with.
+        let expected = match s.accelerator {
+            crate::crd::Accelerator::Cpu => llama_server::device::DeviceArg::Cpu,
+            crate::crd::Accelerator::Gpu => llama_server::device::DeviceArg::Auto,
+        };
+        assert_eq!(a.device, expected);
     }
 }
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs NVIDIA's CUDA compiler (nvcc, its crt headers, NVVM, the runtime headers and CCCL) from PyPI wheels into the
+# cache, once per version, and prints the CUDA_HOME to build against. No GPU and no driver needed: this is for
+# compile-checking the `cuda` feature (candle-kernels runs nvcc at build time). 13.4.92 throughout: 13.5 is too
+# new for cudarc 0.19.
+set -euo pipefail
+version=13.4.92
+cccl=13.3.5.0.6 # CCCL (libcu++: <nv/target>, which cuda_fp16.h includes) is versioned on its own
+cache="${LLAMA_OP_CACHE:-$HOME/.cache/llama-operator}"
+dir="$cache/cuda-$version-cccl-$cccl"
+home="$dir/venv/lib/python3.11/site-packages/nvidia/cu13"
+if [ ! -x "$home/bin/nvcc" ] || [ ! -f "$dir/.complete" ]; then
+  echo "cuda-toolkit: installing nvcc $version from PyPI wheels into $dir" >&2
+  rm -rf "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  python3 -m venv "$dir.tmp/venv" >&2
+  "$dir.tmp/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "nvidia-cuda-nvcc==$version" "nvidia-cuda-crt==$version" "nvidia-nvvm==$version" \
+    "nvidia-cuda-runtime==$version" "nvidia-cuda-cccl==$cccl" >&2
+  # venvs are not relocatable, but nothing here runs the venv's python: only the files under nvidia/cu13.
+  rm -rf "$dir"
+  mv "$dir.tmp" "$dir"
+  touch "$dir/.complete"
+fi
+[ -x "$home/bin/nvcc" ] || { echo "cuda-toolkit: no nvcc at $home/bin/nvcc" >&2; exit 1; }
+echo "$home"

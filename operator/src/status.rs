@@ -238,6 +238,9 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
     let available = ds.available_replicas.unwrap_or(0);
     let progress = format!("{ready}/{desired} replicas ready, {updated}/{desired} updated");
     let rolled_out = dep_current && ready >= desired && updated >= desired && replicas == desired;
+    // Only the count differs (every pod runs the current template, at least one serves): scaling, e.g. by the
+    // autoscaler. The deployment keeps serving, so it stays Ready instead of flapping on every rescale.
+    let scaling = !rolled_out && dep_current && updated == replicas && ready >= 1 && desired >= 1;
     let first_problem = obs.problems.first();
 
     let validated = match obs.validation {
@@ -334,6 +337,14 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
             true,
             "AllReplicasReady",
             progress.clone(),
+            generation,
+            now,
+        ),
+        (Ok(_), None) if scaling => condition(
+            READY,
+            true,
+            "Scaling",
+            format!("{progress}; serving while scaling to {desired}"),
             generation,
             now,
         ),

@@ -94,6 +94,40 @@ fn a_rollout_in_flight_is_progressing_and_not_ready() {
 }
 
 #[test]
+fn a_serving_deployment_stays_ready_while_it_scales() {
+    let mut ld = two_replicas();
+    ld.spec.replicas = 3;
+    // Scaled 2 -> 3 (e.g. by the autoscaler): the new pod is starting, two serve.
+    let d = deployment(1, 3, 2, 3);
+    let obs = Observed {
+        validation: &fit(),
+        deployment: Some(&d),
+        problems: &[],
+    };
+    let s = derive(&ld, &obs, &at(0));
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("True".into(), "Scaling".into())
+    );
+    assert_eq!(
+        find(&s.conditions, READY).map(|c| c.message.as_str()),
+        Some("2/3 replicas ready, 3/3 updated; serving while scaling to 3")
+    );
+    assert_eq!(s.ready_of_desired.as_deref(), Some("2/3"));
+    // Nothing serving yet (a fresh deployment) is not Ready.
+    let d = deployment(1, 3, 0, 3);
+    let obs = Observed {
+        deployment: Some(&d),
+        ..obs
+    };
+    let s = derive(&ld, &obs, &at(0));
+    assert_eq!(
+        status_of(&s.conditions, READY),
+        ("False".into(), "ReplicasNotReady".into())
+    );
+}
+
+#[test]
 fn failed_validation_is_not_ready_with_the_reason_and_arithmetic() {
     let err = Err(HardwareError::TensorParallelMismatch(
         "tensorParallelSize 2 does not divide model.heads 9 (9 % 2 = 1)".into(),

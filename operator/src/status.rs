@@ -322,8 +322,21 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
             now,
         ),
     };
+    // The Deployment has not observed our latest write yet (e.g. a rescale a moment ago): its status still
+    // describes the previous spec, so a Ready=True from before stands until it catches up (milliseconds).
+    let catching_up = obs.deployment.is_some() && !dep_current;
+    let was_ready = find(&previous.conditions, READY).filter(|c| c.status == "True");
     let ready_c = match (obs.validation, first_problem) {
         (Err(e), _) => condition(READY, false, e.reason(), e.to_string(), generation, now),
+        (Ok(_), None) if catching_up && was_ready.is_some() => was_ready
+            .cloned()
+            .map(|c| Condition {
+                observed_generation: generation,
+                ..c
+            })
+            .unwrap_or_else(|| {
+                condition(READY, true, "Scaling", progress.clone(), generation, now)
+            }),
         (Ok(_), _) if desired == 0 && rolled_out => condition(
             READY,
             true,

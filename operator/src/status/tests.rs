@@ -114,6 +114,26 @@ fn a_serving_deployment_stays_ready_while_it_scales() {
         Some("2/3 replicas ready, 3/3 updated; serving while scaling to 3")
     );
     assert_eq!(s.ready_of_desired.as_deref(), Some("2/3"));
+    // Right after the rescale the Deployment has not observed it yet (its status is of generation 1, its spec
+    // of generation 2): the previous Ready=True stands instead of flipping for a moment.
+    ld.status = Some(s.clone());
+    let mut lagging = deployment(2, 3, 2, 2);
+    if let Some(st) = lagging.status.as_mut() {
+        st.observed_generation = Some(1);
+        st.replicas = Some(2);
+    }
+    let lag = derive(
+        &ld,
+        &Observed {
+            deployment: Some(&lagging),
+            ..obs
+        },
+        &at(5),
+    );
+    assert_eq!(
+        status_of(&lag.conditions, READY),
+        ("True".into(), "Scaling".into())
+    );
     // Nothing serving yet (a fresh deployment) is not Ready.
     let d = deployment(1, 3, 0, 3);
     let obs = Observed {

@@ -18,15 +18,13 @@ use futures::future::join_all;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::controller::{Context, scoped};
+use crate::controller::{Context, object_key as key, scoped, wall_now};
 use crate::crd::{GROUP, LlamaDeployment};
 use crate::plan::{MANAGER as CONTROLLER_MANAGER, SELECTOR_LABEL};
 use decide::{DELETION_COST, Outcome, ScalerStatus, Scraped};
@@ -40,6 +38,8 @@ pub const MANAGER: &str = "llama-operator-autoscaler";
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrape interval of LlamaDeployments without `spec.autoscaling` (status only).
 const STATUS_INTERVAL_SECONDS: f64 = 5.0;
+/// The `action` of the autoscaler's events.
+const ACTION: &str = "Autoscale";
 /// How often an unchanged status is re-applied when the object shows other values (someone else wrote them).
 const RESYNC_SECONDS: f64 = 60.0;
 /// How often the loop looks for LlamaDeployments whose interval has passed.
@@ -78,10 +78,6 @@ impl Memory {
         self.history.retain(|h| now - h.at <= 3600.0);
         self.events.retain(|(e, _)| now - e.at <= 1800.0);
     }
-}
-
-fn wall_now() -> Time {
-    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
 /// Runs the autoscaler until `shutdown` resolves.
@@ -191,10 +187,6 @@ where
         .await;
 }
 
-fn key(ld: &LlamaDeployment) -> (String, String) {
-    (ld.namespace().unwrap_or_default(), ld.name_any())
-}
-
 /// Ready, not terminating pods of the LlamaDeployment, with their IPs (name order).
 fn ready_pods(pods: &Store<Pod>, ns: &str, name: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = pods
@@ -244,23 +236,6 @@ fn conflicting_autoscaler(
             }
         })
     })
-}
-
-async fn publish(ctx: &Context, ld: &LlamaDeployment, warning: bool, reason: &str, note: String) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Autoscale".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &ld.object_ref(&())).await {
-        warn!(error = %e, "publishing event failed");
-    }
 }
 
 /// Writes each pod's deletion cost where it changed, so the ReplicaSet removes the idlest pods first.
@@ -412,16 +387,17 @@ async fn pass(
                             .inc();
                         let message = decide::rescale_message(&r);
                         info!(name = %name, namespace = %ns, from = current, to = r.replicas, %message, "rescaled");
-                        publish(ctx, &ld, false, "SuccessfulRescale", message).await;
+                        ctx.publish(&ld, false, "SuccessfulRescale", message, ACTION)
+                            .await;
                     }
                     Err(e) => {
                         warn!(name = %name, namespace = %ns, error = %e, "writing /scale failed");
-                        publish(
-                            ctx,
+                        ctx.publish(
                             &ld,
                             true,
                             "FailedRescale",
                             format!("New size: {}; writing /scale failed: {e}", r.replicas),
+                            ACTION,
                         )
                         .await;
                         rescale_error = Some(e.to_string());
@@ -460,12 +436,12 @@ async fn pass(
                 && (c.type_ == decide::ABLE_TO_SCALE || c.type_ == decide::SCALING_ACTIVE)
                 && c.reason != "ScalingDisabled"
             {
-                publish(
-                    ctx,
+                ctx.publish(
                     &ld,
                     true,
                     &c.reason,
                     format!("{}=False: {}", c.type_, c.message),
+                    ACTION,
                 )
                 .await;
             }

@@ -95,6 +95,31 @@ impl Context {
         *n
     }
 
+    /// Publishes an event about `ld` (a failure to publish is logged, never an error of the caller).
+    pub(crate) async fn publish(
+        &self,
+        ld: &LlamaDeployment,
+        warning: bool,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &ld.object_ref(&())).await {
+            warn!(error = %e, "publishing event failed");
+        }
+    }
+
     fn clear_failures(&self, key: &(String, String)) {
         if let Ok(mut map) = self.failures.lock() {
             map.remove(key);
@@ -111,7 +136,12 @@ pub fn retry_backoff(failures: u32) -> Duration {
     Duration::from_secs((1u64 << exp).min(15))
 }
 
-fn object_key(ld: &LlamaDeployment) -> (String, String) {
+/// Now, to the second (the precision of `metav1.Time`).
+pub(crate) fn wall_now() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub(crate) fn object_key(ld: &LlamaDeployment) -> (String, String) {
     (ld.namespace().unwrap_or_default(), ld.name_any())
 }
 
@@ -345,8 +375,7 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
         .list(&ListParams::default().labels(&plan::selector_string(&name)))
         .await?;
     let problems = status::pod_problems(&pods.items);
-    let now =
-        Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH));
+    let now = wall_now();
     let next = status::derive(
         &ld,
         &Observed {
@@ -379,25 +408,10 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
                 continue;
             };
             info!(name = %name, namespace = %ns, condition = %c.type_, status = %c.status, reason = %c.reason, "condition changed");
-            let event = Event {
-                type_: if type_ == status::EventKind::Warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: c.reason.clone(),
-                note: Some(format!(
-                    "{}={}: {}",
-                    c.type_,
-                    c.status,
-                    truncate(&c.message, 900)
-                )),
-                action: "Reconcile".to_owned(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &ld.object_ref(&())).await {
-                warn!(error = %e, "publishing event failed");
-            }
+            let note = format!("{}={}: {}", c.type_, c.status, truncate(&c.message, 900));
+            let warning = type_ == status::EventKind::Warning;
+            ctx.publish(&ld, warning, &c.reason, note, "Reconcile")
+                .await;
         }
     }
 

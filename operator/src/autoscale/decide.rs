@@ -149,6 +149,14 @@ pub fn conditions(
     let c = |type_: &str, ok: bool, reason: &str, message: String| {
         condition(type_, ok, reason, message, generation, now)
     };
+    let got_scale = || {
+        c(
+            ABLE_TO_SCALE,
+            true,
+            "SucceededGetScale",
+            "the autoscaler was able to get the scale".to_owned(),
+        )
+    };
     let fresh: Vec<Condition> = match outcome {
         Outcome::Conflict { with } => vec![
             c(
@@ -168,12 +176,7 @@ pub fn conditions(
             ),
         ],
         Outcome::ScaledToZero => vec![
-            c(
-                ABLE_TO_SCALE,
-                true,
-                "SucceededGetScale",
-                "the autoscaler was able to get the scale".to_owned(),
-            ),
+            got_scale(),
             c(
                 SCALING_ACTIVE,
                 false,
@@ -184,12 +187,7 @@ pub fn conditions(
             ),
         ],
         Outcome::NoMetrics { why } => vec![
-            c(
-                ABLE_TO_SCALE,
-                true,
-                "SucceededGetScale",
-                "the autoscaler was able to get the scale".to_owned(),
-            ),
+            got_scale(),
             c(
                 SCALING_ACTIVE,
                 false,

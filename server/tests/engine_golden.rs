@@ -40,10 +40,7 @@ const NEAR_TIE_F16: f64 = 0.1;
 const MAX_GAP_DIFF_F16: f64 = 0.1;
 
 fn golden() -> serde_json::Value {
-    let path = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/golden/smollm2-greedy.json");
+    let path = engine_common::package_dir().join("tests/golden/smollm2-greedy.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json")
 }
 

@@ -9,10 +9,7 @@ use llama_server::gguf::GgufFile;
 use llama_server::tokenizer::{IncrementalDecoder, Tokenizer};
 
 fn data_dir() -> PathBuf {
-    std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/data/llama.cpp-vocab")
+    engine_common::package_dir().join("tests/data/llama.cpp-vocab")
 }
 
 fn sdist_models() -> PathBuf {

@@ -18,10 +18,7 @@ fn requests_beyond_the_queue_bound_get_429_with_retry_after() {
 #[test]
 fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let mut server = Server::start(&[]);
-    let dir = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/py");
+    let dir = serve_common::package_dir().join("tests/py");
     let mut child = Command::new(python())
         .arg(dir.join("queue_drain.py"))
         .arg(&server.base)

@@ -142,10 +142,7 @@ fn autoscaling_docs_name_the_metrics_the_server_exports() {
 #[test]
 fn the_keda_example_targets_the_scale_subresource_and_a_metric_the_server_exports() {
     use kube::CustomResourceExt;
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("..");
+    let root = crate::plan::tests::package_dir().join("..");
     let text = std::fs::read_to_string(root.join("manifests/examples/keda-scaledobject.yaml"))
         .expect("example");
     let so: serde_json::Value = serde_yaml::from_str(&text).expect("yaml");

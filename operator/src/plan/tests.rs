@@ -14,13 +14,16 @@ pub(crate) fn llama(name: &str, spec: serde_json::Value) -> LlamaDeployment {
     ld
 }
 
+/// `operator/`, read at run time: a shared target dir can hold a test binary compiled in another checkout.
+pub(crate) fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
+}
+
 /// Compares `value` rendered as YAML with `src/testdata/<file>`; `UPDATE_GOLDEN=1` rewrites the file.
 pub(crate) fn assert_golden<T: serde::Serialize>(file: &str, value: &T) {
-    let path = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("src/testdata")
-    .join(file);
+    let path = package_dir().join("src/testdata").join(file);
     let actual = serde_yaml::to_string(value).expect("yaml");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).expect("write golden");
@@ -232,10 +235,7 @@ fn parse_with_the_server(argv: &[String]) -> llama_server::app::Commands {
 
 #[test]
 fn every_golden_deployment_runs_commands_the_server_accepts() {
-    let dir = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("src/testdata");
+    let dir = package_dir().join("src/testdata");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).expect("testdata") {
         let path = entry.expect("entry").path();

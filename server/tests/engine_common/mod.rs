@@ -5,13 +5,18 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// `server/`, read at run time: a shared target dir can hold a test binary compiled in another checkout.
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
+}
+
 pub fn repo_root() -> PathBuf {
-    std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .parent()
-    .expect("server/ has a parent")
-    .to_path_buf()
+    package_dir()
+        .parent()
+        .expect("server/ has a parent")
+        .to_path_buf()
 }
 
 fn script_output(script: &str) -> PathBuf {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 #[path = "../engine_common/mod.rs"]
 mod engine_common;
 #[allow(unused_imports)] // not every serve test uses both
-pub use engine_common::{python, repo_root};
+pub use engine_common::{package_dir, python, repo_root};
 
 /// The default SmolLM2 Q4_1 model (`LLAMA_OP_MODEL`, else `scripts/fetch-model.sh`).
 pub fn model() -> PathBuf {
@@ -158,11 +158,7 @@ impl Server {
     }
 
     pub fn py_output(&self, script: &str, args: &[&str]) -> Output {
-        let dir = std::path::PathBuf::from(
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join("tests/py");
+        let dir = engine_common::package_dir().join("tests/py");
         Command::new(python())
             .arg(dir.join(script))
             .arg(&self.base)

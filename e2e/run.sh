@@ -66,6 +66,12 @@ fi
 real_env && cargo test --locked --no-fail-fast -p e2e --test real_node --test real_node_autoscale -- \
   --ignored --test-threads=1 --nocapture ${E2E_REAL_FILTER:-}
 rc3=$?
+if [ "$rc3" != 0 ] && [ -n "${E2E_REAL_NODE:-}" ]; then
+  # A pod that never schedules is most often the node itself (DiskPressure, NotReady): show its state.
+  echo "e2e: real-node tests failed; node $E2E_REAL_NODE now has taints and conditions:" >&2
+  "$K8S_BIN/kubectl" get node "$E2E_REAL_NODE" -o jsonpath='{range .spec.taints[*]}  taint {.key}:{.effect}{"\n"}{end}{range .status.conditions[*]}  {.type}={.status} ({.reason}: {.message}){"\n"}{end}' >&2 || true
+  df -h "$E2E_STATE" >&2 || true
+fi
 [ "$rc" = 0 ] && rc=$rc3
 if [ "$real_only" != 1 ]; then
   # Tests that restart the apiserver run alone, after all others (e2e/tests/disruption.rs).

@@ -64,6 +64,17 @@ command -v go >/dev/null 2>&1 || problem "no Go toolchain (go): it builds the no
 . "$here/node-lib.sh"
 record_host_baseline
 
+# Disk: the kubelet taints the node DiskPressure (and its pods stay Pending, "untolerated taint") once free
+# space under its state falls below evictionHard nodefs.available (1 % of the filesystem); the tests then write
+# images, pod logs and a Cargo build on the same filesystem. Demand that margin plus room for them.
+disk_at=$E2E_STATE
+while [ ! -e "$disk_at" ]; do disk_at=$(dirname "$disk_at"); done
+read -r disk_size disk_avail < <(df -Pk "$disk_at" | awk 'NR==2 {print $2, $4}')
+need_kib=$(( disk_size / 100 + 4 * 1024 * 1024 ))
+if [ "${disk_avail:-0}" -lt "$need_kib" ]; then
+  problem "only $(( disk_avail / 1024 )) MiB free on the filesystem of $E2E_STATE; the real node needs $(( need_kib / 1024 )) MiB (1 % of $(( disk_size / 1024 / 1024 )) GiB, the kubelet's DiskPressure threshold, + 4 GiB for images, pod logs and builds): free some space"
+fi
+
 # What the kernel must offer.
 grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
 grep -qw overlay /proc/filesystems || problem "no overlayfs in this kernel (containerd's snapshotter needs it)"

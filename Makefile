@@ -30,11 +30,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# The `cuda` feature compile-checked (no GPU, no driver, no link): nvcc from NVIDIA's PyPI wheels, cached.
+# The `cuda` feature compile-checked (no GPU, no driver, no link): nvcc from NVIDIA's PyPI wheels, cached. Then our
+# run-time kernels compiled as the server compiles them on a GPU (NVRTC) and assembled for sm_90 (ptxas).
 cuda-check:
 	CUDA_HOME=$$(bash scripts/cuda-toolkit.sh) && export CUDA_HOME CUDA_PATH=$$CUDA_HOME \
 	  PATH="$$CUDA_HOME/bin:$$PATH" CUDA_COMPUTE_CAP=90 && \
-	  $(CARGO) clippy -p llama-server --features cuda --all-targets --locked -- -D warnings
+	  $(CARGO) clippy -p llama-server --features cuda --all-targets --locked -- -D warnings && \
+	  python3 scripts/nvrtc-check.py "$$(bash scripts/cuda-toolkit.sh nvrtc)" "$$CUDA_HOME/bin/ptxas" sm_90 \
+	    server/src/kv_cache/paged_attention.cu $(foreach t,f32 f16 bf16,reshape_and_cache_$(t) paged_attention_$(t))
 
 unit: pyenv model
 	LLAMA_OP_VENV=$$(bash scripts/pyenv.sh) LLAMA_OP_MODEL=$$(bash scripts/fetch-model.sh) \

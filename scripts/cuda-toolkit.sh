@@ -3,10 +3,30 @@
 # cache, once per version, and prints the CUDA_HOME to build against. No GPU and no driver needed: this is for
 # compile-checking the `cuda` feature (candle-kernels runs nvcc at build time). 13.4.92 throughout: 13.5 is too
 # new for cudarc 0.19.
+#
+# `cuda-toolkit.sh nvrtc` instead installs NVRTC alone (its own cache directory) and prints the path of libnvrtc:
+# scripts/nvrtc-check.py compiles the server's run-time kernels with it, as the server does on a GPU.
 set -euo pipefail
 version=13.4.92
 cccl=13.3.5.0.6 # CCCL (libcu++: <nv/target>, which cuda_fp16.h includes) is versioned on its own
 cache="${LLAMA_OP_CACHE:-$HOME/.cache/llama-operator}"
+if [ "${1:-}" = nvrtc ]; then
+  dir="$cache/nvrtc-$version"
+  lib="$dir/venv/lib/python3.11/site-packages/nvidia/cu13/lib/libnvrtc.so.13"
+  if [ ! -f "$lib" ] || [ ! -f "$dir/.complete" ]; then
+    echo "cuda-toolkit: installing NVRTC $version from its PyPI wheel into $dir" >&2
+    rm -rf "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    python3 -m venv "$dir.tmp/venv" >&2
+    "$dir.tmp/venv/bin/pip" install --quiet --disable-pip-version-check "nvidia-cuda-nvrtc==$version" >&2
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    touch "$dir/.complete"
+  fi
+  [ -f "$lib" ] || { echo "cuda-toolkit: no libnvrtc at $lib" >&2; exit 1; }
+  echo "$lib"
+  exit 0
+fi
 dir="$cache/cuda-$version-cccl-$cccl"
 home="$dir/venv/lib/python3.11/site-packages/nvidia/cu13"
 if [ ! -x "$home/bin/nvcc" ] || [ ! -f "$dir/.complete" ]; then

@@ -116,6 +116,122 @@ fn driver_present() -> bool {
         .any(|d| std::path::Path::new(d).join("libcuda.so.1").exists())
 }
 
+/// Free and total bytes of a device's memory: the GPU's own (`cuMemGetInfo`), or the host's `MemAvailable` /
+/// `MemTotal` for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// What `device` reports, if it can say.
+pub fn memory(device: &Device) -> Option<Memory> {
+    if device.is_cpu() {
+        return host_memory();
+    }
+    gpu_memory(device)
+}
+
+fn host_memory() -> Option<Memory> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Memory {
+        free: field("MemAvailable:")?,
+        total: field("MemTotal:")?,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_memory(device: &Device) -> Option<Memory> {
+    let Device::Cuda(d) = device else {
+        return None;
+    };
+    let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+    Some(Memory {
+        free: free as u64,
+        total: total as u64,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_memory(_: &Device) -> Option<Memory> {
+    None
+}
+
+/// The KV cache's default share of the memory left after the weights: a GPU holds little else, the host
+/// runs everything else too.
+pub fn default_kv_fraction(device: &Device) -> f64 {
+    if device.is_cpu() { 0.25 } else { 0.9 }
+}
+
+/// The most the KV cache takes on the CPU when its size is not given.
+const HOST_KV_CAP: u64 = 1 << 30;
+
+/// What sizing the KV cache needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct KvSizing {
+    /// `--kv-cache-memory`, if given.
+    pub explicit: Option<u64>,
+    /// Share of the memory left after the weights (and, on a GPU, the reserve) when not given.
+    pub fraction: f64,
+    /// What `--max-batch-size` full-length sequences need: more would never be used.
+    pub enough: u64,
+    /// Bytes the weights take on the device.
+    pub weights: u64,
+}
+
+/// The KV cache budget in bytes on `name` (`cpu`, `cuda:0`), or why the model and cache do not fit, with
+/// the arithmetic. On a GPU 5 % of its memory (at least 256 MiB) stays free for activations and cuBLAS.
+pub fn kv_budget(name: &str, gpu: bool, mem: Option<Memory>, s: &KvSizing) -> Result<u64, String> {
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    let Some(mem) = mem else {
+        // Nothing to check against (an unknown device or no /proc): the old defaults.
+        return Ok(s.explicit.unwrap_or(s.enough.min(HOST_KV_CAP)));
+    };
+    let reserve = if gpu {
+        (mem.total / 20).max(256 << 20)
+    } else {
+        0
+    };
+    let Some(room) = mem.free.checked_sub(s.weights + reserve) else {
+        return Err(format!(
+            "the model's weights need {} on {name}, which has {} free of {}{}",
+            gib(s.weights),
+            gib(mem.free),
+            gib(mem.total),
+            if gpu {
+                format!(" (and {} stays free for activations)", gib(reserve))
+            } else {
+                String::new()
+            }
+        ));
+    };
+    let reserve_text = if gpu {
+        format!(" − {} reserve", gib(reserve))
+    } else {
+        String::new()
+    };
+    match s.explicit {
+        Some(b) if b > room => Err(format!(
+            "--kv-cache-memory {b} ({}) does not fit on {name}: {} free − {} weights{reserve_text} = {} left",
+            gib(b),
+            gib(mem.free),
+            gib(s.weights),
+            gib(room)
+        )),
+        Some(b) => Ok(b),
+        None => {
+            let by_fraction = (room as f64 * s.fraction.clamp(0.0, 1.0)) as u64;
+            let cap = if gpu { u64::MAX } else { HOST_KV_CAP };
+            Ok(by_fraction.min(s.enough).min(cap))
+        }
+    }
+}
+
 /// A short name for logs and metrics: `cpu` or `cuda:N`.
 pub fn describe(device: &Device) -> String {
     match device.location() {
@@ -152,6 +268,94 @@ mod tests {
         if !CUDA_COMPILED {
             assert_eq!(describe(&choose(DeviceArg::Auto).expect("auto")), "cpu");
         }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn sizing(explicit: Option<u64>, weights: u64) -> KvSizing {
+        KvSizing {
+            explicit,
+            fraction: 0.9,
+            enough: 100 * GIB,
+            weights,
+        }
+    }
+
+    #[test]
+    fn a_gpu_budget_is_the_fraction_of_what_the_weights_and_reserve_leave() {
+        let h100 = Memory {
+            free: 79 * GIB,
+            total: 80 * GIB,
+        };
+        // 79 free − 15 weights − 4 reserve (5 % of 80) = 60; 90 % of that.
+        let b = kv_budget("cuda:0", true, Some(h100), &sizing(None, 15 * GIB)).expect("fits");
+        assert_eq!(b, (60.0 * GIB as f64 * 0.9) as u64);
+        // Never more than max-batch-size full sequences need, and no 1 GiB host cap on a GPU.
+        let s = KvSizing {
+            enough: 3 * GIB,
+            ..sizing(None, 15 * GIB)
+        };
+        assert_eq!(kv_budget("cuda:0", true, Some(h100), &s), Ok(3 * GIB));
+        assert_eq!(
+            kv_budget(
+                "cuda:0",
+                true,
+                Some(h100),
+                &sizing(Some(60 * GIB), 15 * GIB)
+            ),
+            Ok(60 * GIB)
+        );
+    }
+
+    #[test]
+    fn weights_or_a_kv_budget_that_do_not_fit_are_refused_with_the_arithmetic() {
+        let small = Memory {
+            free: 7 * GIB,
+            total: 8 * GIB,
+        };
+        let err =
+            kv_budget("cuda:0", true, Some(small), &sizing(None, 14 * GIB)).expect_err("too big");
+        assert_eq!(
+            err,
+            "the model's weights need 14.00 GiB on cuda:0, which has 7.00 GiB free of 8.00 GiB \
+             (and 0.40 GiB stays free for activations)"
+        );
+        let err = kv_budget("cuda:0", true, Some(small), &sizing(Some(5 * GIB), 2 * GIB))
+            .expect_err("kv");
+        assert_eq!(
+            err,
+            "--kv-cache-memory 5368709120 (5.00 GiB) does not fit on cuda:0: 7.00 GiB free − 2.00 GiB \
+             weights − 0.40 GiB reserve = 4.60 GiB left"
+        );
+        let host = Memory {
+            free: 4 * GIB,
+            total: 16 * GIB,
+        };
+        let err = kv_budget("cpu", false, Some(host), &sizing(Some(5 * GIB), GIB)).expect_err("kv");
+        assert_eq!(
+            err,
+            "--kv-cache-memory 5368709120 (5.00 GiB) does not fit on cpu: 4.00 GiB free − 1.00 GiB \
+             weights = 3.00 GiB left"
+        );
+    }
+
+    #[test]
+    fn the_host_keeps_its_quarter_and_1_gib_cap() {
+        let host = Memory {
+            free: 10 * GIB,
+            total: 16 * GIB,
+        };
+        let s = KvSizing {
+            fraction: default_kv_fraction(&Device::Cpu),
+            ..sizing(None, 2 * GIB)
+        };
+        assert_eq!(kv_budget("cpu", false, Some(host), &s), Ok(GIB));
+        let tight = Memory {
+            free: 3 * GIB,
+            total: 16 * GIB,
+        };
+        assert_eq!(kv_budget("cpu", false, Some(tight), &s), Ok(GIB / 4));
+        assert!(memory(&Device::Cpu).is_some_and(|m| m.free > 0 && m.total >= m.free));
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -4,11 +4,14 @@
 //! K/V rows are written to the slots named by [`BatchInput::slot_mapping`]; each sequence then attends over
 //! its context read through its block table — no per-step copy of the context and no padding.
 //!
-//! Two implementations, chosen by the device the cache lives on:
+//! Three implementations, chosen by the device the cache lives on:
 //! - **host** (CPU): plain Rust buffers and a rayon-parallel kernel over (token, head) pairs that walks the
 //!   block table directly;
-//! - **portable** (any candle device, used for CUDA): candle tensors, `scatter_set` for the writes and
-//!   `index_select` over the block table's slots for the reads.
+//! - **cuda** (`cuda` feature, CUDA devices): candle tensors on the GPU and our own kernels
+//!   (`paged_attention.cu`: `reshape_and_cache` for the writes, `paged_attention` walking the block table);
+//! - **portable** (any candle device): candle tensors, `scatter_set` for the writes and `index_select` over the
+//!   block table's slots for the reads. The reference the CUDA kernels are checked against, and the fallback
+//!   for heads larger than the kernel takes.
 //!
 //! The logical block allocator (which blocks a sequence owns) is the scheduler's business, not this module's.
 
@@ -19,6 +22,8 @@ use crate::batch::BatchInput;
 use crate::model::ModelConfig;
 use host::{Shape, host_attend};
 
+#[cfg(feature = "cuda")]
+mod cuda;
 mod host;
 
 /// Element type of the cached keys and values.
@@ -96,8 +101,8 @@ enum HostKv {
 
 enum LayerKv {
     Host(HostKv),
-    /// `[num_blocks * block_size, n_kv_heads * head_dim]` tensors on the cache's device.
-    Portable {
+    /// `[num_blocks * block_size, n_kv_heads * head_dim]` tensors on the cache's device (portable and CUDA).
+    Tensors {
         k: Tensor,
         v: Tensor,
     },
@@ -110,6 +115,8 @@ pub enum AttentionImpl {
     Host,
     /// candle tensors + index_select over the block table (any device).
     Portable,
+    /// candle tensors + our CUDA kernels (CUDA devices, `cuda` feature).
+    Cuda,
 }
 
 /// The physical KV cache of all layers.
@@ -120,6 +127,7 @@ pub struct KvCache {
     head_dim: usize,
     dtype: KvDType,
     device: Device,
+    imp: AttentionImpl,
     layers: Vec<LayerKv>,
 }
 
@@ -141,8 +149,8 @@ impl KvCache {
         2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.head_dim * dtype.size_in_bytes()
     }
 
-    /// A zeroed cache of `num_blocks` blocks of `block_size` tokens. CPU devices get the host kernel,
-    /// others the portable one.
+    /// A zeroed cache of `num_blocks` blocks of `block_size` tokens. CPU devices get the host kernel, CUDA
+    /// devices our CUDA kernels (heads up to their limit), anything else the portable one.
     pub fn new(
         cfg: &ModelConfig,
         num_blocks: usize,
@@ -152,6 +160,8 @@ impl KvCache {
     ) -> candle_core::Result<Self> {
         let imp = if device.is_cpu() {
             AttentionImpl::Host
+        } else if device.is_cuda() && CUDA_KERNELS && cfg.head_dim <= MAX_KERNEL_HEAD_DIM {
+            AttentionImpl::Cuda
         } else {
             AttentionImpl::Portable
         };
@@ -173,6 +183,17 @@ impl KvCache {
         if imp == AttentionImpl::Host && !device.is_cpu() {
             candle_core::bail!("the host attention kernel needs a CPU device");
         }
+        if imp == AttentionImpl::Cuda && !(CUDA_KERNELS && device.is_cuda()) {
+            candle_core::bail!(
+                "the CUDA attention kernels need a CUDA device and the `cuda` feature"
+            );
+        }
+        if imp == AttentionImpl::Cuda && cfg.head_dim > MAX_KERNEL_HEAD_DIM {
+            candle_core::bail!(
+                "the CUDA attention kernel takes heads of at most {MAX_KERNEL_HEAD_DIM}, not {}",
+                cfg.head_dim
+            );
+        }
         let row = cfg.n_kv_heads * cfg.head_dim;
         let slots = num_blocks * block_size;
         let elems = slots * row;
@@ -193,7 +214,7 @@ impl KvCache {
                         v: vec![bf16::ZERO; elems],
                     },
                 }),
-                AttentionImpl::Portable => LayerKv::Portable {
+                AttentionImpl::Portable | AttentionImpl::Cuda => LayerKv::Tensors {
                     k: Tensor::zeros((slots, row), dtype.candle(), device)?,
                     v: Tensor::zeros((slots, row), dtype.candle(), device)?,
                 },
@@ -206,6 +227,7 @@ impl KvCache {
             head_dim: cfg.head_dim,
             dtype,
             device: device.clone(),
+            imp,
             layers,
         })
     }
@@ -237,10 +259,7 @@ impl KvCache {
 
     /// The implementation in use.
     pub fn attention_impl(&self) -> AttentionImpl {
-        match self.layers.first() {
-            Some(LayerKv::Portable { .. }) => AttentionImpl::Portable,
-            _ => AttentionImpl::Host,
-        }
+        self.imp
     }
 
     /// Checks that every slot and every block a batch names exists (once per step, before the layers).
@@ -313,6 +332,7 @@ impl KvCache {
         let block_size = self.block_size;
         let n_kv_heads = self.n_kv_heads;
         let device = self.device.clone();
+        let imp = self.imp;
         let Some(store) = self.layers.get_mut(layer) else {
             candle_core::bail!("layer {layer} out of range");
         };
@@ -334,11 +354,45 @@ impl KvCache {
                 };
                 Tensor::from_vec(out, (tokens, n_heads * head_dim), &device)
             }
-            LayerKv::Portable { k: kc, v: vc } => {
+            #[cfg(feature = "cuda")]
+            LayerKv::Tensors { k: kc, v: vc } if imp == AttentionImpl::Cuda => {
+                cuda::attend(q, k, v, kc, vc, batch, block_size, n_kv_heads)
+            }
+            LayerKv::Tensors { k: kc, v: vc } => {
+                let _ = imp;
                 portable_attend(q, k, v, kc, vc, batch, block_size, &device)
             }
         }
     }
+}
+
+/// Whether this build has the CUDA kernels.
+const CUDA_KERNELS: bool = cfg!(feature = "cuda");
+/// The largest head dimension the CUDA kernel takes (`MAX_HEAD_DIM` in paged_attention.cu).
+const MAX_KERNEL_HEAD_DIM: usize = 256;
+
+/// What the CUDA kernel reads besides Q and the caches: each token's sequence; each sequence's (start, len,
+/// context_len, offset of its block table in the third array); all block tables end to end (never empty, so
+/// the device pointer is valid).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn kernel_metadata(batch: &BatchInput) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let mut tok_seq = Vec::with_capacity(batch.num_tokens());
+    let mut seq_info = Vec::with_capacity(batch.seqs.len() * 4);
+    let mut tables = Vec::new();
+    for (i, s) in batch.seqs.iter().enumerate() {
+        tok_seq.extend(std::iter::repeat_n(i as u32, s.len));
+        seq_info.extend([
+            s.start as u32,
+            s.len as u32,
+            s.context_len as u32,
+            tables.len() as u32,
+        ]);
+        tables.extend_from_slice(&s.block_table);
+    }
+    if tables.is_empty() {
+        tables.push(0);
+    }
+    (tok_seq, seq_info, tables)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -406,4 +460,66 @@ fn portable_attend(
         outs.push(o.transpose(0, 1)?.reshape((seq.len, n_heads * head_dim))?);
     }
     Tensor::cat(&outs, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::SeqInput;
+
+    #[test]
+    fn kernel_metadata_maps_tokens_to_sequences_and_lays_block_tables_end_to_end() {
+        let batch = BatchInput {
+            token_ids: vec![1, 2, 3, 4],
+            positions: vec![5, 0, 1, 2],
+            slot_mapping: vec![37, 16, 17, 18],
+            seqs: vec![
+                SeqInput {
+                    start: 0,
+                    len: 1,
+                    context_len: 6,
+                    block_table: vec![2, 7],
+                    wants_logits: true,
+                },
+                SeqInput {
+                    start: 1,
+                    len: 3,
+                    context_len: 3,
+                    block_table: vec![1],
+                    wants_logits: true,
+                },
+            ],
+        };
+        let (tok_seq, seq_info, tables) = kernel_metadata(&batch);
+        assert_eq!(tok_seq, vec![0, 1, 1, 1]);
+        assert_eq!(seq_info, vec![0, 1, 6, 0, 1, 3, 3, 2]);
+        assert_eq!(tables, vec![2, 7, 1]);
+        let (_, _, tables) = kernel_metadata(&BatchInput::default());
+        assert_eq!(tables, vec![0], "never an empty device buffer");
+    }
+
+    #[test]
+    fn a_cpu_cache_refuses_the_cuda_kernels_and_names_why() {
+        let cfg = ModelConfig {
+            architecture: "llama".into(),
+            vocab_size: 32,
+            embedding_length: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            feed_forward_length: 128,
+            max_context: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_style: crate::model::RopeStyle::Interleaved,
+            bos_token_id: 1,
+            eos_token_id: 2,
+        };
+        let err = KvCache::with_impl(&cfg, 4, 16, KvDType::F16, &Device::Cpu, AttentionImpl::Cuda)
+            .expect_err("no CUDA here");
+        assert!(err.to_string().contains("need a CUDA device"), "{err}");
+        let cache = KvCache::new(&cfg, 4, 16, KvDType::F16, &Device::Cpu).expect("cpu cache");
+        assert_eq!(cache.attention_impl(), AttentionImpl::Host);
+    }
 }

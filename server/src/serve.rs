@@ -52,13 +52,16 @@ pub struct ServeArgs {
     /// Tokens per KV cache block.
     #[arg(long = flags::BLOCK_SIZE, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
-    /// KV cache size in bytes (default: --kv-cache-fraction of available memory, at most what
-    /// --max-batch-size full-length sequences need, and at most 1 GiB).
+    /// KV cache size in bytes, on the compute device (default: --kv-cache-fraction of the device memory the
+    /// weights leave, at most what --max-batch-size full-length sequences need, and on the CPU at most 1 GiB).
+    /// A size that does not fit is an error before anything is loaded.
     #[arg(long = flags::KV_CACHE_MEMORY, env = "LLAMA_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
-    /// Fraction of available memory for the KV cache when --kv-cache-memory is not given.
-    #[arg(long, env = "LLAMA_KV_CACHE_FRACTION", default_value_t = 0.25)]
-    pub kv_cache_fraction: f64,
+    /// Fraction of the memory the weights leave for the KV cache when --kv-cache-memory is not given: the
+    /// GPU's free memory (default 0.9, after a 5 % reserve for activations) or the host's available
+    /// memory (default 0.25).
+    #[arg(long, env = "LLAMA_KV_CACHE_FRACTION")]
+    pub kv_cache_fraction: Option<f64>,
     /// KV cache element type: f16, bf16 or f32.
     #[arg(long, env = "LLAMA_KV_DTYPE", default_value = "f16")]
     pub kv_dtype: KvDType,
@@ -141,16 +144,6 @@ fn init_tracing(json: bool) {
     };
 }
 
-/// The most the KV cache takes when its size is not given.
-const DEFAULT_KV_CAP: u64 = 1 << 30;
-
-fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// What `serve` resolves from the GGUF metadata before loading the weights (fast).
 struct Prepared {
     path: PathBuf,
@@ -197,23 +190,31 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
                 .unwrap_or_else(|| "model".into()),
         },
     };
+    let weights = crate::model::device_weight_bytes(&file, device.is_cpu());
     drop(file);
     let per_block = KvCache::bytes_per_block(&cfg, args.block_size, args.kv_dtype) as u64;
     let want_seq_len = args
         .max_seq_len
         .unwrap_or(cfg.max_context)
         .min(cfg.max_context);
-    let budget = match args.kv_cache_memory {
-        Some(b) => b,
-        None => {
-            let avail = mem_available_bytes().unwrap_or(4 << 30);
-            let by_fraction = (avail as f64 * args.kv_cache_fraction.clamp(0.0, 1.0)) as u64;
-            let enough = (args.max_batch_size as u64)
-                * (want_seq_len.div_ceil(args.block_size) as u64)
-                * per_block;
-            by_fraction.min(enough).min(DEFAULT_KV_CAP)
-        }
+    let device_name = crate::device::describe(&device);
+    let sizing = crate::device::KvSizing {
+        explicit: args.kv_cache_memory,
+        fraction: args
+            .kv_cache_fraction
+            .unwrap_or_else(|| crate::device::default_kv_fraction(&device)),
+        enough: (args.max_batch_size as u64)
+            * (want_seq_len.div_ceil(args.block_size) as u64)
+            * per_block,
+        weights,
     };
+    let budget = crate::device::kv_budget(
+        &device_name,
+        !device.is_cpu(),
+        crate::device::memory(&device),
+        &sizing,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let num_blocks = (budget / per_block.max(1)) as usize;
     if num_blocks < 2 {
         bail!(
@@ -228,6 +229,8 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         num_blocks,
         block_size = args.block_size,
         kv_cache_bytes = num_blocks as u64 * per_block,
+        weight_bytes = weights,
+        device = %device_name,
         max_seq_len,
         threads = candle_core::utils::get_num_threads(),
         "loading"

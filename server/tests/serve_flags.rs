@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod engine_common;
+
 fn serve(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
         .arg("serve")
@@ -64,4 +66,32 @@ fn device_cuda_on_a_cpu_build_names_the_feature_and_bad_values_the_choices() {
     let (ok, err) = serve(&[&device, "cpu", "--model", "/nonexistent.gguf"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent.gguf"), "{err}");
+}
+
+/// A KV cache budget larger than the memory the weights leave is refused before anything is loaded or
+/// served, with the arithmetic (free − weights = left) on the device it was meant for.
+#[test]
+fn a_kv_budget_that_does_not_fit_is_refused_with_the_arithmetic() {
+    let model = engine_common::smollm2();
+    let (ok, err) = serve(&[
+        "--model",
+        model.to_str().expect("utf-8 path"),
+        "--kv-cache-memory",
+        "1000000000000000",
+        "--port",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--kv-cache-memory 1000000000000000 (931322.57 GiB) does not fit on cpu: "),
+        "{err}"
+    );
+    assert!(
+        err.contains(" weights = ") && err.contains(" left"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("listening"),
+        "{err}"
+    );
 }

@@ -27,8 +27,11 @@ pub struct LoadOptions {
 /// A weight matrix `[out, in]` and how it is multiplied.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// A dense f32 matrix (F32/F16/BF16 GGUF tensors are widened at load).
+    /// A dense f32 matrix (F32 GGUF tensors; F16/BF16 ones too on the CPU, where they are widened at load).
     Dense(Tensor),
+    /// A dense F16 or BF16 matrix kept in its own precision on a GPU (half the memory and bandwidth of f32):
+    /// activations are rounded to it for the matmul, which accumulates in f32 (cuBLAS), and come back as f32.
+    DenseHalf(Tensor),
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
     /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization by our own
@@ -105,6 +108,32 @@ impl Linear {
             let q = QTensor::new(storage, (rows, cols))?;
             return Ok(Self::Quantized(QMatMul::from_qtensor(q)?));
         }
+        Self::dense(&parts, device, !device.is_cpu())
+    }
+
+    /// A dense layer from same-shaped parts: F16/BF16 parts of one type stay in that type when `keep_half`
+    /// (the GPU path; the CPU widens, as its kernels and the golden tests expect), anything else is widened
+    /// to f32.
+    pub fn dense(parts: &[QTensor], device: &Device, keep_half: bool) -> Result<Self> {
+        let half = match parts.first().map(QTensor::dtype) {
+            Some(GgmlDType::F16) => Some(DType::F16),
+            Some(GgmlDType::BF16) => Some(DType::BF16),
+            _ => None,
+        };
+        let first = parts.first().map(QTensor::dtype);
+        if let (true, Some(dtype)) = (keep_half, half)
+            && parts.iter().all(|p| Some(p.dtype()) == first)
+        {
+            // The stored half values, byte for byte: no round trip through f32.
+            let stored = parts
+                .iter()
+                .map(|p| {
+                    let dims = p.shape().dims().to_vec();
+                    Tensor::from_raw_buffer(&p.data()?, dtype, &dims, &Device::Cpu)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self::DenseHalf(Tensor::cat(&stored, 0)?.to_device(device)?));
+        }
         let dense = parts
             .iter()
             .map(|p| p.dequantize(&Device::Cpu))
@@ -119,6 +148,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Dense(w) => x.matmul(&w.t()?),
+            Self::DenseHalf(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
             Self::Quantized(q) => q.forward(x),
             Self::Q8_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
@@ -129,7 +159,7 @@ impl Linear {
     /// Output features (rows of the weight).
     pub fn out_features(&self) -> Result<usize> {
         match self {
-            Self::Dense(w) => w.dim(0),
+            Self::Dense(w) | Self::DenseHalf(w) => w.dim(0),
             Self::Quantized(QMatMul::QTensor(q)) => q.shape().dims2().map(|(r, _)| r),
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
             Self::Q8_0(q) => Ok(q.rows()),
@@ -142,6 +172,7 @@ impl Linear {
     pub fn kind(&self) -> String {
         match self {
             Self::Dense(_) => "dense f32".into(),
+            Self::DenseHalf(w) => format!("dense {:?}", w.dtype()),
             Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
             Self::Quantized(_) => "dequantized".into(),
             Self::Q8_0(_) => "Q8_0".into(),
@@ -179,4 +210,83 @@ pub fn gather_rows(w: &QTensor, ids: &[u32], device: &Device) -> Result<Tensor> 
         .dequantize(&Device::Cpu)?
         .to_dtype(DType::F32)?
         .to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16_weight(rows: usize, cols: usize) -> QTensor {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
+        let w = Tensor::from_vec(vals, (rows, cols), &Device::Cpu).expect("w");
+        QTensor::quantize(&w, GgmlDType::F16).expect("f16")
+    }
+
+    #[test]
+    fn half_weights_kept_in_half_hold_the_stored_values_and_multiply_like_the_widened_ones() {
+        let parts = vec![f16_weight(6, 32), f16_weight(4, 32)];
+        let wide = Linear::dense(&parts, &Device::Cpu, false).expect("wide");
+        let half = Linear::dense(&parts, &Device::Cpu, true).expect("half");
+        assert_eq!(wide.kind(), "dense f32");
+        assert_eq!(half.kind(), "dense F16");
+        assert_eq!(half.out_features().expect("rows"), 10);
+        let Linear::DenseHalf(hw) = &half else {
+            panic!("not half")
+        };
+        let Linear::Dense(ww) = &wide else {
+            panic!("not dense")
+        };
+        // Kept byte for byte: widening the half matrix gives exactly the f32 one.
+        let diff = (hw.to_dtype(DType::F32).expect("widen") - ww)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert_eq!(diff, 0.0);
+        let x = Tensor::from_vec(
+            (0..3 * 32)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<_>>(),
+            (3, 32),
+            &Device::Cpu,
+        )
+        .expect("x");
+        let a = wide.forward(&x).expect("wide fwd");
+        let b = half.forward(&x).expect("half fwd");
+        assert_eq!(b.dtype(), DType::F32);
+        assert_eq!(b.dims(), &[3, 10]);
+        // Only the activations' rounding to f16 differs (relative 2^-11 per term, 32 terms of |w·x| < 1).
+        let err = (a - b)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert!(
+            err > 0.0 && err < 0.02,
+            "half vs f32 matmul differ by {err}"
+        );
+    }
+
+    #[test]
+    fn mixed_or_f32_parts_are_widened_even_when_half_is_asked_for() {
+        let f32w = || {
+            QTensor::quantize(
+                &Tensor::ones((4, 32), DType::F32, &Device::Cpu).expect("ones"),
+                GgmlDType::F32,
+            )
+            .expect("f32")
+        };
+        let l = Linear::dense(&[f16_weight(4, 32), f32w()], &Device::Cpu, true).expect("mixed");
+        assert_eq!(l.kind(), "dense f32");
+        let l = Linear::dense(&[f32w()], &Device::Cpu, true).expect("f32");
+        assert_eq!(l.kind(), "dense f32");
+    }
 }

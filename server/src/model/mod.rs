@@ -12,7 +12,7 @@ use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
 pub use config::{ModelConfig, RopeStyle};
@@ -287,6 +287,28 @@ impl std::fmt::Debug for Model {
             .field("device", &self.device)
             .finish()
     }
+}
+
+/// Bytes the weights of `file` take on the compute device once loaded (`on_cpu`: F16/BF16 matrices widened
+/// to f32 there, kept as they are on a GPU). Norm vectors become f32; the token embedding table stays in host
+/// memory (rows are gathered per step) unless it doubles as the LM head.
+pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> u64 {
+    let tied = !file.has_tensor("output.weight");
+    file.tensor_names()
+        .filter(|&n| tied || n != "token_embd.weight")
+        .filter_map(|n| file.tensor_info(n).ok())
+        .map(|(dtype, dims)| {
+            let elems: usize = dims.iter().product();
+            let widened = dims.len() == 1
+                || dtype == GgmlDType::F32
+                || (on_cpu && matches!(dtype, GgmlDType::F16 | GgmlDType::BF16));
+            if widened {
+                elems as u64 * 4
+            } else {
+                (elems / dtype.block_size() * dtype.type_size()) as u64
+            }
+        })
+        .sum()
 }
 
 impl Model {

@@ -1,8 +1,9 @@
 // Paged attention on NVIDIA GPUs: the CUDA counterpart of `host.rs` (CPU) and `portable_attend` (candle ops,
 // the reference this is checked against by scripts/gpu-check.sh).
 //
-// Compiled at run time with NVRTC (kv_cache/cuda.rs) and, without a GPU, compile-checked by `make cuda-check`
-// with nvcc for sm_90. No CUDA headers: half and bfloat16 conversions are written out (round to nearest even,
+// Compiled at run time with NVRTC (kv_cache/cuda.rs). Without a GPU, `make cuda-check` compiles it the same way
+// and assembles it for sm_90, and server/tests/cuda_kernels_emulated.rs runs it on the CPU under a SIMT
+// emulation (threads, warps, shuffles, barriers) against the portable path. No CUDA headers: half and bfloat16 conversions are written out (round to nearest even,
 // as candle's `to_dtype` and the `half` crate round), so NVRTC needs no include path.
 //
 // Layout (as in kv_cache.rs): each layer's K and V cache is `[slots, n_kv_heads * head_dim]`, slot =
@@ -19,6 +20,12 @@ typedef unsigned short u16;
 #define PER_LANE (MAX_HEAD_DIM / WARP)
 #define NEG_INF __int_as_float(0xff800000u)  // -infinity (no math.h under NVRTC)
 
+#ifdef LLAMA_SIMT_EMULATION
+// server/tests/cuda_emu runs these kernels on the CPU (one OS thread per CUDA thread): it brings its own
+// conversions, exact like the PTX instructions below.
+__device__ __forceinline__ float f16_to_f32(u16 h) { return emu_f16_to_f32(h); }
+__device__ __forceinline__ u16 f32_to_f16(float f) { return emu_f32_to_f16(f); }
+#else
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -30,6 +37,7 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 

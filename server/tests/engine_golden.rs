@@ -23,10 +23,11 @@
 //!   made ours depart on "Once upon a time" at step 1 where llama.cpp led by 0.28–0.31.
 //!
 //! The tokenizer is checked too: our encoding of each prompt must equal llama.cpp's.
+//!
+//! The engine runs on `LLAMA_TEST_DEVICE` (default the CPU): scripts/gpu-check.sh runs these on a GPU.
 
 mod engine_common;
 
-use candle_core::Device;
 use llama_server::gguf::GgufFile;
 use llama_server::kv_cache::KvDType;
 use llama_server::model::generate::generate;
@@ -61,7 +62,7 @@ fn check_model(key: &str, threshold: f64, max_drift: f64) {
     } else {
         engine_common::test_models("smollm2").join(file)
     };
-    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let model = Model::load(&path, &engine_common::device(), LoadOptions::default()).expect("load");
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).expect("open")).expect("tokenizer");
     let mut report = Vec::new();
     let mut max_gap_diff = 0f64;
@@ -154,7 +155,7 @@ fn f16_greedy_agrees_with_llama_cpp() {
 #[test]
 fn once_upon_a_time_continues_like_llama_cpp() {
     let path = engine_common::smollm2();
-    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let model = Model::load(&path, &engine_common::device(), LoadOptions::default()).expect("load");
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).expect("open")).expect("tokenizer");
     let ids = tok.encode("Once upon a time", true, false).expect("encode");
     let mut out = Vec::new();

@@ -56,11 +56,26 @@ pub fn python() -> PathBuf {
 }
 
 /// Directory of the generated test models; `which` is `tiny` or `smollm2` (created on demand, cached).
+/// `LLAMA_OP_TEST_MODELS` names a directory that already holds them (a machine without the python env,
+/// such as the GPU machine scripts/gpu-check.sh runs on).
 pub fn test_models(which: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LLAMA_OP_TEST_MODELS") {
+        return PathBuf::from(dir);
+    }
     static TINY: OnceLock<PathBuf> = OnceLock::new();
     static SMOL: OnceLock<PathBuf> = OnceLock::new();
     let cell = if which == "tiny" { &TINY } else { &SMOL };
     cell.get_or_init(|| make_models(which)).clone()
+}
+
+/// The device the engine tests compute on: `LLAMA_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`, `auto`; default
+/// `cpu`), resolved by the server's own `--device` logic. scripts/gpu-check.sh sets it to `cuda`.
+pub fn device() -> candle_core::Device {
+    let arg = std::env::var("LLAMA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let arg: llama_server::device::DeviceArg = arg
+        .parse()
+        .unwrap_or_else(|e| panic!("LLAMA_TEST_DEVICE: {e}"));
+    llama_server::device::choose(arg).unwrap_or_else(|e| panic!("LLAMA_TEST_DEVICE: {e}"))
 }
 
 fn make_models(which: &str) -> PathBuf {

@@ -85,7 +85,7 @@ fn together(model: &Model) -> Vec<Vec<Vec<f32>>> {
         .map(|s| (0..per_seq).rev().map(|i| (s + i * SEQS) as u32).collect())
         .collect();
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); SEQS];
-    let mut cached = vec![0usize; SEQS];
+    let mut cached = [0usize; SEQS];
     for step in 0..=DECODE_STEPS {
         let mut b = BatchInput::default();
         for s in 0..SEQS {

@@ -8,6 +8,7 @@ pub mod bench_serve;
 pub mod block_manager;
 pub mod chat;
 pub mod cli;
+pub mod comm;
 pub mod device;
 pub mod engine;
 pub mod fetch;

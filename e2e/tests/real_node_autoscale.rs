@@ -243,10 +243,21 @@ async fn real_node_autoscaler_scales_on_queue_depth_and_drains_the_least_loaded_
         s.ok + s.failed,
         s.errors
     );
-    ensure!(
-        op.counter("llama_operator_autoscaler_rescales_total")? >= 2.0,
-        "rescales not counted"
-    );
+    let rescales = op.counter("llama_operator_autoscaler_rescales_total")?;
+    if rescales < 2.0 {
+        let metrics = op.get("/metrics").unwrap_or_default();
+        let pick = |text: &str, keys: &[&str]| {
+            text.lines()
+                .filter(|l| keys.iter().any(|k| l.contains(k)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        anyhow::bail!(
+            "rescales not counted ({rescales}); the operator's autoscaler metrics:\n{}\nits log:\n{}",
+            pick(&metrics, &["autoscaler"]),
+            pick(&op.logs(), &["rescal", "leader", "autoscaler"])
+        );
+    }
 
     op.ensure_running()?;
     finish(op, &client, ns).await?;

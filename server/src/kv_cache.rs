@@ -373,9 +373,8 @@ const MAX_KERNEL_HEAD_DIM: usize = 256;
 
 /// What the CUDA kernel reads besides Q and the caches: each token's sequence; each sequence's (start, len,
 /// context_len, offset of its block table in the third array); all block tables end to end (never empty, so
-/// the device pointer is valid).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn kernel_metadata(batch: &BatchInput) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+/// the device pointer is valid). Public for the kernel's CPU-emulated test, which feeds it to the kernel.
+pub fn kernel_metadata(batch: &BatchInput) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let mut tok_seq = Vec::with_capacity(batch.num_tokens());
     let mut seq_info = Vec::with_capacity(batch.seqs.len() * 4);
     let mut tables = Vec::new();

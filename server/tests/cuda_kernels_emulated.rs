@@ -210,20 +210,8 @@ fn compare(cfg: &ModelConfig, block_size: usize, dtype: KvDType, steps: &[Step],
             .and_then(|o| o.to_vec1::<f32>())
             .expect("output");
         expected.extend(out);
-        // The kernel's own view of the batch, as kv_cache/cuda.rs builds it.
-        let mut tok_seq = Vec::new();
-        let mut seq_info = Vec::new();
-        let mut flat = Vec::new();
-        for (i, s) in b.seqs.iter().enumerate() {
-            tok_seq.extend(std::iter::repeat_n(i as u32, s.len));
-            seq_info.extend([
-                s.start as u32,
-                s.len as u32,
-                s.context_len as u32,
-                flat.len() as u32,
-            ]);
-            flat.extend_from_slice(&s.block_table);
-        }
+        // The kernel's own view of the batch, built by the function kv_cache/cuda.rs uses.
+        let (tok_seq, seq_info, flat) = llama_server::kv_cache::kernel_metadata(&b);
         push_i32(
             &mut input,
             &[n as i32, b.seqs.len() as i32, flat.len() as i32],

@@ -7,6 +7,7 @@ mod config;
 pub mod generate;
 pub(crate) mod kernels;
 mod linear;
+pub mod shard;
 
 use std::io::{Read, Seek};
 use std::path::Path;

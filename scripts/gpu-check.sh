@@ -44,7 +44,8 @@ toolchain() { # CUDA 13.0 compiler and the libraries the link needs, from PyPI w
 
 bundle() {
   local features="${GPU_CHECK_FEATURES-cuda}" home link
-  local target="$cache/target-gpu-check-${features:-cpu}"
+  local target="$cache/target-gpu-check"
+  [ -n "$features" ] || target="$cache/target-gpu-check-cpu"
   export CARGO_TARGET_DIR="$target"
   local cargo_features=()
   if [ -n "$features" ]; then
@@ -52,8 +53,12 @@ bundle() {
     link="$target/cuda-link"
     mkdir -p "$link"
     # -lcublas etc. need unversioned names; the wheels ship only the sonames.
-    for l in cublas cublasLt curand nvrtc; do
-      ln -sf "$(ls "$home/lib/lib$l.so."* | grep -E "lib$l\.so\.[0-9]+$" | head -1)" "$link/lib$l.so"
+    local l so
+    for l in cublas cublasLt curand nvrtc cudart; do
+      for so in "$home/lib/lib$l.so."[0-9]*; do
+        [[ "$so" =~ lib$l\.so\.[0-9]+$ ]] && ln -sf "$so" "$link/lib$l.so"
+      done
+      [ -e "$link/lib$l.so" ] || { say "no lib$l.so.N in $home/lib"; exit 1; }
     done
     export CUDA_HOME="$home" CUDA_PATH="$home" PATH="$home/bin:$PATH" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
     export RUSTFLAGS="-L native=$link -C link-arg=-Wl,-rpath-link,$home/lib"
@@ -94,7 +99,7 @@ for line in sys.stdin:
   cp "$(dirname "$model")"/tiny-*.gguf "$dir/models/"
   echo "${features:-cpu}" >"$dir/features"
   xz -T0 -6 "$dir/llama-server" "$dir/engine_device"
-  say "bundle in $dir: $(du -sh "$dir" | cut -f1) ($(ls "$dir" | tr '\n' ' '))"
+  say "bundle in $dir: $(du -sh "$dir" | cut -f1): $(cd "$dir" && echo *)"
 }
 
 run() {

@@ -85,12 +85,34 @@ fn cuda(n: usize) -> Result<Device, String> {
                 .to_owned(),
         );
     }
+    use candle_core::cuda::cudarc::driver::CudaContext;
+    let count = match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(c)) => usize::try_from(c).unwrap_or(0),
+        Ok(Err(e)) => return Err(format!("the CUDA driver failed to initialise: {e:?}")),
+        Err(_) => return Err("the CUDA driver failed to initialise".to_owned()),
+    };
+    if n >= count {
+        return Err(match count {
+            0 => "the CUDA driver sees no GPU on this machine: use --device cpu".to_owned(),
+            1 => "this machine has 1 CUDA device (cuda:0)".to_owned(),
+            c => format!("this machine has {c} CUDA devices (cuda:0 … cuda:{})", c - 1),
+        });
+    }
     match std::panic::catch_unwind(|| Device::new_cuda(n)) {
         Ok(Ok(d)) => Ok(d),
-        Ok(Err(e)) => Err(format!("cannot open CUDA device {n}: {e}")),
+        Ok(Err(e)) => Err(format!("cannot open CUDA device {n}: {}", without_backtrace(e))),
         Err(_) => Err(format!(
             "cannot open CUDA device {n}: the CUDA driver failed to initialise"
         )),
+    }
+}
+
+/// candle attaches a backtrace to errors when RUST_BACKTRACE is set: a startup error shows the cause only.
+#[cfg(feature = "cuda")]
+fn without_backtrace(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -7,9 +7,13 @@
 #                                       (default gpu-bundle/, git-ignored; about 30 MB).
 #   scripts/gpu-check.sh run [DIR]      on the GPU machine (no Rust, no internet): runs the engine tests on
 #                                       cuda (device vs CPU logits per weight type, 16-sequence batch
-#                                       invariance, CUDA attention kernel vs the portable path), the llama.cpp
-#                                       goldens when the SmolLM2 models are there, and `bench` on the GPU and
-#                                       the CPU; writes one report, $OUT/gpu-report.txt (else DIR/gpu-report.txt).
+#                                       invariance, CUDA attention kernel vs the portable path) and `bench` on
+#                                       the GPU and the CPU; writes one report, $OUT/gpu-report.txt (else
+#                                       DIR/gpu-report.txt).
+#
+# The llama.cpp goldens (tests/engine_golden.rs) need SmolLM2 itself (98 MB as Q4_1, 270 MB as F16), more than
+# the 64 MiB a device run may carry: the bundle has the tiny test models only. Where SmolLM2 can be had, run the
+# golden test binary with LLAMA_TEST_DEVICE=cuda (it is device-aware).
 #
 # Why CUDA 13.0 and not the 13.4 `make cuda-check` uses: candle's kernels ship as PTX, which the driver
 # compiles at load time, and a CUDA 13.0 driver (the lent GPU machines') refuses PTX from a newer nvcc. Our own
@@ -17,8 +21,9 @@
 # (cudarc's dynamic-linking), so the link needs libcuda: a stub with every driver symbol the binary uses is
 # generated from cudarc's compiled bindings (it returns CUDA_ERROR_UNKNOWN); the real one comes with the driver.
 #
-# GPU_CHECK_DEVICE=cpu runs the `run` half on the CPU (with a CPU-only bundle: GPU_CHECK_FEATURES= bundle):
-# the same steps and report, to check this script on a machine without a GPU.
+# GPU_CHECK_DEVICE=cpu runs the `run` half on the CPU, the same steps and report, to check this script on a
+# machine without a GPU: with the CUDA bundle (LD_LIBRARY_PATH naming the link stub and the wheels' libraries),
+# or with a CPU-only one (GPU_CHECK_FEATURES= bundle).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${LLAMA_OP_CACHE:-$HOME/.cache/llama-operator}"
@@ -106,7 +111,8 @@ run() {
   local device="${GPU_CHECK_DEVICE:-cuda}" out="${OUT:-$dir}" report work
   report="$out/gpu-report.txt"
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
+  # shellcheck disable=SC2064 # expand now: `work` is local to this function
+  trap "rm -rf '$work'" EXIT
   mkdir -p "$out"
   for b in llama-server engine_device; do
     if [ -f "$dir/$b.xz" ]; then xz -dc "$dir/$b.xz" >"$work/$b"; else cp "$dir/$b" "$work/$b"; fi
@@ -152,5 +158,5 @@ EOF
 case "$mode" in
   bundle) bundle ;;
   run) run ;;
-  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
 esac

@@ -95,12 +95,18 @@ fn cuda(n: usize) -> Result<Device, String> {
         return Err(match count {
             0 => "the CUDA driver sees no GPU on this machine: use --device cpu".to_owned(),
             1 => "this machine has 1 CUDA device (cuda:0)".to_owned(),
-            c => format!("this machine has {c} CUDA devices (cuda:0 … cuda:{})", c - 1),
+            c => format!(
+                "this machine has {c} CUDA devices (cuda:0 … cuda:{})",
+                c - 1
+            ),
         });
     }
     match std::panic::catch_unwind(|| Device::new_cuda(n)) {
         Ok(Ok(d)) => Ok(d),
-        Ok(Err(e)) => Err(format!("cannot open CUDA device {n}: {}", without_backtrace(e))),
+        Ok(Err(e)) => Err(format!(
+            "cannot open CUDA device {n}: {}",
+            without_backtrace(e)
+        )),
         Err(_) => Err(format!(
             "cannot open CUDA device {n}: the CUDA driver failed to initialise"
         )),

@@ -446,12 +446,20 @@ async fn operator_restart_and_a_second_replica_make_no_duplicates_and_no_hot_loo
     api.create(&PostParams::default(), &llama("r3", smollm_spec())?)
         .await?;
     first.kill();
+    // The standby leads once the dead leader's Lease expires. Wait for that first: r3 may already be Ready
+    // (the first leader can finish it before it dies), so readiness alone does not show the takeover.
+    wait_for(
+        "the standby to take over the Lease",
+        Duration::from_secs(60),
+        || async { Ok((second.counter("llama_operator_leader")? == 1.0).then_some(())) },
+    )
+    .await
+    .with_context(|| second.logs())?;
     for name in ["r1", "r2", "r3"] {
         wait_ready(&api, name, "True", Duration::from_secs(90))
             .await
             .with_context(|| second.logs())?;
     }
-    assert_eq!(second.counter("llama_operator_leader")?, 1.0);
     let deps = Api::<Deployment>::namespaced(client.clone(), &ns.name)
         .list(&ListParams::default().labels(MANAGED))
         .await?;

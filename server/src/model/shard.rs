@@ -121,17 +121,8 @@ mod tests {
 
     #[test]
     fn row_and_column_shards_of_every_type_are_exactly_the_parts_of_the_whole() {
-        for dtype in [
-            GgmlDType::F32,
-            GgmlDType::F16,
-            GgmlDType::BF16,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-        ] {
+        // Every type the model loader accepts.
+        for &dtype in crate::gguf::SUPPORTED_TYPES {
             let (rows, cols) = (12, 1024);
             let w = QTensor::quantize(&matrix(rows, cols), dtype).expect("quantize");
             let whole = dense(&w);

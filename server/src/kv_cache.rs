@@ -332,6 +332,7 @@ impl KvCache {
         let block_size = self.block_size;
         let n_kv_heads = self.n_kv_heads;
         let device = self.device.clone();
+        #[cfg(feature = "cuda")]
         let imp = self.imp;
         let Some(store) = self.layers.get_mut(layer) else {
             candle_core::bail!("layer {layer} out of range");
@@ -359,7 +360,6 @@ impl KvCache {
                 cuda::attend(q, k, v, kc, vc, batch, block_size, n_kv_heads)
             }
             LayerKv::Tensors { k: kc, v: vc } => {
-                let _ = imp;
                 portable_attend(q, k, v, kc, vc, batch, block_size, &device)
             }
         }

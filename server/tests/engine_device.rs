@@ -119,13 +119,6 @@ fn together(model: &Model) -> Vec<Vec<Vec<f32>>> {
     out
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn sixteen_sequences_batched_get_exactly_the_logits_and_tokens_they_get_alone() {
     let device = engine_common::device();
@@ -137,7 +130,7 @@ fn sixteen_sequences_batched_get_exactly_the_logits_and_tokens_they_get_alone() 
             let want = alone(&m, s);
             assert_eq!(got.len(), want.len());
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
-                worst = worst.max(max_abs_diff(g, w));
+                worst = worst.max(engine_common::max_abs_diff(g, w));
                 assert_eq!(
                     argmax(g),
                     argmax(w),
@@ -235,7 +228,7 @@ fn the_cuda_attention_kernel_matches_the_portable_path_on_the_device() {
         let worst = kernel
             .iter()
             .zip(&portable)
-            .map(|(a, b)| max_abs_diff(a, b))
+            .map(|(a, b)| engine_common::max_abs_diff(a, b))
             .fold(0.0, f32::max);
         println!(
             "{kv:?} cache: CUDA kernel vs portable path on the device: max |Δlogit| = {worst:e}"

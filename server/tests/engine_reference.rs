@@ -175,13 +175,6 @@ fn tiny_f32() -> Model {
     Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load")
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn portable_attention_matches_the_host_kernel() {
     let model = tiny_f32();
@@ -189,7 +182,11 @@ fn portable_attention_matches_the_host_kernel() {
         let host = rust_logits(&model, AttentionImpl::Host, kv);
         let portable = rust_logits(&model, AttentionImpl::Portable, kv);
         for (h, p) in host.iter().zip(&portable) {
-            assert!(max_abs_diff(h, p) < 1e-3, "{kv:?}: {}", max_abs_diff(h, p));
+            assert!(
+                engine_common::max_abs_diff(h, p) < 1e-3,
+                "{kv:?}: {}",
+                engine_common::max_abs_diff(h, p)
+            );
         }
     }
 }
@@ -278,8 +275,14 @@ fn batched_sequences_with_scattered_blocks_match_running_alone() {
         ];
         let out = model.forward(&b, &mut c).expect("forward");
         let rows = out.to_vec2::<f32>().expect("rows");
-        assert!(max_abs_diff(&rows[0], &alone_a) < 1e-4, "{imp:?} seq A");
-        assert!(max_abs_diff(&rows[1], &alone_b) < 1e-4, "{imp:?} seq B");
+        assert!(
+            engine_common::max_abs_diff(&rows[0], &alone_a) < 1e-4,
+            "{imp:?} seq A"
+        );
+        assert!(
+            engine_common::max_abs_diff(&rows[1], &alone_b) < 1e-4,
+            "{imp:?} seq B"
+        );
     }
 }
 

@@ -115,15 +115,14 @@ impl Linear {
     /// (the GPU path; the CPU widens, as its kernels and the golden tests expect), anything else is widened
     /// to f32.
     pub fn dense(parts: &[QTensor], device: &Device, keep_half: bool) -> Result<Self> {
-        let half = match parts.first().map(QTensor::dtype) {
+        let first = parts.first().map(QTensor::dtype);
+        let one_type = parts.iter().all(|p| Some(p.dtype()) == first);
+        let half = match first {
             Some(GgmlDType::F16) => Some(DType::F16),
             Some(GgmlDType::BF16) => Some(DType::BF16),
             _ => None,
         };
-        let first = parts.first().map(QTensor::dtype);
-        if let (true, Some(dtype)) = (keep_half, half)
-            && parts.iter().all(|p| Some(p.dtype()) == first)
-        {
+        if let Some(dtype) = half.filter(|_| keep_half && one_type) {
             // The stored half values, byte for byte: no round trip through f32.
             let stored = parts
                 .iter()

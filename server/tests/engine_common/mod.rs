@@ -100,3 +100,11 @@ fn make_models(which: &str) -> PathBuf {
     );
     dir
 }
+
+/// The largest element-wise |a − b|.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -71,17 +71,85 @@ pub mod metrics {
     pub const KV_CACHE_USAGE: &str = "llama_kv_cache_usage_ratio";
     /// Gauge: 1 while the server drains after SIGTERM.
     pub const DRAINING: &str = "llama_draining";
+    /// Gauge: the server's `--tensor-parallel-size` (the operator sets it from `spec.tensorParallelSize`).
+    pub const TENSOR_PARALLEL_SIZE: &str = "llama_tensor_parallel_size";
 }
 
-/// `--tensor-parallel-size` values the server runs today. Larger values are refused by the server (exit with a
-/// message) and by the operator's validation (`Ready=False`, reason `TensorParallelUnsupported`) alike.
-pub const MAX_SUPPORTED_TENSOR_PARALLEL_SIZE: u32 = 1;
+/// The arithmetic of a tensor-parallel split, applied by the server at start (to the GGUF's numbers) and by
+/// the operator's validation (to the LlamaDeployment's), so both refuse the same sizes with the same sentence.
+pub mod tensor_parallel {
+    /// `tp` ranks each take `n / tp` of `what` (attention heads, KV heads, rows): `tp` must divide `n`.
+    /// `Ok` says what was checked.
+    pub fn divides(tp: u64, what: &str, n: u64) -> Result<String, String> {
+        if tp == 0 {
+            return Err("tensor-parallel size must be at least 1".to_owned());
+        }
+        if n.is_multiple_of(tp) {
+            Ok(format!("{what} {n} divisible by {tp}"))
+        } else {
+            Err(format!(
+                "tensor-parallel size {tp} does not divide {what} {n} ({n} % {tp} = {})",
+                n % tp
+            ))
+        }
+    }
 
-/// The one sentence both sides use when a tensor-parallel size is not supported yet.
-pub fn tensor_parallel_unsupported(requested: u32) -> String {
-    format!(
-        "tensor-parallel-size {requested} is not supported by this llama-server yet (at most \
-         {MAX_SUPPORTED_TENSOR_PARALLEL_SIZE}): tensor parallelism has not landed in the server; \
-         use tensorParallelSize: 1 (one GPU per replica) and scale with replicas"
-    )
+    /// A row-parallel matrix of `cols` input columns stored in blocks of `block` values (32 for Q8_0/Q4_0/
+    /// Q4_1/Q5_0/Q5_1, 256 for K-quants, 1 for F32/F16/BF16): each rank's `cols / tp` columns must be whole
+    /// blocks, since a block cannot be cut.
+    pub fn whole_blocks(tp: u64, what: &str, cols: u64, block: u64) -> Result<String, String> {
+        if tp == 0 {
+            return Err("tensor-parallel size must be at least 1".to_owned());
+        }
+        let block = block.max(1);
+        if cols.is_multiple_of(tp) && (cols / tp).is_multiple_of(block) {
+            Ok(format!(
+                "{what} {cols} / {tp} = {} columns per rank, whole {block}-value blocks",
+                cols / tp
+            ))
+        } else {
+            Err(format!(
+                "tensor-parallel size {tp} cuts the {block}-value quantization blocks of {what}: {cols} / {tp} \
+                 = {} columns per rank, not a multiple of {block}",
+                fmt_ratio(cols, tp)
+            ))
+        }
+    }
+
+    fn fmt_ratio(a: u64, b: u64) -> String {
+        if a.is_multiple_of(b) {
+            (a / b).to_string()
+        } else {
+            format!("{:.2}", a as f64 / b as f64)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sizes_that_do_not_divide_or_that_cut_a_block_are_refused_with_the_arithmetic() {
+            assert_eq!(
+                divides(2, "attention heads", 9).unwrap_err(),
+                "tensor-parallel size 2 does not divide attention heads 9 (9 % 2 = 1)"
+            );
+            assert_eq!(
+                divides(3, "KV heads", 3).unwrap(),
+                "KV heads 3 divisible by 3"
+            );
+            assert_eq!(
+                whole_blocks(3, "blk.0.attn_output.weight", 576, 256).unwrap_err(),
+                "tensor-parallel size 3 cuts the 256-value quantization blocks of blk.0.attn_output.weight: \
+                 576 / 3 = 192 columns per rank, not a multiple of 256"
+            );
+            assert_eq!(
+                whole_blocks(5, "x", 576, 32).unwrap_err(),
+                "tensor-parallel size 5 cuts the 32-value quantization blocks of x: 576 / 5 = 115.20 columns \
+                 per rank, not a multiple of 32"
+            );
+            assert!(whole_blocks(3, "x", 576, 32).is_ok());
+            assert!(divides(0, "x", 4).is_err() && whole_blocks(0, "x", 4, 1).is_err());
+        }
+    }
 }

@@ -332,6 +332,16 @@ impl Quantization {
         }
     }
 
+    /// Values per quantization block along a row (GGUF block layouts): a tensor-parallel split of a row
+    /// must not cut one.
+    pub fn block_size(self) -> u64 {
+        match self {
+            Quantization::F16 | Quantization::BF16 => 1,
+            Quantization::Q8_0 | Quantization::Q4_0 | Quantization::Q4_1 => 32,
+            Quantization::Q4K | Quantization::Q6K => 256,
+        }
+    }
+
     /// The name used in the spec (`Q4_K`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -81,9 +81,6 @@ pub enum HardwareError {
     InsufficientGpuMemory(String),
     #[error("{0}")]
     InvalidSpec(String),
-    /// The spec fits the cluster but the server cannot run it yet (the contract's supported TP size).
-    #[error("{0}")]
-    TensorParallelUnsupported(String),
 }
 
 impl HardwareError {
@@ -94,7 +91,6 @@ impl HardwareError {
             HardwareError::InsufficientGpus(_) => "InsufficientGPUs",
             HardwareError::InsufficientGpuMemory(_) => "InsufficientGPUMemory",
             HardwareError::InvalidSpec(_) => "InvalidSpec",
-            HardwareError::TensorParallelUnsupported(_) => "TensorParallelUnsupported",
         }
     }
 }
@@ -152,19 +148,10 @@ fn estimate_kv_bytes(spec: &LlamaDeploymentSpec) -> Option<u64> {
     Some(2 * layers * kv_heads * head_dim * KV_BYTES_PER_ELEMENT * tokens)
 }
 
-/// Validates `spec` against `nodes`, and against what the server supports: a spec that fits the cluster but
-/// asks for a tensor-parallel size the server refuses is not deployed (its pods would only crash-loop).
+/// Validates `spec` against `nodes`: the tensor-parallel split (the server's own arithmetic, from
+/// `llama_contract::tensor_parallel`), then GPUs and GPU memory.
 pub fn validate(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, HardwareError> {
-    let fit = fit(spec, nodes)?;
-    let tp = spec.tensor_parallel_size;
-    if u32::try_from(tp).is_ok_and(|tp| tp > llama_contract::MAX_SUPPORTED_TENSOR_PARALLEL_SIZE) {
-        return Err(HardwareError::TensorParallelUnsupported(format!(
-            "spec.tensorParallelSize {tp}: {} (the cluster would fit it: {})",
-            llama_contract::tensor_parallel_unsupported(tp.unsigned_abs()),
-            fit.message
-        )));
-    }
-    Ok(fit)
+    fit(spec, nodes)
 }
 
 /// Whether `spec` fits `nodes`: TP divides the heads, enough GPUs per node, weights + KV fit GPU memory.
@@ -185,16 +172,27 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
     let mut checked = Vec::new();
     let heads = spec.model.heads;
     let kv_heads = spec.model.kv_heads.or(heads);
+    let tp_u = u64::from(tp.unsigned_abs());
+    let mismatch = |why: String| {
+        HardwareError::TensorParallelMismatch(format!(
+            "spec.tensorParallelSize {tp}: {why}; choose a tensorParallelSize that divides both heads and \
+             kvHeads and leaves each GPU whole quantization blocks"
+        ))
+    };
     for (field, value) in [("model.heads", heads), ("model.kvHeads", kv_heads)] {
-        if let Some(n) = value {
-            if n % tp != 0 {
-                return Err(HardwareError::TensorParallelMismatch(format!(
-                    "tensorParallelSize {tp} does not divide {field} {n} ({n} % {tp} = {}); \
-                     choose a tensorParallelSize that divides both heads and kvHeads",
-                    n % tp
-                )));
-            }
-            checked.push(format!("{field} {n} divisible by {tp}"));
+        if let Some(n) = value.and_then(|n| u64::try_from(n).ok()) {
+            let ok = llama_contract::tensor_parallel::divides(tp_u, field, n).map_err(mismatch)?;
+            checked.push(ok);
+        }
+    }
+    // The attention output projection is split by its input columns (hiddenSize): whole blocks per GPU.
+    if let Some(hidden) = spec.model.hidden_size.and_then(|n| u64::try_from(n).ok()) {
+        let what = format!("model.hiddenSize ({})", spec.quantization.as_str());
+        let block = spec.quantization.block_size();
+        let ok = llama_contract::tensor_parallel::whole_blocks(tp_u, &what, hidden, block)
+            .map_err(mismatch)?;
+        if tp > 1 {
+            checked.push(ok);
         }
     }
     if spec.accelerator == Accelerator::Cpu {
@@ -259,7 +257,6 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
         });
     };
     let kv = est.kv_bytes.unwrap_or(0);
-    let tp_u = u64::try_from(tp).unwrap_or(1);
     let per_gpu = weights.div_ceil(tp_u) + kv.div_ceil(tp_u);
     let arithmetic = format!(
         "weights {} / TP {tp} + KV cache {} / TP {tp} = {} per GPU",
@@ -362,7 +359,7 @@ mod tests {
         assert_eq!(err.reason(), "TensorParallelMismatch");
         assert!(
             err.to_string()
-                .contains("tensorParallelSize 2 does not divide model.heads 9 (9 % 2 = 1)"),
+                .contains("tensor-parallel size 2 does not divide model.heads 9 (9 % 2 = 1)"),
             "{err}"
         );
     }
@@ -383,6 +380,7 @@ mod tests {
         let mut s = smollm(1);
         s.model.heads = Some(32);
         s.model.kv_heads = Some(16);
+        s.model.hidden_size = Some(4096);
         s.tensor_parallel_size = 16;
         let err = validate(&s, &cluster()).expect_err("no node has 16 GPUs");
         assert_eq!(err.reason(), "InsufficientGPUs");
@@ -466,18 +464,30 @@ mod tests {
     }
 
     #[test]
-    fn a_tensor_parallel_size_the_server_cannot_run_yet_is_refused_after_the_fit_checks() {
-        let s = l70b_f16_tp4();
-        let err = validate(&s, &cluster()).expect_err("the server runs TP 1 only");
-        assert_eq!(err.reason(), "TensorParallelUnsupported");
-        let msg = err.to_string();
+    fn tensor_parallel_fits_now_that_the_server_runs_it() {
+        let fit =
+            validate(&l70b_f16_tp4(), &cluster()).expect("TP 4 of 64 heads on 8-GPU nodes fits");
         assert!(
-            msg.starts_with(
-                "spec.tensorParallelSize 4: tensor-parallel-size 4 is not supported by this llama-server yet (at most 1)"
-            ),
-            "{msg}"
+            fit.message.contains("model.heads 64 divisible by 4"),
+            "{}",
+            fit.message
         );
-        assert!(msg.contains("35.1 GiB per GPU fits gpu-node-0"), "{msg}");
+    }
+
+    #[test]
+    fn a_tensor_parallel_size_that_cuts_quantization_blocks_is_refused_with_the_servers_arithmetic()
+    {
+        let mut s = smollm(3);
+        s.quantization = Quantization::Q4K;
+        let err =
+            validate(&s, &[gpu_node("big", 8, None)]).expect_err("576 / 3 = 192 cuts a 256 block");
+        assert_eq!(err.reason(), "TensorParallelMismatch");
+        let want =
+            llama_contract::tensor_parallel::whole_blocks(3, "model.hiddenSize (Q4_K)", 576, 256)
+                .expect_err("the contract refuses it too");
+        assert!(err.to_string().contains(&want), "{err}");
+        s.quantization = Quantization::Q4_1;
+        validate(&s, &[gpu_node("big", 8, None)]).expect("576 / 3 = 192 is six Q4_1 blocks");
     }
 
     #[test]

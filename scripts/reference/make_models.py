@@ -8,8 +8,11 @@ $LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
                         untied output) with every matrix of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
                         Q5_K or Q6_K (K-quants are random blocks: `gguf` cannot quantize to them)
   tiny-f32-tied.gguf    as tiny-f32 but with the LM head tied to the embedding
+  tp-<type>.gguf        tiny random Llamas for tensor parallelism (2 layers, dim 512, 8 heads / 4 KV heads,
+                        ffn 1024, vocab 320) with every matrix of each of the tiny types above
+  tp-f32-tied.gguf      as tp-f32 but with the LM head tied to the embedding
 
-Usage: make_models.py [--dir DIR] [--only smollm2|tiny] ; prints the directory.
+Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp] ; prints the directory.
 Needs numpy and gguf (scripts/requirements.txt).
 """
 import argparse
@@ -27,6 +30,7 @@ TINY_TYPES = {
     "q4_k": Q.Q4_K, "q5_k": Q.Q5_K, "q6_k": Q.Q6_K,
 }
 TINY = dict(vocab=320, dim=256, layers=2, heads=4, kv_heads=2, ffn=512, ctx=256)
+TP = dict(vocab=320, dim=512, layers=2, heads=8, kv_heads=4, ffn=1024, ctx=256)
 
 
 def write_atomic(path, fill):
@@ -78,8 +82,7 @@ def random_kquant(rng, rows, cols, qtype, std):
     return raw.reshape(rows, -1)
 
 
-def tiny_model(dst, qtype, tied=False, seed=0):
-    c = TINY
+def tiny_model(dst, qtype, tied=False, seed=0, c=TINY):
     rng = np.random.default_rng(seed)
     head_dim = c["dim"] // c["heads"]
 
@@ -132,7 +135,7 @@ def main():
     cache = os.environ.get("LLAMA_OP_CACHE", os.path.expanduser("~/.cache/llama-operator"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.path.join(cache, "models"))
-    ap.add_argument("--only", choices=["smollm2", "tiny"])
+    ap.add_argument("--only", choices=["smollm2", "tiny", "tp"])
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     if a.only in (None, "tiny"):
@@ -143,6 +146,14 @@ def main():
         path = os.path.join(a.dir, "tiny-f32-tied.gguf")
         if not os.path.exists(path):
             tiny_model(path, Q.F32, tied=True)
+    if a.only in (None, "tp"):
+        for name, q in TINY_TYPES.items():
+            path = os.path.join(a.dir, f"tp-{name}.gguf")
+            if not os.path.exists(path):
+                tiny_model(path, q, seed=1, c=TP)
+        path = os.path.join(a.dir, "tp-f32-tied.gguf")
+        if not os.path.exists(path):
+            tiny_model(path, Q.F32, tied=True, seed=1, c=TP)
     if a.only in (None, "smollm2"):
         src = os.path.join(a.dir, SMOL)
         for name, q in SMOL_TYPES.items():

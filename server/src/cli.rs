@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+use crate::batch::BatchInput;
 use crate::chat::{ChatMessage, ChatTemplate};
+use crate::engine::{CacheSpec, ModelRunner, StepModel, TpGroup};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvDType;
-use crate::model::generate::generate;
-use crate::model::{LoadOptions, Model};
+use crate::kv_cache::{KvCache, KvDType};
+use crate::model::generate::{SINGLE_BLOCK_SIZE, generate_steps, single_sequence_blocks};
+use crate::model::{LoadOptions, Model, ModelConfig};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -115,6 +117,74 @@ pub struct ModelArgs {
     /// Where to compute: `auto`, `cpu`, `cuda` or `cuda:N` (see `serve --help`).
     #[arg(long, env = "LLAMA_DEVICE", default_value = "auto")]
     pub device: crate::device::DeviceArg,
+    /// Ranks to shard the model across (see `serve --help`).
+    #[arg(long, default_value_t = 1)]
+    pub tensor_parallel_size: usize,
+}
+
+/// A model ready to run steps for `generate` and `bench`: one rank on the calling thread, or a tensor-parallel
+/// group of rank workers; either way with a KV cache of `cache`'s blocks.
+pub struct Loaded {
+    pub runner: Box<dyn StepModel>,
+    pub config: ModelConfig,
+    pub weight_kinds: String,
+    pub tensor_parallel_size: usize,
+}
+
+impl Loaded {
+    /// Loads `path` for `tp` ranks on `device` (refusing a size that cannot split it, with the arithmetic).
+    pub fn load(
+        path: &Path,
+        device: crate::device::DeviceArg,
+        opts: LoadOptions,
+        tp: usize,
+        cache: CacheSpec,
+    ) -> anyhow::Result<Self> {
+        if tp == 0 {
+            bail!("--tensor-parallel-size must be at least 1");
+        }
+        let file = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&file)?;
+        crate::model::check_tensor_parallel(&file, &cfg, tp)
+            .map_err(|why| anyhow::anyhow!("--tensor-parallel-size {tp}: {why}"))?;
+        drop(file);
+        let devices = crate::device::choose_ranks(device, tp)?;
+        if let [device] = devices.as_slice() {
+            let model = Model::load(path, device, opts)?;
+            let weight_kinds = model.weight_kinds();
+            let kv = KvCache::new(
+                model.rank_config(),
+                cache.num_blocks,
+                cache.block_size,
+                cache.dtype,
+                device,
+            )?;
+            return Ok(Self {
+                config: model.config().clone(),
+                runner: Box::new(ModelRunner { model, cache: kv }),
+                weight_kinds,
+                tensor_parallel_size: 1,
+            });
+        }
+        let threads = (rayon::current_num_threads() / tp).max(1);
+        let group = TpGroup::start(path, devices, opts, threads, cache)?;
+        Ok(Self {
+            config: group.config().clone(),
+            weight_kinds: group.weight_kinds().to_owned(),
+            runner: Box::new(group),
+            tensor_parallel_size: tp,
+        })
+    }
+
+    /// One step (one logits row per sequence with `wants_logits`).
+    pub fn step(&mut self, batch: &BatchInput) -> candle_core::Result<Vec<Vec<f32>>> {
+        self.runner.step(batch)
+    }
+}
+
+/// The context length of the model in `path` (read from its header).
+fn max_context(path: &Path) -> anyhow::Result<usize> {
+    Ok(ModelConfig::from_gguf(&GgufFile::open(path)?)?.max_context)
 }
 
 impl ModelArgs {
@@ -122,6 +192,7 @@ impl ModelArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             repack_q4_1: self.repack_q4_1,
+            ..LoadOptions::default()
         }
     }
 }
@@ -179,16 +250,28 @@ pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     drop(file);
-    let device = crate::device::choose(args.model.device)?;
-    let model = Model::load(&path, &device, args.model.load_options())?;
+    let ids = tok.encode(&prompt, true, args.chat)?;
+    let total = (ids.len() + args.max_tokens).min(max_context(&path)?);
+    let cache = CacheSpec {
+        num_blocks: single_sequence_blocks(total),
+        block_size: SINGLE_BLOCK_SIZE,
+        dtype: args.model.kv_dtype,
+    };
+    let mut model = Loaded::load(
+        &path,
+        args.model.device,
+        args.model.load_options(),
+        args.model.tensor_parallel_size,
+        cache,
+    )?;
     eprintln!(
-        "loaded {} in {:.2}s ({} layers, {})",
+        "loaded {} in {:.2}s ({} layers, {}, tensor-parallel size {})",
         path.display(),
         t0.elapsed().as_secs_f64(),
-        model.config().n_layers,
-        model.weight_kinds()
+        model.config.n_layers,
+        model.weight_kinds,
+        model.tensor_parallel_size
     );
-    let ids = tok.encode(&prompt, true, args.chat)?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -203,13 +286,14 @@ pub fn run_generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut err: Option<anyhow::Error> = None;
-    let stats = generate(
-        &model,
+    let max_ctx = model.config.max_context;
+    let stats = generate_steps(
+        |b| model.step(b),
+        max_ctx,
         &ids,
         args.max_tokens,
         &mut sampler,
         tok.eos_token_ids(),
-        args.model.kv_dtype,
         |s, _| {
             if tok.eos_token_ids().contains(&s.token) {
                 return false;
@@ -272,6 +356,13 @@ pub struct BenchArgs {
     /// each per step (one flat batch, as the server's engine runs them); reports aggregate tokens/s.
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
+    /// Tensor-parallel sizes to measure, e.g. `1,2` (each with `--threads` threads in all, split between
+    /// the ranks).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub tensor_parallel_size: Vec<usize>,
+    /// With tensor parallelism, keep the whole LM head on every rank instead of splitting the vocabulary.
+    #[arg(long)]
+    pub replicate_lm_head: bool,
     /// Internal: measure one model in this process (the parent sets the threads).
     #[arg(long, hide = true)]
     pub single: bool,
@@ -294,13 +385,20 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|b| format!(" batch {b} decode tok/s |"))
         .collect();
     println!(
-        "| model | weights | threads | prefill tok/s ({} tok) | decode tok/s ({} tok) |{batch_cols}",
+        "| model | weights | threads | TP | prefill tok/s ({} tok) | decode tok/s ({} tok) |{batch_cols}",
         args.prompt_tokens, args.gen_tokens
     );
-    println!("|---|---|---|---|---|{}", "---|".repeat(args.batch.len()));
+    println!(
+        "|---|---|---|---|---|---|{}",
+        "---|".repeat(args.batch.len())
+    );
     let exe = std::env::current_exe()?;
+    let runs = args
+        .threads
+        .iter()
+        .flat_map(|&t| args.tensor_parallel_size.iter().map(move |&tp| (t, tp)));
     for m in &models {
-        for &t in &args.threads {
+        for (t, tp) in runs.clone() {
             let mut cmd = Command::new(&exe);
             cmd.arg("bench")
                 .arg("--single")
@@ -314,10 +412,15 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                 .arg(args.repeat.to_string())
                 .arg("--device")
                 .arg(args.device.to_string())
+                .arg("--tensor-parallel-size")
+                .arg(tp.to_string())
                 .env("RAYON_NUM_THREADS", t.to_string())
                 .env("CANDLE_NUM_THREADS", "1");
             if args.repack_q4_1 {
                 cmd.arg("--repack-q4-1");
+            }
+            if args.replicate_lm_head {
+                cmd.arg("--replicate-lm-head");
             }
             if !args.batch.is_empty() {
                 let list: Vec<String> = args.batch.iter().map(|b| b.to_string()).collect();
@@ -335,13 +438,26 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Decode steps of the batched measurement.
+const BATCH_STEPS: usize = 16;
+
 fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         repack_q4_1: args.repack_q4_1,
+        replicate_lm_head: args.replicate_lm_head,
     };
-    let device = crate::device::choose(args.device)?;
-    let model = Model::load(path, &device, opts)?;
-    let vocab = model.config().vocab_size as u32;
+    let tp = args.tensor_parallel_size.first().copied().unwrap_or(1);
+    let single = single_sequence_blocks(args.prompt_tokens + args.gen_tokens);
+    let per_seq = (args.prompt_tokens + BATCH_STEPS + 1).div_ceil(SINGLE_BLOCK_SIZE);
+    let batched = args.batch.iter().max().copied().unwrap_or(0) * per_seq;
+    let cache = CacheSpec {
+        num_blocks: single.max(batched),
+        block_size: SINGLE_BLOCK_SIZE,
+        dtype: KvDType::F16,
+    };
+    let mut model = Loaded::load(path, args.device, opts, tp, cache)?;
+    let vocab = model.config.vocab_size as u32;
+    let max_ctx = model.config.max_context;
     // a deterministic, non-degenerate prompt
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i * 7919 + 13) % vocab.min(30_000))
@@ -349,13 +465,13 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let (mut best_p, mut best_d) = (0f64, 0f64);
     for _ in 0..args.repeat.max(1) {
         let mut sampler = Sampler::new(SamplingParams::greedy());
-        let stats = generate(
-            &model,
+        let stats = generate_steps(
+            |b| model.step(b),
+            max_ctx,
             &prompt,
             args.gen_tokens,
             &mut sampler,
             &[],
-            KvDType::F16,
             |_, _| true,
         )?;
         best_p = best_p.max(stats.prefill_tok_s());
@@ -363,41 +479,40 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let mut batched = String::new();
     for &b in &args.batch {
-        let tok_s = batched_decode_tok_s(&model, b, args.prompt_tokens, args.repeat.max(1))?;
+        let tok_s = batched_decode_tok_s(&mut model, b, args.prompt_tokens, args.repeat.max(1))?;
         batched.push_str(&format!(" {tok_s:.1} |"));
     }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    println!(
-        "| {name} | {} | {} | {best_p:.1} | {best_d:.1} |{batched}",
-        model.weight_kinds(),
-        candle_core::utils::get_num_threads()
-    );
+    let threads = rayon::current_num_threads();
+    let weights = if opts.replicate_lm_head && tp > 1 {
+        format!("{} (LM head replicated)", model.weight_kinds)
+    } else {
+        model.weight_kinds.clone()
+    };
+    println!("| {name} | {weights} | {threads} | {tp} | {best_p:.1} | {best_d:.1} |{batched}");
     Ok(())
 }
 
 /// Aggregate tokens/s of decode steps over `b` sequences with `ctx` cached tokens each (the cache content
-/// does not matter for timing; every sequence owns its own blocks). Best of `repeat` runs of 16 steps.
-fn batched_decode_tok_s(model: &Model, b: usize, ctx: usize, repeat: usize) -> anyhow::Result<f64> {
-    use crate::batch::{BatchInput, SeqInput};
-    use crate::kv_cache::KvCache;
-    const STEPS: usize = 16;
-    let bs = 16;
-    let per_seq = (ctx + STEPS + 1).div_ceil(bs);
-    let mut cache = KvCache::new(
-        model.config(),
-        b * per_seq,
-        bs,
-        KvDType::F16,
-        model.device(),
-    )?;
-    let vocab = model.config().vocab_size as u32;
+/// does not matter for timing; every sequence owns its own blocks). Best of `repeat` runs of
+/// [`BATCH_STEPS`] steps.
+fn batched_decode_tok_s(
+    model: &mut Loaded,
+    b: usize,
+    ctx: usize,
+    repeat: usize,
+) -> anyhow::Result<f64> {
+    use crate::batch::SeqInput;
+    let bs = SINGLE_BLOCK_SIZE;
+    let per_seq = (ctx + BATCH_STEPS + 1).div_ceil(bs);
+    let vocab = model.config.vocab_size as u32;
     let mut best = 0f64;
     for _ in 0..repeat {
         let start = std::time::Instant::now();
-        for step in 0..STEPS {
+        for step in 0..BATCH_STEPS {
             let pos = ctx + step;
             let mut batch = BatchInput::default();
             for s in 0..b {
@@ -417,10 +532,13 @@ fn batched_decode_tok_s(model: &Model, b: usize, ctx: usize, repeat: usize) -> a
                     wants_logits: true,
                 });
             }
-            let logits = model.forward(&batch, &mut cache)?;
-            anyhow::ensure!(logits.dims2()? == (b, vocab as usize), "logits shape");
+            let logits = model.step(&batch)?;
+            anyhow::ensure!(
+                logits.len() == b && logits.iter().all(|r| r.len() == vocab as usize),
+                "logits shape"
+            );
         }
-        best = best.max((b * STEPS) as f64 / start.elapsed().as_secs_f64());
+        best = best.max((b * BATCH_STEPS) as f64 / start.elapsed().as_secs_f64());
     }
     Ok(best)
 }

@@ -74,6 +74,34 @@ pub fn choose(arg: DeviceArg) -> Result<Device, DeviceError> {
     }
 }
 
+/// One device per tensor-parallel rank: all the CPU (ranks are threads sharing its cores and memory), or
+/// `size` GPUs from the one `--device` names (`cuda:N` → cuda:N … cuda:N+size−1; `auto` → cuda:0 … when
+/// CUDA is compiled in and present). Fewer GPUs than ranks is an error that names both counts.
+pub fn choose_ranks(arg: DeviceArg, size: usize) -> Result<Vec<Device>, DeviceError> {
+    let size = size.max(1);
+    let first = choose(arg)?;
+    if first.is_cpu() || size == 1 {
+        return Ok(vec![first; size]);
+    }
+    let base = match first.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+        _ => 0,
+    };
+    let mut devices = vec![first];
+    for n in base + 1..base + size {
+        let d = cuda(n).map_err(|why| DeviceError::Unavailable {
+            arg,
+            why: format!(
+                "--tensor-parallel-size {size} needs one GPU per rank (cuda:{base} … cuda:{}), and cuda:{n} \
+                 is not usable: {why}",
+                base + size - 1
+            ),
+        })?;
+        devices.push(d);
+    }
+    Ok(devices)
+}
+
 /// CUDA device `n`, or why not.
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device, String> {

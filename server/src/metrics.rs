@@ -94,6 +94,8 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// 1 for the device the engine computes on (`device` = `cpu` or `cuda:N`).
     pub device_info: IntGaugeVec,
+    /// Ranks the model is sharded across (`--tensor-parallel-size`).
+    pub tensor_parallel_size: IntGauge,
 }
 
 fn opts(name: &str, help: &str, model: &str) -> Opts {
@@ -226,6 +228,11 @@ impl Metrics {
                 ),
                 &["device"],
             )?,
+            tensor_parallel_size: IntGauge::with_opts(opts(
+                llama_contract::metrics::TENSOR_PARALLEL_SIZE,
+                "Tensor-parallel ranks the model is sharded across (--tensor-parallel-size).",
+                m,
+            ))?,
             registry,
         };
         let r = &this.registry;
@@ -249,6 +256,8 @@ impl Metrics {
         r.register(Box::new(this.tokens_per_step.clone()))?;
         r.register(Box::new(this.draining.clone()))?;
         r.register(Box::new(this.device_info.clone()))?;
+        r.register(Box::new(this.tensor_parallel_size.clone()))?;
+        this.tensor_parallel_size.set(1);
         for reason in ["stop", "length", "abort"] {
             this.request_success.with_label_values(&[reason]);
         }

@@ -15,7 +15,7 @@ use crate::api::validate::Limits;
 use crate::block_manager::BlockManager;
 use crate::chat::ChatTemplate;
 use crate::cli::resolve_model;
-use crate::engine::{Engine, EngineConfig, EngineHandle, ModelRunner};
+use crate::engine::{CacheSpec, Engine, EngineConfig, EngineHandle, ModelRunner, TpGroup};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvDType};
 use crate::metrics::Metrics;
@@ -99,8 +99,10 @@ pub struct ServeArgs {
     /// Same as `--log-format json` (kept for earlier scripts).
     #[arg(long, env = "LLAMA_LOG_JSON", hide = true)]
     pub log_json: bool,
-    /// GPUs (ranks) one replica shards the model across. Only 1 is supported until tensor parallelism lands;
-    /// larger values exit with a message saying so.
+    /// Ranks one replica shards the model across (Megatron-style: each rank holds heads/N query heads,
+    /// kv_heads/N KV heads and 1/N of the MLP). On GPUs one rank per GPU (cuda:N … cuda:N+size−1); on the
+    /// CPU the ranks are threads sharing --threads. N must divide the heads, the KV heads and the MLP width,
+    /// and leave each rank whole quantization blocks: anything else exits with the arithmetic.
     #[arg(long = flags::TENSOR_PARALLEL_SIZE, env = "LLAMA_TENSOR_PARALLEL_SIZE", default_value_t = 1)]
     pub tensor_parallel_size: u32,
     /// Where the engine computes: `auto` (CUDA when compiled in and present, else the CPU), `cpu`, `cuda`
@@ -153,19 +155,17 @@ struct Prepared {
     name: String,
     num_blocks: usize,
     max_seq_len: usize,
-    device: Device,
+    /// One device per tensor-parallel rank.
+    devices: Vec<Device>,
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
-    if args.tensor_parallel_size == 0 {
+    let tp = args.tensor_parallel_size as usize;
+    if tp == 0 {
         bail!("--tensor-parallel-size must be at least 1");
     }
-    if args.tensor_parallel_size > llama_contract::MAX_SUPPORTED_TENSOR_PARALLEL_SIZE {
-        bail!(llama_contract::tensor_parallel_unsupported(
-            args.tensor_parallel_size
-        ));
-    }
-    let device = crate::device::choose(args.device)?;
+    let devices = crate::device::choose_ranks(args.device, tp)?;
+    let device = devices[0].clone();
     if args.block_size == 0 {
         bail!("--block-size must be positive");
     }
@@ -175,6 +175,8 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let path = resolve_model(args.model.as_deref())?;
     let file = GgufFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let cfg = ModelConfig::from_gguf(&file)?;
+    let tp_checked = crate::model::check_tensor_parallel(&file, &cfg, tp)
+        .map_err(|why| anyhow::anyhow!("--tensor-parallel-size {tp}: {why}"))?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let chat_template = match &args.chat_template {
         Some(p) => ChatTemplate::from_file(p, &file)?,
@@ -190,9 +192,13 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
                 .unwrap_or_else(|| "model".into()),
         },
     };
-    let weights = crate::model::device_weight_bytes(&file, device.is_cpu());
+    // GPU ranks each have their own memory and hold 1/tp of the weights and of every KV block; CPU ranks
+    // share the host's memory, so there the whole model's numbers count.
+    let share = if device.is_cpu() { 1 } else { tp };
+    let weights = crate::model::device_weight_bytes(&file, device.is_cpu()).div_ceil(share as u64);
     drop(file);
-    let per_block = KvCache::bytes_per_block(&cfg, args.block_size, args.kv_dtype) as u64;
+    let per_block =
+        KvCache::bytes_per_block(&cfg.for_rank(share), args.block_size, args.kv_dtype) as u64;
     let want_seq_len = args
         .max_seq_len
         .unwrap_or(cfg.max_context)
@@ -231,8 +237,10 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         kv_cache_bytes = num_blocks as u64 * per_block,
         weight_bytes = weights,
         device = %device_name,
+        tensor_parallel_size = tp,
+        tensor_parallel = %tp_checked.join("; "),
         max_seq_len,
-        threads = candle_core::utils::get_num_threads(),
+        threads = rayon::current_num_threads(),
         "loading"
     );
     Ok(Prepared {
@@ -243,11 +251,13 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         name,
         num_blocks,
         max_seq_len,
-        device,
+        devices,
     })
 }
 
 /// Loads the weights, allocates the KV cache and starts the engine thread (slow; runs off the HTTP threads).
+/// One rank: the engine thread runs the model itself. More: a [`TpGroup`] of rank workers, each with
+/// `--threads / size` compute threads (at least one).
 fn start_engine(
     args: &ServeArgs,
     path: &std::path::Path,
@@ -255,31 +265,51 @@ fn start_engine(
     num_blocks: usize,
     max_seq_len: usize,
     metrics: Metrics,
-    device: &Device,
+    devices: &[Device],
 ) -> anyhow::Result<EngineHandle> {
-    let device = device.clone();
-    let model = Model::load(
-        path,
-        &device,
-        LoadOptions {
-            repack_q4_1: args.repack_q4_1,
-        },
-    )?;
-    let cache = KvCache::new(cfg, num_blocks, args.block_size, args.kv_dtype, &device)?;
+    let opts = LoadOptions {
+        repack_q4_1: args.repack_q4_1,
+        ..LoadOptions::default()
+    };
     let sched_cfg = SchedulerConfig {
         max_num_batched_tokens: args.max_num_batched_tokens,
         max_batch_size: args.max_batch_size,
         max_seq_len,
     };
     let (block_size, prefix) = (args.block_size, !args.no_prefix_caching);
-    let (engine, _thread) = Engine::spawn(
-        ModelRunner { model, cache },
-        move || Scheduler::new(sched_cfg, BlockManager::new(num_blocks, block_size, prefix)),
-        metrics,
-        EngineConfig {
-            max_queue: args.max_queue,
-        },
-    )?;
+    let make_scheduler =
+        move || Scheduler::new(sched_cfg, BlockManager::new(num_blocks, block_size, prefix));
+    let config = EngineConfig {
+        max_queue: args.max_queue,
+    };
+    let (engine, _thread) = match devices {
+        [device] => {
+            let model = Model::load(path, device, opts)?;
+            let cache = KvCache::new(cfg, num_blocks, args.block_size, args.kv_dtype, device)?;
+            Engine::spawn(
+                ModelRunner { model, cache },
+                make_scheduler,
+                metrics,
+                config,
+            )?
+        }
+        _ => {
+            let threads = (rayon::current_num_threads() / devices.len()).max(1);
+            let cache = CacheSpec {
+                num_blocks,
+                block_size: args.block_size,
+                dtype: args.kv_dtype,
+            };
+            let group = TpGroup::start(path, devices.to_vec(), opts, threads, cache)?;
+            tracing::info!(
+                tensor_parallel_size = group.size(),
+                threads_per_rank = group.threads_per_rank(),
+                weights = group.weight_kinds(),
+                "tensor-parallel ranks loaded"
+            );
+            Engine::spawn(group, make_scheduler, metrics, config)?
+        }
+    };
     Ok(engine)
 }
 
@@ -293,9 +323,11 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         name,
         num_blocks,
         max_seq_len,
-        device,
+        devices,
     } = prepare(args)?;
+    let device = devices[0].clone();
     let metrics = Metrics::new(&name)?;
+    metrics.tensor_parallel_size.set(devices.len() as i64);
     let device_name = crate::device::describe(&device);
     metrics
         .device_info
@@ -353,7 +385,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let loader_handle = handle.clone();
         let loader_metrics = metrics.clone();
         std::thread::Builder::new().name("loader".into()).spawn(move || {
-            match start_engine(&args2, &path, &cfg, num_blocks, max_seq_len, loader_metrics, &device) {
+            match start_engine(&args2, &path, &cfg, num_blocks, max_seq_len, loader_metrics, &devices) {
                 Ok(engine) => {
                     let _ = loader_state.engine.set(engine);
                     loader_state.ready.store(true, Ordering::SeqCst);

@@ -1,5 +1,5 @@
-//! Flags the operator passes to `serve` that the server does not run yet are refused with a message that
-//! says so (the pod's termination message and the operator's Ready=False say the same), never a clap error.
+//! Flags the operator passes to `serve` with values the server cannot run are refused with a message that
+//! says why (the pod's termination message and the operator's Ready=False say the same), never a clap error.
 
 use std::process::Command;
 
@@ -19,22 +19,34 @@ fn serve(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A tensor-parallel size the model cannot be split by exits before listening, with the arithmetic the
+/// operator's validation prints too (`llama_contract::tensor_parallel`), never a clap error.
 #[test]
-fn tensor_parallel_size_above_one_exits_with_the_contract_message() {
+fn a_tensor_parallel_size_that_does_not_divide_the_heads_exits_with_the_arithmetic() {
+    let model = engine_common::smollm2();
+    let flag = format!("--{}", llama_contract::serve_flags::TENSOR_PARALLEL_SIZE);
     let (ok, err) = serve(&[
         "--model",
-        "/nonexistent.gguf",
-        "--tensor-parallel-size",
+        model.to_str().expect("utf-8 path"),
+        &flag,
         "2",
         "--port",
         "0",
     ]);
     assert!(!ok);
+    let want = llama_contract::tensor_parallel::divides(2, "attention heads", 9)
+        .expect_err("9 heads do not split in 2");
     assert!(
-        err.contains(&llama_contract::tensor_parallel_unsupported(2)),
+        err.contains(&format!("--tensor-parallel-size 2: {want}")),
         "{err}"
     );
     assert!(!err.contains("unexpected argument"), "{err}");
+    let (ok, err) = serve(&["--model", "/nonexistent.gguf", &flag, "0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--tensor-parallel-size must be at least 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -11,3 +11,19 @@ fn requests_with_random_disconnects_leave_no_blocks_in_use_and_an_empty_queue() 
     let server = Server::start(&["--max-batch-size", "16"]);
     server.py("leaks.py", &[&n]);
 }
+
+/// The same at tensor-parallel size 3 (fewer requests: `LLAMA_LEAK_REQUESTS_TP`, default 200). The ranks
+/// share one block table, so 0 blocks in use is 0 on every rank.
+#[test]
+fn at_tensor_parallel_size_3_disconnects_leave_no_blocks_in_use_and_an_empty_queue() {
+    let n = std::env::var("LLAMA_LEAK_REQUESTS_TP").unwrap_or_else(|_| "200".into());
+    let server = Server::start(&["--max-batch-size", "16", "--tensor-parallel-size", "3"]);
+    let (_, metrics) = serve_common::http_get(server.port, "/metrics").expect("/metrics");
+    let want = format!(
+        "{}{{model_name=\"{}\"}} 3",
+        llama_contract::metrics::TENSOR_PARALLEL_SIZE,
+        serve_common::NAME
+    );
+    assert!(metrics.contains(&want), "/metrics lacks {want}:\n{metrics}");
+    server.py("leaks.py", &[&n]);
+}

@@ -7,6 +7,7 @@
 
 pub mod queue;
 mod runner;
+pub mod tp;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use crate::scheduler::{FinishReason, RequestId, Scheduler, SeqRequest};
 
 pub use queue::{CompletionLog, retry_after_secs};
 pub use runner::ModelRunner;
+pub use tp::{CacheSpec, TpGroup};
 
 /// Runs one flat batch. Implemented by the real model + KV cache ([`ModelRunner`]) and by test fakes.
 pub trait StepModel: Send + 'static {

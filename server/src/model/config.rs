@@ -122,6 +122,19 @@ impl ModelConfig {
         })
     }
 
+    /// What one of `size` tensor-parallel ranks computes: `n_heads / size` query heads, `n_kv_heads / size` KV
+    /// heads and `feed_forward_length / size` of the MLP (the caller has checked that `size` divides them;
+    /// see [`super::check_tensor_parallel`]). Everything else is the whole model's.
+    pub fn for_rank(&self, size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            n_heads: self.n_heads / size,
+            n_kv_heads: self.n_kv_heads / size,
+            feed_forward_length: self.feed_forward_length / size,
+            ..self.clone()
+        }
+    }
+
     /// Query width: `n_heads * head_dim`.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim

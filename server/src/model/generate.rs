@@ -38,11 +38,16 @@ impl GenerateStats {
 /// Block size of the single-sequence cache.
 pub const SINGLE_BLOCK_SIZE: usize = 16;
 
-/// A cache large enough for one sequence of `tokens` tokens.
+/// Blocks of [`SINGLE_BLOCK_SIZE`] one sequence of `tokens` tokens needs.
+pub fn single_sequence_blocks(tokens: usize) -> usize {
+    tokens.max(1).div_ceil(SINGLE_BLOCK_SIZE)
+}
+
+/// A cache large enough for one sequence of `tokens` tokens (this rank's KV heads).
 pub fn single_sequence_cache(model: &Model, tokens: usize, dtype: KvDType) -> Result<KvCache> {
-    let blocks = tokens.max(1).div_ceil(SINGLE_BLOCK_SIZE);
+    let blocks = single_sequence_blocks(tokens);
     KvCache::new(
-        model.config(),
+        model.rank_config(),
         blocks,
         SINGLE_BLOCK_SIZE,
         dtype,
@@ -59,13 +64,37 @@ pub fn generate(
     sampler: &mut Sampler,
     stop: &[u32],
     kv_dtype: KvDType,
+    on_token: impl FnMut(&Sampled, &[f32]) -> bool,
+) -> Result<GenerateStats> {
+    let total = (prompt.len() + max_new).min(model.config().max_context);
+    let mut cache = single_sequence_cache(model, total, kv_dtype)?;
+    generate_steps(
+        |batch| model.forward(batch, &mut cache)?.to_vec2::<f32>(),
+        model.config().max_context,
+        prompt,
+        max_new,
+        sampler,
+        stop,
+        on_token,
+    )
+}
+
+/// [`generate`] over any step function (a [`crate::engine::TpGroup`], for one): `step` runs one batch
+/// on a cache holding [`single_sequence_blocks`] blocks of [`SINGLE_BLOCK_SIZE`] for `prompt.len() + max_new`
+/// tokens (at most `max_context`) and returns one logits row.
+pub fn generate_steps(
+    mut run_step: impl FnMut(&BatchInput) -> Result<Vec<Vec<f32>>>,
+    max_context: usize,
+    prompt: &[u32],
+    max_new: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
     mut on_token: impl FnMut(&Sampled, &[f32]) -> bool,
 ) -> Result<GenerateStats> {
     if prompt.is_empty() {
         candle_core::bail!("empty prompt");
     }
-    let total = (prompt.len() + max_new).min(model.config().max_context);
-    let mut cache = single_sequence_cache(model, total, kv_dtype)?;
+    let total = (prompt.len() + max_new).min(max_context);
     let mut stats = GenerateStats {
         prompt_tokens: prompt.len(),
         ..GenerateStats::default()
@@ -79,10 +108,9 @@ pub fn generate(
             break;
         }
         let batch = BatchInput::single(&input, cached, SINGLE_BLOCK_SIZE);
-        let logits = model
-            .forward(&batch, &mut cache)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
+        let Some(logits) = run_step(&batch)?.into_iter().next() else {
+            candle_core::bail!("the step returned no logits");
+        };
         cached += input.len();
         let out = sampler.sample(&logits, &history[prompt.len()..]);
         stats.generated_tokens += 1;

@@ -22,6 +22,9 @@ pub struct LoadOptions {
     /// CPU Q4_1 runs on our own exact AVX2 kernel ([`super::kernels`]), while the re-encoding rounds every
     /// weight again (to 1/254 of its block's maximum) and measurably moved greedy text off llama.cpp's.
     pub repack_q4_1: bool,
+    /// With tensor parallelism, keep the whole LM head on every rank instead of splitting the vocabulary
+    /// (measured against the vocab-parallel default by `bench --replicate-lm-head`).
+    pub replicate_lm_head: bool,
 }
 
 /// A weight matrix `[out, in]` and how it is multiplied.

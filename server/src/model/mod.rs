@@ -7,6 +7,7 @@ mod config;
 pub mod generate;
 pub(crate) mod kernels;
 mod linear;
+pub mod parallel;
 pub mod shard;
 
 use std::io::{Read, Seek};
@@ -18,6 +19,10 @@ use candle_core::{DType, Device, Result, Tensor};
 
 pub use config::{ModelConfig, RopeStyle};
 pub use linear::{Linear, LoadOptions, gather_rows};
+pub use parallel::{TensorParallel, check_tensor_parallel};
+
+use parallel::{ColumnParallel, LmHead, RowParallel};
+use shard::{ShardError, Split, shard};
 
 use crate::batch::BatchInput;
 use crate::gguf::{GgufError, GgufFile};
@@ -41,12 +46,17 @@ pub enum LoadError {
         got: Vec<usize>,
         want: Vec<usize>,
     },
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{0}")]
+    TensorParallel(String),
 }
 
 struct Loader<'a, R> {
     file: &'a mut GgufFile<R>,
     device: &'a Device,
     opts: LoadOptions,
+    tp: &'a TensorParallel,
 }
 
 impl<R: Read + Seek> Loader<'_, R> {
@@ -62,19 +72,82 @@ impl<R: Read + Seek> Loader<'_, R> {
         Ok(t)
     }
 
-    fn linear(
+    /// `name` (`[rows, cols]`), this rank's part of it when split along `split`.
+    fn part(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        split: Split,
+    ) -> std::result::Result<QTensor, LoadError> {
+        let t = self.raw(name, &[rows, cols])?;
+        let (rank, size) = (self.tp.rank(), self.tp.size());
+        if size == 1 {
+            return Ok(t);
+        }
+        Ok(shard(name, &t, split, rank, size, &Device::Cpu)?)
+    }
+
+    fn build(&self, names: &str, parts: Vec<QTensor>) -> std::result::Result<Linear, LoadError> {
+        Linear::fused(parts, self.device, self.opts).map_err(|source| LoadError::Build {
+            name: names.to_owned(),
+            source,
+        })
+    }
+
+    /// A column-parallel layer: each part split by rows first (a fused matrix cannot be), then fused.
+    fn column(
         &mut self,
         names: &[(&str, usize)],
         cols: usize,
-    ) -> std::result::Result<Linear, LoadError> {
+    ) -> std::result::Result<ColumnParallel, LoadError> {
         let mut parts = Vec::with_capacity(names.len());
         for &(name, rows) in names {
-            parts.push(self.raw(name, &[rows, cols])?);
+            parts.push(self.part(name, rows, cols, Split::Rows)?);
         }
-        Linear::fused(parts, self.device, self.opts).map_err(|source| LoadError::Build {
-            name: names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join("+"),
-            source,
+        let joined = names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join("+");
+        Ok(ColumnParallel(self.build(&joined, parts)?))
+    }
+
+    /// A row-parallel layer: this rank's columns, followed by an all-reduce.
+    fn row(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> std::result::Result<RowParallel, LoadError> {
+        let part = self.part(name, rows, cols, Split::Cols)?;
+        Ok(RowParallel {
+            linear: self.build(name, vec![part])?,
+            comm: self.tp.comm.clone(),
         })
+    }
+
+    /// The LM head from `name` (`output.weight`, or the tied embedding): vocab-parallel when the group
+    /// size divides the vocabulary, else replicated.
+    fn lm_head(
+        &mut self,
+        name: &str,
+        vocab: usize,
+        cols: usize,
+        opts: LoadOptions,
+    ) -> std::result::Result<LmHead, LoadError> {
+        let size = self.tp.size();
+        let build = |w: QTensor, device: &Device| {
+            Linear::new(w, device, opts).map_err(|source| LoadError::Build {
+                name: name.to_owned(),
+                source,
+            })
+        };
+        if size > 1 && vocab.is_multiple_of(size) && !self.opts.replicate_lm_head {
+            let part = self.part(name, vocab, cols, Split::Rows)?;
+            return Ok(LmHead::VocabParallel {
+                linear: build(part, self.device)?,
+                comm: self.tp.comm.clone(),
+            });
+        }
+        let w = self.raw(name, &[vocab, cols])?;
+        Ok(LmHead::Replicated(build(w, self.device)?))
     }
 
     fn norm(&mut self, name: &str, dim: usize) -> std::result::Result<RmsNorm, LoadError> {
@@ -161,18 +234,18 @@ impl Rope {
     }
 }
 
-/// Self-attention with fused Q/K/V.
+/// Self-attention with fused Q/K/V (this rank's heads).
 #[derive(Debug, Clone)]
 struct Attention {
-    attn_qkv: Linear,
-    attn_output: Linear,
+    attn_qkv: ColumnParallel,
+    attn_output: RowParallel,
 }
 
-/// SwiGLU MLP with fused gate/up.
+/// SwiGLU MLP with fused gate/up (this rank's share of the features).
 #[derive(Debug, Clone)]
 struct Mlp {
-    ffn_gate_up: Linear,
-    ffn_down: Linear,
+    ffn_gate_up: ColumnParallel,
+    ffn_down: RowParallel,
 }
 
 impl Mlp {
@@ -196,6 +269,7 @@ struct Block {
 }
 
 impl Block {
+    /// Loads block `i` of the whole model `cfg` (this rank's parts of it).
     fn load<R: Read + Seek>(
         l: &mut Loader<'_, R>,
         cfg: &ModelConfig,
@@ -208,7 +282,7 @@ impl Block {
         Ok(Self {
             attn_norm: l.norm(&n("attn_norm.weight"), e)?,
             attn: Attention {
-                attn_qkv: l.linear(
+                attn_qkv: l.column(
                     &[
                         (q.as_str(), cfg.q_dim()),
                         (k.as_str(), cfg.kv_dim()),
@@ -216,25 +290,23 @@ impl Block {
                     ],
                     e,
                 )?,
-                attn_output: l.linear(&[(n("attn_output.weight").as_str(), e)], cfg.q_dim())?,
+                attn_output: l.row(&n("attn_output.weight"), e, cfg.q_dim())?,
             },
             ffn_norm: l.norm(&n("ffn_norm.weight"), e)?,
             mlp: Mlp {
-                ffn_gate_up: l.linear(
+                ffn_gate_up: l.column(
                     &[
                         (gate.as_str(), cfg.feed_forward_length),
                         (up.as_str(), cfg.feed_forward_length),
                     ],
                     e,
                 )?,
-                ffn_down: l.linear(
-                    &[(n("ffn_down.weight").as_str(), e)],
-                    cfg.feed_forward_length,
-                )?,
+                ffn_down: l.row(&n("ffn_down.weight"), e, cfg.feed_forward_length)?,
             },
         })
     }
 
+    /// `cfg` is this rank's configuration ([`ModelConfig::for_rank`]): its heads and KV heads.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -269,13 +341,16 @@ impl Block {
     }
 }
 
-/// A loaded Llama-family model.
+/// A loaded Llama-family model, or one tensor-parallel rank's part of one.
 pub struct Model {
     config: ModelConfig,
+    /// What this rank computes (heads, KV heads, MLP width); equal to `config` for one rank.
+    rank_config: ModelConfig,
+    tp: TensorParallel,
     token_embd: QTensor,
     blocks: Vec<Block>,
     output_norm: RmsNorm,
-    output: Linear,
+    output: LmHead,
     rope: Rope,
     device: Device,
     load_time: Duration,
@@ -285,6 +360,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("config", &self.config)
+            .field("tp", &self.tp)
             .field("device", &self.device)
             .finish()
     }
@@ -329,8 +405,31 @@ impl Model {
         device: &Device,
         opts: LoadOptions,
     ) -> std::result::Result<Self, LoadError> {
+        Self::rank_from_gguf(file, device, opts, TensorParallel::single())
+    }
+
+    /// Loads rank `tp.rank()`'s part of the model for a group of `tp.size()` ranks (every rank of the group
+    /// must load, and then run every forward step, since the layers' collectives wait for all of them).
+    pub fn load_rank(
+        path: &Path,
+        device: &Device,
+        opts: LoadOptions,
+        tp: TensorParallel,
+    ) -> std::result::Result<Self, LoadError> {
+        let mut file = GgufFile::open(path)?;
+        Self::rank_from_gguf(&mut file, device, opts, tp)
+    }
+
+    /// [`Model::load_rank`] from an opened GGUF file.
+    pub fn rank_from_gguf<R: Read + Seek>(
+        file: &mut GgufFile<R>,
+        device: &Device,
+        opts: LoadOptions,
+        tp: TensorParallel,
+    ) -> std::result::Result<Self, LoadError> {
         let start = Instant::now();
         let cfg = ModelConfig::from_gguf(file)?;
+        check_tensor_parallel(file, &cfg, tp.size()).map_err(LoadError::TensorParallel)?;
         // attention/MLP biases (Qwen2 has them) are not implemented: refuse rather than silently drop them
         if let Some(bias) = file
             .tensor_names()
@@ -341,7 +440,12 @@ impl Model {
                 detail: "bias tensors are not supported".into(),
             });
         }
-        let mut l = Loader { file, device, opts };
+        let mut l = Loader {
+            file,
+            device,
+            opts,
+            tp: &tp,
+        };
         let e = cfg.embedding_length;
         let token_embd = l.raw("token_embd.weight", &[cfg.vocab_size, e])?;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -350,23 +454,23 @@ impl Model {
         }
         let output_norm = l.norm("output_norm.weight", e)?;
         let output = if l.file.has_tensor("output.weight") {
-            l.linear(&[("output.weight", cfg.vocab_size)], e)?
+            l.lm_head("output.weight", cfg.vocab_size, e, opts)?
         } else {
-            // tied embeddings: the LM head is the embedding matrix itself
-            let w = l.raw("token_embd.weight", &[cfg.vocab_size, e])?;
-            Linear::new(w, device, LoadOptions { repack_q4_1: false }).map_err(|source| {
-                LoadError::Build {
-                    name: "token_embd.weight (tied output)".into(),
-                    source,
-                }
-            })?
+            // tied embeddings: the LM head is the embedding matrix itself (never re-encoded)
+            let opts = LoadOptions {
+                repack_q4_1: false,
+                ..opts
+            };
+            l.lm_head("token_embd.weight", cfg.vocab_size, e, opts)?
         };
         let rope = Rope::new(&cfg, device).map_err(|source| LoadError::Build {
             name: "rope tables".into(),
             source,
         })?;
         Ok(Self {
+            rank_config: cfg.for_rank(tp.size()),
             config: cfg,
+            tp,
             token_embd,
             blocks,
             output_norm,
@@ -380,6 +484,17 @@ impl Model {
     /// The resolved configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// What this rank computes: the heads and KV heads its layers and its KV cache hold (size a rank's
+    /// [`KvCache`] from this). The whole model's [`Model::config`] for one rank.
+    pub fn rank_config(&self) -> &ModelConfig {
+        &self.rank_config
+    }
+
+    /// This model's tensor-parallel group.
+    pub fn tensor_parallel(&self) -> &TensorParallel {
+        &self.tp
     }
 
     /// The device the weights live on.
@@ -408,9 +523,17 @@ impl Model {
     }
 
     /// Runs one step: writes the batch's K/V into `cache` and returns f32 logits
-    /// `[number of seqs with wants_logits, vocab]`, in `batch.seqs` order.
+    /// `[number of seqs with wants_logits, vocab]`, in `batch.seqs` order. With tensor parallelism every rank
+    /// runs the same step on its own cache (sized from [`Model::rank_config`]) and gets the same logits.
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Result<Tensor> {
         cache.check_batch(batch)?;
+        if cache.n_kv_heads() != self.rank_config.n_kv_heads {
+            candle_core::bail!(
+                "the KV cache holds {} KV heads, this rank computes {}",
+                cache.n_kv_heads(),
+                self.rank_config.n_kv_heads
+            );
+        }
         let cfg = &self.config;
         if let Some(&p) = batch
             .positions
@@ -435,7 +558,16 @@ impl Model {
         let positions = Tensor::from_slice(&batch.positions, batch.num_tokens(), &self.device)?;
         let (cos, sin) = self.rope.tables(&positions)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(cfg, i, &x, &self.rope, &cos, &sin, batch, cache)?;
+            x = block.forward(
+                &self.rank_config,
+                i,
+                &x,
+                &self.rope,
+                &cos,
+                &sin,
+                batch,
+                cache,
+            )?;
         }
         if wanted.is_empty() {
             return Tensor::zeros((0, cfg.vocab_size), DType::F32, &self.device);

@@ -55,7 +55,7 @@ pub fn python() -> PathBuf {
     .clone()
 }
 
-/// Directory of the generated test models; `which` is `tiny` or `smollm2` (created on demand, cached).
+/// Directory of the generated test models; `which` is `tiny`, `tp` or `smollm2` (created on demand, cached).
 /// `LLAMA_OP_TEST_MODELS` names a directory that already holds them (a machine without the python env,
 /// such as the GPU machine scripts/gpu-check.sh runs on).
 pub fn test_models(which: &str) -> PathBuf {
@@ -63,8 +63,13 @@ pub fn test_models(which: &str) -> PathBuf {
         return PathBuf::from(dir);
     }
     static TINY: OnceLock<PathBuf> = OnceLock::new();
+    static TP: OnceLock<PathBuf> = OnceLock::new();
     static SMOL: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if which == "tiny" { &TINY } else { &SMOL };
+    let cell = match which {
+        "tiny" => &TINY,
+        "tp" => &TP,
+        _ => &SMOL,
+    };
     cell.get_or_init(|| make_models(which)).clone()
 }
 
@@ -76,6 +81,14 @@ pub fn device() -> candle_core::Device {
         .parse()
         .unwrap_or_else(|e| panic!("LLAMA_TEST_DEVICE: {e}"));
     llama_server::device::choose(arg).unwrap_or_else(|e| panic!("LLAMA_TEST_DEVICE: {e}"))
+}
+
+/// [`device`]'s `--device` value (for loaders that take the flag, such as `cli::Loaded`).
+#[allow(dead_code)] // not every engine test loads through the CLI's loader
+pub fn device_arg() -> llama_server::device::DeviceArg {
+    let arg = std::env::var("LLAMA_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    arg.parse()
+        .unwrap_or_else(|e| panic!("LLAMA_TEST_DEVICE: {e}"))
 }
 
 fn make_models(which: &str) -> PathBuf {

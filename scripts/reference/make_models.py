@@ -11,8 +11,10 @@ $LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
   tp-<type>.gguf        tiny random Llamas for tensor parallelism (2 layers, dim 512, 8 heads / 4 KV heads,
                         ffn 1024, vocab 320) with every matrix of each of the tiny types above
   tp-f32-tied.gguf      as tp-f32 but with the LM head tied to the embedding
+  tp-bench-q8_0.gguf    (only with --only tp-bench) a 160M-parameter random Llama for the tensor-parallel
+                        benchmark (8 layers, dim 1024, 16 heads / 8 KV heads, ffn 2816, vocab 32000), Q8_0
 
-Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp] ; prints the directory.
+Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp|tp-bench] ; prints the directory.
 Needs numpy and gguf (scripts/requirements.txt).
 """
 import argparse
@@ -31,6 +33,7 @@ TINY_TYPES = {
 }
 TINY = dict(vocab=320, dim=256, layers=2, heads=4, kv_heads=2, ffn=512, ctx=256)
 TP = dict(vocab=320, dim=512, layers=2, heads=8, kv_heads=4, ffn=1024, ctx=256)
+TP_BENCH = dict(vocab=32000, dim=1024, layers=8, heads=16, kv_heads=8, ffn=2816, ctx=1024)
 
 
 def write_atomic(path, fill):
@@ -135,7 +138,7 @@ def main():
     cache = os.environ.get("LLAMA_OP_CACHE", os.path.expanduser("~/.cache/llama-operator"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.path.join(cache, "models"))
-    ap.add_argument("--only", choices=["smollm2", "tiny", "tp"])
+    ap.add_argument("--only", choices=["smollm2", "tiny", "tp", "tp-bench"])
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     if a.only in (None, "tiny"):
@@ -154,6 +157,10 @@ def main():
         path = os.path.join(a.dir, "tp-f32-tied.gguf")
         if not os.path.exists(path):
             tiny_model(path, Q.F32, tied=True, seed=1, c=TP)
+    if a.only == "tp-bench":
+        path = os.path.join(a.dir, "tp-bench-q8_0.gguf")
+        if not os.path.exists(path):
+            tiny_model(path, Q.Q8_0, seed=2, c=TP_BENCH)
     if a.only in (None, "smollm2"):
         src = os.path.join(a.dir, SMOL)
         for name, q in SMOL_TYPES.items():

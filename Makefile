@@ -18,7 +18,7 @@ help:
 	@echo "make images        OCI image archives of llama-server and llama-operator (loaded into the local node if up)"
 	@echo "make model-image MODEL=file.gguf  a modelcar image for spec.model.image"
 	@echo "make test          everything CI runs: fmt, clippy, the CUDA compile-check, unit+integration tests, generated-file checks, e2e"
-	@echo "make cuda-check    clippy of llama-server --features cuda with nvcc from PyPI wheels (no GPU needed)"
+	@echo "make cuda-check    clippy of llama-server --features cuda,nccl with nvcc from PyPI wheels (no GPU needed)"
 	@echo "make cluster-up    start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)"
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make e2e           run the e2e suite (starts and stops the local control plane unless one is up)"
@@ -35,7 +35,7 @@ lint:
 cuda-check:
 	CUDA_HOME=$$(bash scripts/cuda-toolkit.sh) && export CUDA_HOME CUDA_PATH=$$CUDA_HOME \
 	  PATH="$$CUDA_HOME/bin:$$PATH" CUDA_COMPUTE_CAP=90 && \
-	  $(CARGO) clippy -p llama-server --features cuda --all-targets --locked -- -D warnings && \
+	  $(CARGO) clippy -p llama-server --features cuda,nccl --all-targets --locked -- -D warnings && \
 	  python3 scripts/nvrtc-check.py "$$(bash scripts/cuda-toolkit.sh nvrtc)" "$$CUDA_HOME/bin/ptxas" sm_90 \
 	    server/src/kv_cache/paged_attention.cu $(foreach t,f32 f16 bf16,reshape_and_cache_$(t) paged_attention_$(t))
 

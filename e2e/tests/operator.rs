@@ -138,7 +138,7 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         &cols[1..6],
-        ["True", "2/2", "llama-3.1-8b-instruct", "Q4_K", "1"],
+        ["True", "2/2", "llama-3.1-8b-instruct", "Q4_K", "2"],
         "{table}"
     );
 

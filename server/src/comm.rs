@@ -11,6 +11,9 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+#[cfg(feature = "nccl")]
+pub mod nccl;
+
 /// Why a collective did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommError {
@@ -42,6 +45,21 @@ pub trait Communicator: Send + Sync {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), CommError>;
     /// Fails every pending and future collective of the group with `why`.
     fn abort(&self, why: &str);
+    /// The all-reduce of an f32 tensor where it lives (NCCL on GPUs), or `None`: copy through the host with
+    /// [`Communicator::all_reduce_sum`].
+    fn all_reduce_tensor(
+        &self,
+        _x: &candle_core::Tensor,
+    ) -> Option<candle_core::Result<candle_core::Tensor>> {
+        None
+    }
+    /// The all-gather of an f32 tensor where it lives, flattened rank-major (`[size × n]`), or `None`.
+    fn all_gather_tensor(
+        &self,
+        _x: &candle_core::Tensor,
+    ) -> Option<candle_core::Result<candle_core::Tensor>> {
+        None
+    }
 }
 
 /// The state every rank of a [`CpuGroup`] shares.

@@ -73,10 +73,7 @@ impl TpGroup {
         let size = devices.len();
         anyhow::ensure!(size >= 1, "a tensor-parallel group needs at least one rank");
         let threads_per_rank = threads_per_rank.max(1);
-        let comms: Vec<Arc<dyn Communicator>> = CpuGroup::connect(size)
-            .into_iter()
-            .map(|c| Arc::new(c) as Arc<dyn Communicator>)
-            .collect();
+        let comms = connect(&devices)?;
         let (results_tx, results) = channel();
         let (ready_tx, ready) = channel();
         let mut jobs = Vec::with_capacity(size);
@@ -199,6 +196,23 @@ impl TpGroup {
             _ => candle_core::bail!("rank 0 returned no logits"),
         }
     }
+}
+
+/// The group's communicators: NCCL when every rank is a GPU and the `nccl` feature is built, else the
+/// in-process CPU group (on GPUs that copies each collective's data through host memory).
+fn connect(devices: &[Device]) -> anyhow::Result<Vec<Arc<dyn Communicator>>> {
+    #[cfg(feature = "nccl")]
+    if devices.len() > 1 && devices.iter().all(Device::is_cuda) {
+        let comms = crate::comm::nccl::NcclComm::connect(devices).map_err(anyhow::Error::msg)?;
+        return Ok(comms
+            .into_iter()
+            .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+            .collect());
+    }
+    Ok(CpuGroup::connect(devices.len())
+        .into_iter()
+        .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+        .collect())
 }
 
 impl StepModel for TpGroup {

@@ -64,6 +64,9 @@ pub fn all_reduce(comm: &dyn Communicator, x: Tensor) -> Result<Tensor> {
     if comm.size() == 1 {
         return Ok(x);
     }
+    if let Some(on_device) = comm.all_reduce_tensor(&x) {
+        return on_device;
+    }
     let (dims, device) = (x.dims().to_vec(), x.device().clone());
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
     comm.all_reduce_sum(&mut v).map_err(comm_err)?;
@@ -140,9 +143,15 @@ impl LmHead {
                 let local = linear.forward(x)?;
                 let (tokens, part) = local.dims2()?;
                 let size = comm.size();
-                let flat = local.flatten_all()?.to_vec1::<f32>()?;
-                let mut gathered = vec![0f32; flat.len() * size];
-                comm.all_gather(&flat, &mut gathered).map_err(comm_err)?;
+                let gathered = match comm.all_gather_tensor(&local) {
+                    Some(on_device) => on_device?.to_vec1::<f32>()?,
+                    None => {
+                        let flat = local.flatten_all()?.to_vec1::<f32>()?;
+                        let mut gathered = vec![0f32; flat.len() * size];
+                        comm.all_gather(&flat, &mut gathered).map_err(comm_err)?;
+                        gathered
+                    }
+                };
                 // gathered is [rank][token][part]; logits are [token][rank·part]
                 let mut logits = Vec::with_capacity(gathered.len());
                 for t in 0..tokens {

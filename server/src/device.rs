@@ -326,6 +326,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn cpu_ranks_share_the_cpu_and_gpu_ranks_need_a_cuda_build() {
+        let ranks = choose_ranks(DeviceArg::Cpu, 3).expect("3 CPU ranks");
+        assert_eq!(ranks.len(), 3);
+        assert!(ranks.iter().all(Device::is_cpu));
+        if !CUDA_COMPILED {
+            let err = choose_ranks(DeviceArg::Cuda(0), 2).expect_err("no CUDA in this build");
+            assert!(
+                err.to_string().contains("built without CUDA support"),
+                "{err}"
+            );
+        }
+    }
+
     const GIB: u64 = 1 << 30;
 
     fn sizing(explicit: Option<u64>, weights: u64) -> KvSizing {

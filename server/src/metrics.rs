@@ -85,6 +85,8 @@ pub struct Metrics {
     pub request_success: IntCounterVec,
     /// Rejected requests by error label.
     pub request_errors: IntCounterVec,
+    /// Non-streaming requests aborted because their client disconnected.
+    pub client_disconnects: IntCounter,
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     pub e2e_request_latency: Histogram,
@@ -185,6 +187,11 @@ impl Metrics {
                 ),
                 &["code"],
             )?,
+            client_disconnects: IntCounter::with_opts(opts(
+                "llama_client_disconnects_total",
+                "Non-streaming requests aborted because their client disconnected before the answer.",
+                m,
+            ))?,
             time_to_first_token: Histogram::with_opts(hist(
                 "llama_time_to_first_token_seconds",
                 "Time from arrival to the first output token.",
@@ -249,6 +256,7 @@ impl Metrics {
         r.register(Box::new(this.generation_tokens.clone()))?;
         r.register(Box::new(this.request_success.clone()))?;
         r.register(Box::new(this.request_errors.clone()))?;
+        r.register(Box::new(this.client_disconnects.clone()))?;
         r.register(Box::new(this.time_to_first_token.clone()))?;
         r.register(Box::new(this.inter_token_latency.clone()))?;
         r.register(Box::new(this.e2e_request_latency.clone()))?;

@@ -78,15 +78,30 @@ pub struct ServeArgs {
     /// Most tokens (prompt + output) per sequence (default: the model's context length, bounded by the cache).
     #[arg(long = flags::MAX_SEQ_LEN, env = "LLAMA_MAX_SEQ_LEN")]
     pub max_seq_len: Option<usize>,
+    /// Output tokens per choice when a request gives no max_tokens (also bounded by the context the prompt
+    /// leaves), so no request runs unbounded by default.
+    #[arg(long, env = "LLAMA_DEFAULT_MAX_TOKENS", default_value_t = 2048)]
+    pub default_max_tokens: usize,
     /// Most requests waiting for a batch slot; beyond it new requests get 429.
     #[arg(long = flags::MAX_QUEUE, env = "LLAMA_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long = flags::DRAIN_TIMEOUT, env = "LLAMA_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
-    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize.
+    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize. Prefer the environment
+    /// variable or --api-key-file: a key on the command line is visible to every user of the host (`ps`).
     #[arg(long, env = llama_contract::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
+    /// File holding the API key (surrounding whitespace ignored), e.g. a mounted Secret.
+    #[arg(long, env = "LLAMA_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+    /// Threads that parse, template and tokenize requests (off the HTTP workers).
+    #[arg(long, env = "LLAMA_PREP_THREADS", default_value_t = 2)]
+    pub prep_threads: usize,
+    /// Parse special-token text (e.g. `<|im_start|>`) inside chat message content as control tokens. Off by
+    /// default: content is user text, and parsing it would let a user forge a system turn.
+    #[arg(long, env = "LLAMA_CHAT_SPECIAL_TOKENS")]
+    pub chat_special_tokens: bool,
     /// Disable prefix caching.
     #[arg(long, env = "LLAMA_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
@@ -328,6 +343,16 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let device = devices[0].clone();
     let metrics = Metrics::new(&name)?;
     metrics.tensor_parallel_size.set(devices.len() as i64);
+    let api_key = match &args.api_key_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading --api-key-file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => args.api_key.clone(),
+    }
+    .filter(|k| !k.is_empty());
     let device_name = crate::device::describe(&device);
     metrics
         .device_info
@@ -348,14 +373,17 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             served_model_name: name,
             max_seq_len,
+            default_max_tokens: args.default_max_tokens,
         },
         metrics: metrics.clone(),
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key,
         ready: AtomicBool::new(false),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default(),
+        prep: crate::api::prep::PrepPool::new(args.prep_threads, 4 * args.max_queue.max(16))?,
+        chat_special_tokens: args.chat_special_tokens,
     });
     let addr = (args.host.clone(), args.port);
     let drain_timeout = Duration::from_secs(args.drain_timeout);
@@ -368,12 +396,14 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap_fn(close_connections_while_draining)
+                .wrap_fn(errors_as_json)
                 .app_data(app_state.clone())
-                .app_data(web::PayloadConfig::new(16 << 20))
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                 .configure(handlers::routes)
                 .default_service(web::to(handlers::not_found))
         })
         .workers(workers)
+        .on_connect(crate::api::conn::on_connect)
         .disable_signals()
         .shutdown_timeout(5)
         .bind(addr.clone())
@@ -415,6 +445,59 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Every error answer is OpenAI-shaped JSON, including the ones actix writes itself (an oversized body's 413,
+/// an unreadable body's 400).
+fn errors_as_json<S>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
+where
+    S: actix_web::dev::Service<
+            actix_web::dev::ServiceRequest,
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+        >,
+{
+    let fut = srv.call(req);
+    async move {
+        let res = fut.await?;
+        let status = res.status();
+        let is_json = res
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !status.is_client_error() && !status.is_server_error() || is_json {
+            return Ok(res);
+        }
+        let message = match res.response().error() {
+            Some(e) => e.to_string(),
+            None => status.canonical_reason().unwrap_or("error").to_owned(),
+        };
+        let err = match status {
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                crate::api::ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            }
+            s if s.is_client_error() => crate::api::ApiError::MalformedJson(message),
+            _ => crate::api::ApiError::Internal(message),
+        };
+        let (req, old) = res.into_parts();
+        let mut new = actix_web::ResponseError::error_response(&err);
+        *new.status_mut() = old.status();
+        for (k, v) in old.headers() {
+            if k != actix_web::http::header::CONTENT_TYPE
+                && k != actix_web::http::header::CONTENT_LENGTH
+            {
+                new.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        Ok(actix_web::dev::ServiceResponse::new(req, new))
+    }
+}
+
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 16 << 20;
 
 /// While draining, every response closes its connection: clients holding a keep-alive connection to this pod
 /// (which has left the Service's endpoints) reconnect, through the Service, to a pod that serves.

@@ -26,6 +26,19 @@ pub enum ApiError {
     Loading,
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("{method} is not allowed on {path} (allowed: {allow})")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
+    #[error("request bodies must be JSON (Content-Type: application/json), got {0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the {0}-byte limit")]
+    PayloadTooLarge(usize),
+    /// The client left before a non-streaming answer was ready (logged and counted; nobody reads the body).
+    #[error("the client disconnected")]
+    ClientGone,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +63,10 @@ impl ApiError {
             Self::Draining => "draining",
             Self::Loading => "model_loading",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::ClientGone => "client_disconnected",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -59,7 +76,11 @@ impl ApiError {
             Self::InvalidField { .. }
             | Self::MalformedJson(_)
             | Self::ModelNotFound(_)
-            | Self::NotFound(_) => "invalid_request_error",
+            | Self::NotFound(_)
+            | Self::MethodNotAllowed { .. }
+            | Self::UnsupportedMediaType(_)
+            | Self::PayloadTooLarge(_)
+            | Self::ClientGone => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::QueueFull { .. } => "rate_limit_error",
             Self::Draining | Self::Loading => "service_unavailable",
@@ -106,6 +127,11 @@ impl ResponseError for ApiError {
         match self {
             Self::InvalidField { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            // nginx's "client closed request": never seen by the client, only in logs and metrics
+            Self::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining | Self::Loading => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +143,11 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if let Self::QueueFull { retry_after_s, .. } = self {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            resp.insert_header((header::ALLOW, v));
         }
         if let Self::Unauthorized = self {
             resp.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -176,6 +207,14 @@ mod tests {
             ApiError::Draining,
             ApiError::Loading,
             ApiError::NotFound(String::new()),
+            ApiError::MethodNotAllowed {
+                method: String::new(),
+                path: String::new(),
+                allow: String::new(),
+            },
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::PayloadTooLarge(0),
+            ApiError::ClientGone,
             ApiError::Internal(String::new()),
         ];
         let mut labels: Vec<_> = all.iter().map(ApiError::label).collect();

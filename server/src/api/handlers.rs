@@ -16,7 +16,9 @@ use crate::metrics::Metrics;
 use crate::scheduler::FinishReason;
 use crate::tokenizer::Tokenizer;
 
+use super::conn::ConnWatch;
 use super::error::ApiError;
+use super::prep::PrepPool;
 use super::respond::{Collector, FullResponse, ResponseMeta, chunk_json, role_chunk, usage_chunk};
 use super::sse;
 use super::types::{
@@ -40,6 +42,11 @@ pub struct AppState {
     /// False until the model is loaded; false again once draining.
     pub ready: AtomicBool,
     pub started: u64,
+    /// Where requests are parsed, templated and tokenized (never on the HTTP workers).
+    pub prep: PrepPool,
+    /// Chat message content may contain special-token text that is parsed as control tokens
+    /// (`--chat-special-tokens`; off: content is user text).
+    pub chat_special_tokens: bool,
 }
 
 /// The tokenizer + chat template as validation sees them.
@@ -51,6 +58,15 @@ impl PromptEncoder for Encoder<'_> {
             .tokenizer
             .encode(text, true, special)
             .map_err(|e| e.to_string())
+    }
+    fn encode_piece(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
+        self.0
+            .tokenizer
+            .encode(text, false, special)
+            .map_err(|e| e.to_string())
+    }
+    fn special_tokens_in_chat_content(&self) -> bool {
+        self.0.chat_special_tokens
     }
     fn render_chat(
         &self,
@@ -82,6 +98,7 @@ fn now_unix() -> u64 {
 }
 
 impl AppState {
+    /// `Authorization: Bearer KEY` (the scheme in any case, RFC 9110), the key compared in constant time.
     fn check_auth(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let Some(key) = &self.api_key else {
             return Ok(());
@@ -90,11 +107,12 @@ impl AppState {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given == Some(key.as_str()) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        match given {
+            Some(token) if same_secret(token.as_bytes(), key.as_bytes()) => Ok(()),
+            _ => Err(ApiError::Unauthorized),
         }
     }
 
@@ -112,8 +130,47 @@ impl AppState {
     }
 }
 
+/// Two secrets compared in time that depends on neither (their SHA-256 digests, byte by byte, no early exit).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use ring::digest::{SHA256, digest};
+    let (da, db) = (digest(&SHA256, a), digest(&SHA256, b));
+    da.as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+/// POST bodies must say they are JSON: a form or text/plain POST (what a browser page may send cross-site
+/// without a preflight) is refused.
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(if ct.is_empty() {
+            "no Content-Type".to_owned()
+        } else {
+            format!("Content-Type `{ct}`")
+        }))
+    }
+}
+
+/// The cheap checks every POST gets on the HTTP worker: authentication and the content type.
+fn admit(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    state
+        .check_auth(req)
+        .and_then(|()| require_json(req))
+        .map_err(|e| state.count(e))
 }
 
 pub async fn completions(
@@ -121,10 +178,12 @@ pub async fn completions(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let valid = checked(&state, &req, &body, |r: &CompletionRequest, enc, limits| {
+    admit(&state, &req)?;
+    let valid = prepared(&state, body, |r: &CompletionRequest, enc, limits| {
         super::validate::validate_completion(r, enc, limits)
-    })?;
-    generate(state, valid).await
+    })
+    .await?;
+    generate(state, &req, valid).await
 }
 
 pub async fn chat_completions(
@@ -132,32 +191,37 @@ pub async fn chat_completions(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let valid = checked(
-        &state,
-        &req,
-        &body,
-        |r: &ChatCompletionRequest, enc, limits| super::validate::validate_chat(r, enc, limits),
-    )?;
-    generate(state, valid).await
+    admit(&state, &req)?;
+    let valid = prepared(&state, body, |r: &ChatCompletionRequest, enc, limits| {
+        super::validate::validate_chat(r, enc, limits)
+    })
+    .await?;
+    generate(state, &req, valid).await
 }
 
-/// Authenticates, parses and validates a generation request; every refusal is counted.
-fn checked<T: DeserializeOwned>(
-    state: &AppState,
-    req: &HttpRequest,
-    body: &Bytes,
-    validate: impl FnOnce(&T, &Encoder<'_>, &Limits) -> Result<ValidRequest, ApiError>,
+/// Parses and validates (templating and tokenizing) a generation request on the preparation pool; every
+/// refusal is counted.
+async fn prepared<T: DeserializeOwned + 'static>(
+    state: &web::Data<AppState>,
+    body: Bytes,
+    validate: impl FnOnce(&T, &Encoder<'_>, &Limits) -> Result<ValidRequest, ApiError> + Send + 'static,
 ) -> Result<ValidRequest, ApiError> {
-    (|| {
-        state.check_auth(req)?;
-        validate(&parse(body)?, &Encoder(state), &state.limits)
-    })()
-    .map_err(|e| state.count(e))
+    let st = state.clone();
+    state
+        .prep
+        .run(move || validate(&parse(&body)?, &Encoder(&st), &st.limits))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| state.count(e))
 }
+
+/// How often a non-streaming request checks that its client is still connected.
+const DISCONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Submits a checked request and answers with one JSON body or an SSE stream.
 async fn generate(
     state: web::Data<AppState>,
+    req: &HttpRequest,
     valid: ValidRequest,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine().map_err(|e| state.count(e))?.clone();
@@ -188,9 +252,25 @@ async fn generate(
     let prompt_tokens = valid.prompt_tokens.len();
 
     if !valid.stream {
+        // Nobody polls a non-streaming handler's connection until the answer is written: watch it, so a client
+        // that leaves stops its generation (as a closed stream does) instead of holding blocks to max_tokens.
+        let watch = req.conn_data::<ConnWatch>().cloned();
+        let mut poll = actix_web::rt::time::interval(DISCONNECT_POLL);
         let mut full = FullResponse::new(valid.n);
         while !col.all_finished() {
-            match rx.recv().await {
+            let event = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = poll.tick(), if watch.is_some() => {
+                    if watch.as_ref().is_some_and(ConnWatch::closed) {
+                        engine.abort(id, FinishReason::Abort);
+                        state.metrics.client_disconnects.inc();
+                        tracing::info!(request_id = %meta.id, "client disconnected; request aborted");
+                        return Err(ApiError::ClientGone);
+                    }
+                    continue;
+                }
+            };
+            match event {
                 Some(Event::Token {
                     index,
                     sampled,
@@ -343,19 +423,42 @@ pub async fn tokenize(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let out = (|| {
-        state.check_auth(&req)?;
-        let r: TokenizeRequest = parse(&body)?;
+    admit(&state, &req)?;
+    let st = state.clone();
+    let out = state
+        .prep
+        .run(move || tokenize_body(&st, &body))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| state.count(e))?;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+fn tokenize_body(state: &AppState, body: &Bytes) -> Result<TokenizeResponse, ApiError> {
+    {
+        let r: TokenizeRequest = parse(body)?;
         if let Some(m) = &r.model
             && m != &state.limits.served_model_name
         {
             return Err(ApiError::ModelNotFound(m.clone()));
         }
-        let enc = Encoder(&state);
+        let enc = Encoder(state);
         let tokens = match (&r.prompt, &r.messages) {
-            (Some(p), None) => enc
-                .encode(p, false)
-                .map_err(|e| ApiError::field("prompt", e))?,
+            (Some(p), None) => {
+                let max = state.limits.max_prompt_bytes();
+                if p.len() > max {
+                    return Err(ApiError::field(
+                        "prompt",
+                        format!(
+                            "prompt is {} bytes; at most {max} bytes are accepted",
+                            p.len()
+                        ),
+                    ));
+                }
+                // a raw prompt is the caller's whole prompt: special-token text is parsed
+                enc.encode(p, true)
+                    .map_err(|e| ApiError::field("prompt", e))?
+            }
             (None, Some(m)) => {
                 chat_prompt_tokens(m, r.add_generation_prompt.unwrap_or(true), &enc)?
             }
@@ -371,9 +474,7 @@ pub async fn tokenize(
             tokens,
             max_model_len: state.limits.max_seq_len,
         })
-    })()
-    .map_err(|e| state.count(e))?;
-    Ok(HttpResponse::Ok().json(out))
+    }
 }
 
 pub async fn detokenize(
@@ -381,8 +482,8 @@ pub async fn detokenize(
     req: HttpRequest,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    admit(&state, &req)?;
     let out = (|| {
-        state.check_auth(&req)?;
         let r: DetokenizeRequest = parse(&body)?;
         let vocab = state.tokenizer.vocab_size();
         let Some(tokens) = r.tokens else {
@@ -431,22 +532,48 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// Every route and its method.
+const ROUTES: &[(&str, &str)] = &[
+    ("/v1/completions", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/models", "GET"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
+    (llama_contract::paths::HEALTH, "GET"),
+    (llama_contract::paths::READY, "GET"),
+    (llama_contract::paths::METRICS, "GET"),
+];
+
+/// No route matched: a known path with another method is a 405 naming the allowed one, anything else a 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "{} {}",
-        req.method(),
-        req.path()
-    )))
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(path, _)| *path == req.path())
+        .map(|(_, method)| *method)
+        .collect();
+    if allowed.is_empty() {
+        Err(ApiError::NotFound(format!(
+            "{} {}",
+            req.method(),
+            req.path()
+        )))
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            allow: allowed.join(", "),
+        })
+    }
 }
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/completions", web::post().to(completions))
-        .route("/v1/chat/completions", web::post().to(chat_completions))
-        .route("/v1/models", web::get().to(models))
-        .route("/tokenize", web::post().to(tokenize))
-        .route("/detokenize", web::post().to(detokenize))
-        .route(llama_contract::paths::HEALTH, web::get().to(health))
-        .route(llama_contract::paths::READY, web::get().to(ready))
-        .route(llama_contract::paths::METRICS, web::get().to(metrics));
+    cfg.route(ROUTES[0].0, web::post().to(completions))
+        .route(ROUTES[1].0, web::post().to(chat_completions))
+        .route(ROUTES[2].0, web::get().to(models))
+        .route(ROUTES[3].0, web::post().to(tokenize))
+        .route(ROUTES[4].0, web::post().to(detokenize))
+        .route(ROUTES[5].0, web::get().to(health))
+        .route(ROUTES[6].0, web::get().to(ready))
+        .route(ROUTES[7].0, web::get().to(metrics));
 }

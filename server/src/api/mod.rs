@@ -1,7 +1,9 @@
 //! The HTTP API: wire types, the one validation step, the error type, SSE framing and the handlers.
 
+pub mod conn;
 pub mod error;
 pub mod handlers;
+pub mod prep;
 pub mod respond;
 pub mod sse;
 pub mod stop;

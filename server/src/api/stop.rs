@@ -1,10 +1,62 @@
 //! Stop strings over streamed text: emit text as it comes, hold back any tail that could still become a stop
 //! string, and cut the text before the first stop string that completes.
+//!
+//! Each stop string runs as a KMP automaton over the bytes as they arrive: its state is the longest prefix of
+//! the stop string that ends the text so far, so a new piece costs time linear in its own length (amortised),
+//! whatever the stop strings' lengths or the text's — nothing is ever rescanned.
+
+/// One stop string and its automaton.
+#[derive(Debug, Clone, Default)]
+struct Automaton {
+    pattern: Vec<u8>,
+    /// `fail[i]`: length of the longest proper prefix of `pattern[..=i]` that is also its suffix.
+    fail: Vec<usize>,
+    /// Length of the longest prefix of `pattern` that ends the text so far (always < the pattern's length).
+    state: usize,
+}
+
+impl Automaton {
+    fn new(pattern: &str) -> Self {
+        let p = pattern.as_bytes().to_vec();
+        let mut fail = vec![0; p.len()];
+        let mut k = 0;
+        for i in 1..p.len() {
+            while k > 0 && p[i] != p[k] {
+                k = fail[k - 1];
+            }
+            if p[i] == p[k] {
+                k += 1;
+            }
+            fail[i] = k;
+        }
+        Self {
+            pattern: p,
+            fail,
+            state: 0,
+        }
+    }
+
+    /// Feeds one byte; true when the whole pattern now ends the text (the state then restarts).
+    fn step(&mut self, b: u8) -> bool {
+        let p = &self.pattern;
+        while self.state > 0 && p[self.state] != b {
+            self.state = self.fail[self.state - 1];
+        }
+        if p[self.state] == b {
+            self.state += 1;
+        }
+        if self.state == p.len() {
+            self.state = self.fail[p.len() - 1];
+            return true;
+        }
+        false
+    }
+}
 
 /// Per-choice stop-string state.
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
-    stop: Vec<String>,
+    stops: Vec<Automaton>,
     /// All text so far (cut at a stop string once one matched).
     text: String,
     /// Bytes of `text` already emitted.
@@ -24,7 +76,11 @@ pub struct Emit {
 impl StopMatcher {
     pub fn new(stop: Vec<String>) -> Self {
         Self {
-            stop,
+            stops: stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| Automaton::new(s))
+                .collect(),
             ..Self::default()
         }
     }
@@ -48,17 +104,18 @@ impl StopMatcher {
         }
         let before = self.text.len();
         self.text.push_str(piece);
-        // A stop string may straddle the previous end: search from where it could start.
-        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut from = before.saturating_sub(longest.saturating_sub(1));
-        while !self.text.is_char_boundary(from) {
-            from -= 1;
+        // The first completion of each stop string within this piece; the earliest-starting one wins.
+        let mut hit: Option<usize> = None;
+        let mut done = vec![false; self.stops.len()];
+        for (i, &b) in piece.as_bytes().iter().enumerate() {
+            for (a, d) in self.stops.iter_mut().zip(done.iter_mut()) {
+                if !*d && a.step(b) {
+                    *d = true;
+                    let start = before + i + 1 - a.pattern.len();
+                    hit = Some(hit.map_or(start, |h| h.min(start)));
+                }
+            }
         }
-        let hit = self
-            .stop
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
-            .min();
         if let Some(at) = hit {
             self.text.truncate(at);
             self.stopped = true;
@@ -67,7 +124,7 @@ impl StopMatcher {
                 stopped: true,
             };
         }
-        let hold = self.partial_stop_suffix();
+        let hold = self.stops.iter().map(|a| a.state).max().unwrap_or(0);
         Emit {
             text: self.drain_to(self.text.len() - hold),
             stopped: false,
@@ -91,22 +148,6 @@ impl StopMatcher {
             .to_string();
         self.emitted = self.emitted.max(end);
         out
-    }
-
-    /// Bytes at the end of the text that are a proper prefix of some stop string.
-    fn partial_stop_suffix(&self) -> usize {
-        let t = self.text.as_bytes();
-        self.stop
-            .iter()
-            .map(|s| {
-                let s = s.as_bytes();
-                (1..s.len().min(t.len() + 1))
-                    .rev()
-                    .find(|&k| t.ends_with(&s[..k]))
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0)
     }
 }
 
@@ -173,5 +214,40 @@ mod tests {
         let (out, stopped, _) = run(&["é!"], &["café", "!"]);
         assert!(stopped);
         assert_eq!(out.concat(), "caf");
+    }
+
+    #[test]
+    fn overlapping_prefixes_are_found_as_a_rescan_would() {
+        // "aab" inside "xaaab": the automaton falls back instead of restarting.
+        let (out, stopped, _) = run(&["aab"], &["xa", "a", "ab", "tail"]);
+        assert!(stopped);
+        assert_eq!(out.concat(), "xa");
+        let (out, stopped, rest) = run(&["abab"], &["aba", "c"]);
+        assert!(!stopped);
+        assert_eq!(out.concat() + &rest, "abac");
+    }
+
+    #[test]
+    fn long_stop_strings_cost_time_linear_in_the_text() {
+        // 64 KiB stop strings of one repeated byte: a rescan per token would be quadratic (the old matcher
+        // compared every prefix length against the text's end on every piece).
+        let long = "a".repeat(1 << 16);
+        let mut m = StopMatcher::new(vec![long.clone() + "b", long]);
+        let t = std::time::Instant::now();
+        let mut out = String::new();
+        for _ in 0..(1 << 15) {
+            out.push_str(&m.push("a").text);
+        }
+        assert!(!m.stopped());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?} for 32768 pieces",
+            t.elapsed()
+        );
+        assert_eq!(
+            out, "",
+            "every byte may still begin a stop string: all held back"
+        );
+        assert_eq!(m.finish().len(), 1 << 15);
     }
 }

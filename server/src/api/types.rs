@@ -25,6 +25,10 @@ pub struct CommonParams {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
+    /// `{"token id": bias}`, bias in [-100, 100] (clamped, as OpenAI does).
+    pub logit_bias: Option<Value>,
+    /// Only `{"type": "text"}` is served; anything else is refused until structured outputs land.
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -54,6 +58,10 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub function_call: Option<Value>,
+    pub parallel_tool_calls: Option<Value>,
     #[serde(flatten)]
     pub common: CommonParams,
 }

@@ -13,6 +13,13 @@ pub const MAX_N: usize = 16;
 pub const MAX_TOP_LOGPROBS: usize = 20;
 /// Most stop strings.
 pub const MAX_STOP: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most `logit_bias` entries (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+/// Bytes of prompt text allowed per token of context: a prompt longer than `max_seq_len × this` cannot fit
+/// and is refused before it is tokenized (no token of any vocabulary we serve is that long on average).
+pub const PROMPT_BYTES_PER_TOKEN: usize = 64;
 
 /// One chat turn after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +33,12 @@ pub trait PromptEncoder {
     /// Token ids of a prompt, with whatever special prefix (BOS) the model expects. `special`: recognise
     /// special-token text (true for rendered chat templates, false for untrusted raw prompts).
     fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String>;
+    /// Token ids of a piece of a prompt that continues earlier pieces (no BOS).
+    fn encode_piece(&self, text: &str, special: bool) -> Result<Vec<u32>, String>;
+    /// Whether special-token text inside chat message content is parsed as control tokens.
+    fn special_tokens_in_chat_content(&self) -> bool {
+        false
+    }
     /// The chat template applied to `turns` (ending with the assistant header when `add_generation_prompt`).
     fn render_chat(
         &self,
@@ -43,10 +56,20 @@ pub trait PromptEncoder {
 pub struct Limits {
     pub served_model_name: String,
     pub max_seq_len: usize,
+    /// Output tokens per choice when a request does not say (`--default-max-tokens`; also bounded by the
+    /// context left after the prompt).
+    pub default_max_tokens: usize,
+}
+
+impl Limits {
+    /// Most bytes of prompt text (raw prompt, or all chat contents together) accepted for tokenization.
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.max_seq_len.saturating_mul(PROMPT_BYTES_PER_TOKEN)
+    }
 }
 
 /// Resolved sampling: plain numbers, no `Option`s except the seed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
     /// 0 = greedy.
     pub temperature: f32,
@@ -59,6 +82,8 @@ pub struct Sampling {
     /// 1 = off.
     pub repetition_penalty: f32,
     pub seed: Option<u64>,
+    /// `(token id, bias)` pairs added to the logits, bias clamped to [-100, 100].
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Sampling {
@@ -72,6 +97,7 @@ impl Sampling {
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -176,7 +202,7 @@ fn check_common(
     }
     let room = max_seq_len - prompt_tokens.len();
     let max_tokens = match max_tokens {
-        None => room,
+        None => room.min(limits.default_max_tokens.max(1)),
         Some(m) if m < 1 => {
             return Err(ApiError::field(
                 max_tokens_param,
@@ -255,7 +281,9 @@ fn check_common(
             true,
         )?,
         seed,
+        logit_bias: logit_bias(c.logit_bias.as_ref(), enc.vocab_size())?,
     };
+    check_response_format(c.response_format.as_ref())?;
     let stop = match &c.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -289,6 +317,15 @@ fn check_common(
     }
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::field("stop", "stop strings must not be empty"));
+    }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::field(
+            "stop",
+            format!(
+                "stop strings must be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                long.len()
+            ),
+        ));
     }
     let vocab = enc.vocab_size();
     let mut stop_token_ids = Vec::new();
@@ -329,6 +366,91 @@ fn check_common(
         include_usage,
         logprobs,
     })
+}
+
+/// `logit_bias`: an object of token id (a decimal string, as JSON keys are) → bias; biases beyond ±100 are
+/// clamped to it (as OpenAI does), anything else that is wrong is refused naming the entry.
+fn logit_bias(v: Option<&Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::field(
+                "logit_bias",
+                "logit_bias must be an object mapping token ids to biases",
+            ));
+        }
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::field(
+            "logit_bias",
+            format!(
+                "at most {MAX_LOGIT_BIAS} logit_bias entries, got {}",
+                map.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (k, b) in map {
+        let id = k
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&id| id < vocab as u64)
+            .ok_or_else(|| {
+                ApiError::field(
+                    "logit_bias",
+                    format!("logit_bias keys must be token ids in [0, {vocab}), got {k:?}"),
+                )
+            })?;
+        let bias = b.as_f64().filter(|b| b.is_finite()).ok_or_else(|| {
+            ApiError::field(
+                "logit_bias",
+                format!("logit_bias[{k:?}] must be a number, got {b}"),
+            )
+        })?;
+        out.push((id as u32, bias.clamp(-100.0, 100.0) as f32));
+    }
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
+}
+
+/// `response_format`: only `{"type": "text"}` is served today; JSON modes are refused rather than ignored
+/// (a client that asked for JSON must not silently get prose).
+fn check_response_format(v: Option<&Value>) -> Result<(), ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(()),
+        Some(f) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(()),
+            Some(t) => Err(ApiError::field(
+                "response_format",
+                format!(
+                    "response_format type `{t}` is not supported by this server (only `text`): structured \
+                     outputs are not implemented"
+                ),
+            )),
+            None => Err(ApiError::field(
+                "response_format",
+                "response_format must be an object with a string `type`",
+            )),
+        },
+    }
+}
+
+/// Refuses a request whose prompt text is longer than any prompt that could fit the context.
+fn check_prompt_bytes(param: &str, bytes: usize, limits: &Limits) -> Result<(), ApiError> {
+    let max = limits.max_prompt_bytes();
+    if bytes > max {
+        return Err(ApiError::field(
+            param,
+            format!(
+                "{param} is {bytes} bytes; at most {max} bytes are accepted ({} tokens of context × \
+                 {PROMPT_BYTES_PER_TOKEN} bytes), so it could not fit",
+                limits.max_seq_len
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_top_logprobs(param: &str, k: i64) -> Result<usize, ApiError> {
@@ -374,12 +496,20 @@ pub fn validate_completion(
     check_model(&req.common.model, limits)?;
     let vocab = enc.vocab_size();
     let one_prompt = "only one prompt per request is supported";
+    // A raw prompt is the caller's whole prompt: special-token text in it is parsed (as vLLM and llama.cpp
+    // do), so a hand-formatted chat prompt means what it says.
     let prompt_tokens = match &req.prompt {
         None | Some(Value::Null) => return Err(ApiError::field("prompt", "prompt is required")),
-        Some(Value::String(s)) => encode(enc, "prompt", s, false)?,
+        Some(Value::String(s)) => {
+            check_prompt_bytes("prompt", s.len(), limits)?;
+            encode(enc, "prompt", s, true)?
+        }
         Some(Value::Array(items)) => match items.as_slice() {
             [] => return Err(ApiError::field("prompt", "prompt must not be empty")),
-            [Value::String(s)] => encode(enc, "prompt", s, false)?,
+            [Value::String(s)] => {
+                check_prompt_bytes("prompt", s.len(), limits)?;
+                encode(enc, "prompt", s, true)?
+            }
             [Value::Array(ids)] => token_ids("prompt", ids, vocab)?,
             [Value::String(_) | Value::Array(_), _, ..] => {
                 return Err(ApiError::field("prompt", one_prompt));
@@ -483,16 +613,118 @@ fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, ApiError> {
 }
 
 /// The prompt tokens of a chat request (also used by `/tokenize`).
+///
+/// The template's own text is tokenized with special tokens parsed (it writes `<|im_start|>` and friends);
+/// message content is user text and is not (unless the server allows it), so content cannot forge a turn.
+/// To tell them apart the template is rendered once more with a marker in place of each content; where the
+/// template transforms content in a way the markers cannot follow (anything beyond trimming), the whole text
+/// is tokenized as one only if no content holds special-token text, and refused otherwise.
 pub fn chat_prompt_tokens(
     messages: &[Value],
     add_generation_prompt: bool,
     enc: &dyn PromptEncoder,
 ) -> Result<Vec<u32>, ApiError> {
     let turns = chat_turns(messages)?;
-    let text = enc
-        .render_chat(&turns, add_generation_prompt)
-        .map_err(|e| ApiError::field("messages", format!("cannot apply the chat template: {e}")))?;
+    let render = |turns: &[ChatTurn]| {
+        enc.render_chat(turns, add_generation_prompt).map_err(|e| {
+            ApiError::field("messages", format!("cannot apply the chat template: {e}"))
+        })
+    };
+    let text = render(&turns)?;
+    if enc.special_tokens_in_chat_content() {
+        return encode(enc, "messages", &text, true);
+    }
+    if let Some(pieces) = split_content(&turns, &text, render)? {
+        let mut tokens = Vec::new();
+        for (i, (piece, special)) in pieces.iter().enumerate() {
+            let ids = if i == 0 {
+                enc.encode(piece, *special)
+            } else {
+                enc.encode_piece(piece, *special)
+            };
+            tokens.extend(ids.map_err(|e| {
+                ApiError::field("messages", format!("cannot tokenize messages: {e}"))
+            })?);
+        }
+        return Ok(tokens);
+    }
+    for (i, t) in turns.iter().enumerate() {
+        let as_text = enc.encode_piece(&t.content, false);
+        let as_special = enc.encode_piece(&t.content, true);
+        if as_text.is_ok() && as_text != as_special {
+            return Err(ApiError::field(
+                format!("messages[{i}].content"),
+                "content contains special-token text, and this chat template rewrites content in a way \
+                 that cannot keep it as plain text; remove it (or start the server with \
+                 --chat-special-tokens)",
+            ));
+        }
+    }
     encode(enc, "messages", &text, true)
+}
+
+/// Marker standing for turn `i`'s content (private-use characters no template touches).
+fn marker(i: usize) -> String {
+    format!("\u{F8F0}{i}\u{F8F1}")
+}
+
+/// `text` (the template applied to `turns`) cut into template pieces (special tokens parsed) and content
+/// pieces (not), or `None` when the template's treatment of content cannot be followed.
+fn split_content(
+    turns: &[ChatTurn],
+    text: &str,
+    render: impl Fn(&[ChatTurn]) -> Result<String, ApiError>,
+) -> Result<Option<Vec<(String, bool)>>, ApiError> {
+    let marked: Vec<ChatTurn> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ChatTurn {
+            role: t.role.clone(),
+            content: marker(i),
+        })
+        .collect();
+    let with_markers = render(&marked)?;
+    // Does the template trim content? Pad the markers and see whether the padding survives.
+    let padded: Vec<ChatTurn> = marked
+        .iter()
+        .map(|t| ChatTurn {
+            role: t.role.clone(),
+            content: format!(" {} ", t.content),
+        })
+        .collect();
+    let trims = !render(&padded)?.contains(&format!(" {} ", marker(0)));
+    let mut pieces = Vec::new();
+    let mut rebuilt = String::new();
+    let mut rest = with_markers.as_str();
+    for (i, t) in turns.iter().enumerate() {
+        let m = marker(i);
+        let Some(at) = rest.find(&m) else {
+            if t.content.is_empty() {
+                continue; // a template may skip empty content
+            }
+            return Ok(None);
+        };
+        let content = if trims {
+            t.content.trim()
+        } else {
+            t.content.as_str()
+        };
+        pieces.push((rest[..at].to_owned(), true));
+        pieces.push((content.to_owned(), false));
+        rebuilt.push_str(&rest[..at]);
+        rebuilt.push_str(content);
+        rest = &rest[at + m.len()..];
+    }
+    if rest.contains('\u{F8F0}') {
+        return Ok(None); // a content rendered twice: not followed
+    }
+    pieces.push((rest.to_owned(), true));
+    rebuilt.push_str(rest);
+    if rebuilt != text {
+        return Ok(None);
+    }
+    pieces.retain(|(p, _)| !p.is_empty());
+    Ok(Some(pieces))
 }
 
 /// Checks a `/v1/chat/completions` request.
@@ -505,9 +737,24 @@ pub fn validate_chat(
     let Some(messages) = &req.messages else {
         return Err(ApiError::field("messages", "messages is required"));
     };
-    if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(ApiError::field("tools", "tools are not supported"));
+    for (field, value) in [
+        ("tools", &req.tools),
+        ("tool_choice", &req.tool_choice),
+        ("functions", &req.functions),
+        ("function_call", &req.function_call),
+    ] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} is not supported by this server: tool calling is not implemented"),
+            ));
+        }
     }
+    let content_bytes: usize = messages
+        .iter()
+        .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
+        .sum();
+    check_prompt_bytes("messages", content_bytes, limits)?;
     let prompt_tokens = chat_prompt_tokens(messages, true, enc)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(_)) => {

@@ -212,6 +212,18 @@ pub struct Engine<M: StepModel> {
     next_seq: RequestId,
 }
 
+/// The seed of choice `index` of a request seeded `seed`: choice 0 uses the seed itself; the others a
+/// SplitMix64 mix of (seed, index), so choice i of seed S is not choice 0 of seed S + i.
+fn choice_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        return seed;
+    }
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn sampling_params(s: &Sampling, index: usize, logprobs: Option<usize>) -> SamplingParams {
     SamplingParams {
         temperature: s.temperature,
@@ -221,11 +233,8 @@ fn sampling_params(s: &Sampling, index: usize, logprobs: Option<usize>) -> Sampl
         repetition_penalty: s.repetition_penalty,
         presence_penalty: s.presence_penalty,
         frequency_penalty: s.frequency_penalty,
-        logit_bias: Vec::new(),
-        seed: s
-            .seed
-            .unwrap_or_else(rand::random)
-            .wrapping_add(index as u64),
+        logit_bias: s.logit_bias.clone(),
+        seed: choice_seed(s.seed.unwrap_or_else(rand::random), index),
         top_logprobs: logprobs.unwrap_or(0),
         logprobs: logprobs.is_some(),
     }

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub request_errors: IntCounterVec,
     /// Non-streaming requests aborted because their client disconnected.
     pub client_disconnects: IntCounter,
+    /// Requests failed because the drain timeout ran out during shutdown.
+    pub requests_cut_at_shutdown: IntCounter,
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     pub e2e_request_latency: Histogram,
@@ -192,6 +194,11 @@ impl Metrics {
                 "Non-streaming requests aborted because their client disconnected before the answer.",
                 m,
             ))?,
+            requests_cut_at_shutdown: IntCounter::with_opts(opts(
+                "llama_requests_cut_at_shutdown_total",
+                "Requests failed with an error because the drain timeout ran out during shutdown.",
+                m,
+            ))?,
             time_to_first_token: Histogram::with_opts(hist(
                 "llama_time_to_first_token_seconds",
                 "Time from arrival to the first output token.",
@@ -257,6 +264,7 @@ impl Metrics {
         r.register(Box::new(this.request_success.clone()))?;
         r.register(Box::new(this.request_errors.clone()))?;
         r.register(Box::new(this.client_disconnects.clone()))?;
+        r.register(Box::new(this.requests_cut_at_shutdown.clone()))?;
         r.register(Box::new(this.time_to_first_token.clone()))?;
         r.register(Box::new(this.inter_token_latency.clone()))?;
         r.register(Box::new(this.e2e_request_latency.clone()))?;

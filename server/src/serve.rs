@@ -391,6 +391,8 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let load_failed = Arc::new(AtomicBool::new(false));
     let failed = Arc::clone(&load_failed);
     let args2 = args.clone();
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cut_off = Arc::clone(&dropped);
     actix_web::rt::System::new().block_on(async move {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
@@ -405,7 +407,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .workers(workers)
         .on_connect(crate::api::conn::on_connect)
         .disable_signals()
-        .shutdown_timeout(5)
+        .shutdown_timeout(1)
         .bind(addr.clone())
         .with_context(|| format!("binding {}:{}", addr.0, addr.1))?
         .run();
@@ -431,7 +433,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 }
             }
         })?;
-        let drain = drain_on_signal(state.clone(), metrics, drain_timeout, handle);
+        let drain = drain_on_signal(state.clone(), metrics, drain_timeout, handle, cut_off);
         // The server ends by itself (a failed load stops it) or after the drain stops it.
         let served = match futures::future::select(Box::pin(server), Box::pin(drain)).await {
             futures::future::Either::Left((r, _)) => r,
@@ -441,6 +443,13 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     })?;
     if load_failed.load(Ordering::SeqCst) {
         bail!("the model failed to load");
+    }
+    let cut = dropped.load(Ordering::SeqCst);
+    if cut > 0 {
+        bail!(
+            "stopped with {cut} request(s) cut off by the drain timeout ({} s); they got an error",
+            args.drain_timeout
+        );
     }
     tracing::info!("stopped");
     Ok(())
@@ -530,12 +539,14 @@ where
 }
 
 /// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish
-/// (at most `timeout`), the server stops.
+/// until shortly before `timeout`; whatever is still running then is failed with an error (streams get an error
+/// event and `[DONE]`) and counted in `dropped`; the server stops. The whole shutdown fits in `timeout`.
 async fn drain_on_signal(
     state: web::Data<AppState>,
     metrics: Metrics,
     timeout: Duration,
     server: actix_web::dev::ServerHandle,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -549,6 +560,7 @@ async fn drain_on_signal(
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
+    let start = Instant::now();
     state.ready.store(false, Ordering::SeqCst);
     metrics.draining.set(1);
     let Some(engine) = state.engine.get() else {
@@ -564,13 +576,33 @@ async fn drain_on_signal(
         timeout_s = timeout.as_secs(),
         "draining"
     );
-    let start = Instant::now();
-    while engine.in_flight() > 0 && start.elapsed() < timeout {
+    // Room kept at the end for failing what is left, flushing it and closing connections (actix waits at most
+    // its 1 s shutdown timeout for them).
+    let reserve = (timeout / 4).min(Duration::from_millis(1500));
+    let finish_by = timeout.saturating_sub(reserve);
+    while engine.in_flight() > 0 && start.elapsed() < finish_by {
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
     let left = engine.in_flight();
     if left > 0 {
-        tracing::warn!(left, "drain timeout: stopping with requests in flight");
+        tracing::warn!(
+            left,
+            "drain timeout: failing the requests still in flight with an error"
+        );
+        dropped.store(left, Ordering::SeqCst);
+        metrics.requests_cut_at_shutdown.inc_by(left as u64);
+        engine.fail_all(&format!(
+            "the server is shutting down and its drain timeout ({} s) ran out before this request finished",
+            timeout.as_secs()
+        ));
+        let flush_until = start.elapsed() + reserve / 2;
+        while engine.in_flight() > 0 && start.elapsed() < flush_until {
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the error events reach the clients, then stop at once: the deadline is here.
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        server.stop(false).await;
+        return;
     }
     // Let finished streams flush their last chunks.
     actix_web::rt::time::sleep(Duration::from_millis(100)).await;

@@ -5,7 +5,11 @@
 
 mod serve_common;
 
-use serve_common::Server;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serve_common::{Server, python};
 
 #[test]
 fn the_abuse_probes_pass_against_one_server() {
@@ -38,4 +42,51 @@ fn the_api_key_scheme_is_case_insensitive_and_a_wrong_key_is_refused() {
     let server = Server::start(&["--api-key-file", key_file.to_str().expect("utf-8")]);
     server.py("abuse.py", &["auth", "s3cret-key"]);
     let _ = std::fs::remove_file(key_file);
+}
+
+/// SIGTERM with requests that cannot finish within --drain-timeout: they get errors (the stream an error event
+/// and [DONE]), the process exits within the timeout (Kubernetes' grace period is above it), and the exit
+/// code says requests were cut.
+#[test]
+fn the_drain_deadline_is_kept_and_cut_requests_get_errors() {
+    let mut server = Server::start(&["--drain-timeout", "3"]);
+    let dir = serve_common::package_dir().join("tests/py");
+    let mut child = Command::new(python())
+        .arg(dir.join("abuse.py"))
+        .arg(&server.base)
+        .arg("drain-deadline")
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "READY-FOR-SIGTERM");
+    let t = Instant::now();
+    server.sigterm();
+    let code = server.wait(Duration::from_secs(30));
+    let took = t.elapsed();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let st = child.wait().expect("python exit");
+    assert!(
+        st.success(),
+        "drain probe failed: {rest:?}\n{}",
+        server.log_tail()
+    );
+    assert!(
+        took <= Duration::from_millis(3300),
+        "shutdown took {took:?} with --drain-timeout 3"
+    );
+    assert_eq!(
+        code.code(),
+        Some(1),
+        "requests were cut: exit 1\n{}",
+        server.log_tail()
+    );
+    assert!(
+        server.log_text().contains("cut off by the drain timeout"),
+        "{}",
+        server.log_tail()
+    );
 }

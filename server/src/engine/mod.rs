@@ -61,6 +61,8 @@ enum Command {
     Submit(Box<Submission>),
     /// Ends one choice (`Some(index)`) or every choice of a request (stop string matched, or the handler gave up).
     Abort(u64, Option<usize>, FinishReason),
+    /// Fails every request in flight with this message (the drain deadline passed).
+    FailAll(String),
 }
 
 struct Submission {
@@ -151,6 +153,11 @@ impl EngineHandle {
     /// Ends a request (all its choices) with `reason`; unknown ids are ignored.
     pub fn abort(&self, id: u64, reason: FinishReason) {
         let _ = self.tx.send(Command::Abort(id, None, reason));
+    }
+
+    /// Fails every request in flight with `why` (each gets [`Event::Failed`], its blocks are freed).
+    pub fn fail_all(&self, why: &str) {
+        let _ = self.tx.send(Command::FailAll(why.to_owned()));
     }
 
     /// Ends choice `index` of a request (a stop string matched); the other choices go on.
@@ -308,6 +315,15 @@ impl<M: StepModel> Engine<M> {
             }
             Command::Abort(id, None, reason) => self.finish_request(id, reason),
             Command::Abort(id, Some(index), reason) => self.finish_choice(id, index, reason),
+            Command::FailAll(why) => {
+                let ids: Vec<u64> = self.requests.keys().copied().collect();
+                for id in ids {
+                    if let Some(live) = self.requests.get(&id) {
+                        let _ = live.reply.send(Event::Failed(why.clone()));
+                    }
+                    self.finish_request(id, FinishReason::Abort);
+                }
+            }
         }
     }
 

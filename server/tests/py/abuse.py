@@ -217,5 +217,43 @@ elif probe == "seeds":
     check(two[1] != choices(1235, 1)[0], "choice 1 of seed S differs from choice 0 of seed S+1")
     check(two == choices(1234, 2), "seeded choices are reproducible")
 
+elif probe == "drain-deadline":
+    # A stream and a non-stream that cannot finish before the drain timeout: both must end with an error,
+    # the stream with an error event and [DONE].
+    long = {"prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": True, "temperature": 0}
+    nonstream = {}
+
+    def run_nonstream():
+        st, _, r = post(base, C, long)
+        nonstream["status"], nonstream["body"] = st, r
+
+    t = threading.Thread(target=run_nonstream, daemon=True)
+    t.start()
+    s = socket.create_connection((host, port), timeout=60)
+    body = json.dumps(dict(long, stream=True)).encode()
+    s.sendall(f"POST {C} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    data = b""
+    while data.count(b"data: ") < 3:
+        chunk = s.recv(65536)
+        if not chunk:
+            check(False, f"the stream started: {data[:300]!r}")
+        data += chunk
+    print("READY-FOR-SIGTERM", flush=True)
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    events = [l[6:] for l in data.decode(errors="replace").splitlines() if l.startswith("data: ")]
+    check(events[-1] == "[DONE]", f"the cut stream still ends with [DONE] ({events[-2:]})")
+    err = json.loads(events[-2])
+    check("error" in err and "drain timeout" in err["error"]["message"],
+          f"the cut stream gets an error event naming the drain timeout: {err}")
+    t.join(timeout=30)
+    check(nonstream.get("status") == 500 and "drain timeout" in json.dumps(nonstream.get("body")),
+          f"the cut non-stream request gets a 500 naming the drain timeout: {nonstream}")
+    print("drain-deadline: both cut requests got errors", flush=True)
+
 else:
     sys.exit(f"unknown probe {probe}")

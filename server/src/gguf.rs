@@ -83,11 +83,74 @@ pub struct GgufFile<R> {
 impl GgufFile<BufReader<File>> {
     /// Opens and parses the header of the GGUF file at `path`.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = File::open(path).map_err(|source| GgufError::Open {
+        let open_err = |source| GgufError::Open {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // A FIFO or a device would block or never end: only regular files (symlinks followed) are models.
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        if !meta.is_file() {
+            return Err(open_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("not a regular file ({:?})", meta.file_type()),
+            )));
+        }
+        let file = File::open(path).map_err(open_err)?;
         Self::from_reader(BufReader::new(file))
+    }
+}
+
+/// candle's header parser panicked (it divides by the declared alignment, for one): name the cause when the
+/// header says it, by finding `general.alignment` in the bytes the parser read.
+fn diagnose_panic<R: Read + Seek>(reader: &mut R) -> GgufError {
+    let generic = GgufError::Header("parser panicked on malformed input".into());
+    let Ok(read_so_far) = reader.stream_position() else {
+        return generic;
+    };
+    let mut head = Vec::new();
+    if reader.seek(std::io::SeekFrom::Start(0)).is_err()
+        || reader
+            .take(read_so_far.min(64 << 20))
+            .read_to_end(&mut head)
+            .is_err()
+    {
+        return generic;
+    }
+    // key: u64 length + bytes, then a u32 value type and the value (little-endian)
+    let key = b"general.alignment";
+    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(key);
+    let Some(at) = head
+        .windows(pattern.len())
+        .position(|w| w == pattern.as_slice())
+    else {
+        return generic;
+    };
+    let rest = &head[at + pattern.len()..];
+    let le = |n: usize| -> Option<u64> {
+        let b = rest.get(4..4 + n)?;
+        Some(
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)),
+        )
+    };
+    let value = match rest
+        .get(..4)
+        .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]))
+    {
+        Some(0 | 1) => le(1),
+        Some(2 | 3) => le(2),
+        Some(4 | 5) => le(4),
+        Some(10 | 11) => le(8),
+        _ => None,
+    };
+    match value {
+        Some(v) if !v.is_power_of_two() => GgufError::BadKey {
+            key: "general.alignment".into(),
+            detail: format!("must be a positive power of two, got {v}"),
+        },
+        _ => generic,
     }
 }
 
@@ -100,10 +163,12 @@ impl<R: Read + Seek> GgufFile<R> {
         reader
             .seek(std::io::SeekFrom::Start(0))
             .map_err(|e| GgufError::Header(e.to_string()))?;
-        let content =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
-                .map_err(|_| GgufError::Header("parser panicked on malformed input".into()))?
-                .map_err(|e| GgufError::Header(e.to_string()))?;
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+        let content = match parsed {
+            Ok(r) => r.map_err(|e| GgufError::Header(e.to_string()))?,
+            Err(_) => return Err(diagnose_panic(&mut reader)),
+        };
         let file = Self {
             content,
             reader,
@@ -114,8 +179,12 @@ impl<R: Read + Seek> GgufFile<R> {
     }
 
     /// Every tensor's shape must have a positive, representable element count divisible by its block size,
-    /// and its bytes must lie inside the file.
+    /// and its bytes must lie inside the file, start aligned, and not overlap the next tensor's; a gap of a
+    /// whole alignment unit or more before the next tensor means the declared type or shape does not
+    /// describe the data (a Q4_1 tensor relabelled Q4_0, say).
     fn check_tensor_directory(&self) -> Result<(), GgufError> {
+        let alignment = self.alignment()?;
+        let mut spans = Vec::with_capacity(self.content.tensor_infos.len());
         for (name, info) in &self.content.tensor_infos {
             let bad = |detail: String| GgufError::BadTensor {
                 name: name.clone(),
@@ -154,8 +223,54 @@ impl<R: Read + Seek> GgufFile<R> {
                     self.file_size
                 )));
             }
+            if !info.offset.is_multiple_of(alignment) {
+                return Err(bad(format!(
+                    "data offset {} is not a multiple of the file's alignment {alignment}",
+                    info.offset
+                )));
+            }
+            spans.push((start, end, name.as_str(), info.ggml_dtype));
+        }
+        spans.sort_unstable_by_key(|&(start, ..)| start);
+        for (i, &(_, end, name, dtype)) in spans.iter().enumerate() {
+            let (next_start, next) = spans
+                .get(i + 1)
+                .map_or((self.file_size, "the end of the file"), |&(s, _, n, _)| {
+                    (s, n)
+                });
+            let bad = |detail: String| GgufError::BadTensor {
+                name: name.to_owned(),
+                detail,
+            };
+            if next_start < end {
+                return Err(bad(format!(
+                    "its {dtype:?} data ends at byte {end}, past the start of {next} ({next_start})"
+                )));
+            }
+            if next_start - end >= alignment {
+                return Err(bad(format!(
+                    "its data as {dtype:?} ends at byte {end}, {} bytes before {next} (at {next_start}); \
+                     its type or shape does not match the data",
+                    next_start - end
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// `general.alignment` (default 32): a positive power of two.
+    fn alignment(&self) -> Result<u64, GgufError> {
+        let Some(v) = self.content.metadata.get("general.alignment") else {
+            return Ok(32);
+        };
+        let n = v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from));
+        match n {
+            Some(n) if n.is_power_of_two() => Ok(n),
+            _ => Err(GgufError::BadKey {
+                key: "general.alignment".into(),
+                detail: format!("must be a positive power of two, got {v:?}"),
+            }),
+        }
     }
 
     /// All metadata.
@@ -306,6 +421,11 @@ mod tests {
 
     /// A tiny but valid GGUF v3 file: two metadata entries and one F32 tensor.
     fn tiny_gguf() -> Vec<u8> {
+        sized_gguf(8)
+    }
+
+    /// As [`tiny_gguf`] with an F32 tensor of `n` (a multiple of 4) elements, shape [4, n/4].
+    fn sized_gguf(n: usize) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(b"GGUF");
         b.extend_from_slice(&3u32.to_le_bytes());
@@ -324,13 +444,13 @@ mod tests {
         s(&mut b, "w");
         b.extend_from_slice(&2u32.to_le_bytes());
         b.extend_from_slice(&4u64.to_le_bytes());
-        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&(n as u64 / 4).to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes()); // F32
         b.extend_from_slice(&0u64.to_le_bytes());
         while b.len() % 32 != 0 {
             b.push(0);
         }
-        for i in 0..8 {
+        for i in 0..n {
             b.extend_from_slice(&(i as f32).to_le_bytes());
         }
         b
@@ -409,6 +529,56 @@ mod tests {
             + 17
             + 4;
         bytes[pos..pos + 4].copy_from_slice(&0u32.to_le_bytes());
-        assert!(GgufFile::from_reader(Cursor::new(bytes)).is_err());
+        let err = GgufFile::from_reader(Cursor::new(bytes))
+            .err()
+            .expect("alignment 0");
+        assert_eq!(
+            err.to_string(),
+            "metadata key `general.alignment` has the wrong type or value: must be a positive power of two, got 0"
+        );
+    }
+
+    #[test]
+    fn a_tensor_whose_type_does_not_describe_its_data_is_refused() {
+        // 64 F32 values (256 bytes) relabelled F16 (2): the declared 128 bytes end 128 bytes before the file.
+        let mut bytes = sized_gguf(64);
+        let pattern = b"\x01\x00\x00\x00\x00\x00\x00\x00w\x02\x00\x00\x00";
+        let pos = bytes
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .expect("tensor name and n_dims")
+            + pattern.len()
+            + 16;
+        assert_eq!(bytes[pos..pos + 4], 0u32.to_le_bytes(), "the type field");
+        bytes[pos..pos + 4].copy_from_slice(&1u32.to_le_bytes());
+        let err = GgufFile::from_reader(Cursor::new(bytes))
+            .err()
+            .expect("relabelled");
+        assert!(
+            err.to_string()
+                .contains("its type or shape does not match the data"),
+            "{err}"
+        );
+        assert!(GgufFile::from_reader(Cursor::new(sized_gguf(64))).is_ok());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_instead_of_hanging() {
+        let dir = std::env::temp_dir().join(format!("llama-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            return; // no mkfifo on this machine: nothing to check
+        }
+        let err = GgufFile::open(&dir).err().expect("a FIFO is not a model");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let _ = std::fs::remove_file(&dir);
+        let err = GgufFile::open(Path::new("/dev/null"))
+            .err()
+            .expect("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

@@ -193,6 +193,15 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let tp_checked = crate::model::check_tensor_parallel(&file, &cfg, tp)
         .map_err(|why| anyhow::anyhow!("--tensor-parallel-size {tp}: {why}"))?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but token_embd.weight has {} rows: token ids past {} would have no \
+             embedding (the file is inconsistent)",
+            tokenizer.vocab_size(),
+            cfg.vocab_size,
+            cfg.vocab_size - 1
+        );
+    }
     let chat_template = match &args.chat_template {
         Some(p) => ChatTemplate::from_file(p, &file)?,
         None => ChatTemplate::from_gguf(&file)?,
@@ -297,16 +306,17 @@ fn start_engine(
     let config = EngineConfig {
         max_queue: args.max_queue,
     };
+    let check = |m: &mut dyn crate::engine::StepModel| {
+        crate::engine::self_check(m, cfg.bos_token_id, cfg.vocab_size, args.block_size)
+            .map_err(anyhow::Error::msg)
+    };
     let (engine, _thread) = match devices {
         [device] => {
             let model = Model::load(path, device, opts)?;
             let cache = KvCache::new(cfg, num_blocks, args.block_size, args.kv_dtype, device)?;
-            Engine::spawn(
-                ModelRunner { model, cache },
-                make_scheduler,
-                metrics,
-                config,
-            )?
+            let mut runner = ModelRunner { model, cache };
+            check(&mut runner)?;
+            Engine::spawn(runner, make_scheduler, metrics, config)?
         }
         _ => {
             let threads = (rayon::current_num_threads() / devices.len()).max(1);
@@ -315,7 +325,8 @@ fn start_engine(
                 block_size: args.block_size,
                 dtype: args.kv_dtype,
             };
-            let group = TpGroup::start(path, devices.to_vec(), opts, threads, cache)?;
+            let mut group = TpGroup::start(path, devices.to_vec(), opts, threads, cache)?;
+            check(&mut group)?;
             tracing::info!(
                 tensor_parallel_size = group.size(),
                 threads_per_rank = group.threads_per_rank(),

@@ -107,3 +107,28 @@ fn a_kv_budget_that_does_not_fit_is_refused_with_the_arithmetic() {
         "{err}"
     );
 }
+
+/// A model whose weights are corrupt (NaN block scales over its last 64 KiB) loads without a parse error but
+/// fails the self-check forward pass: the server exits before reporting ready, saying why.
+#[test]
+fn a_model_with_corrupt_weights_fails_the_self_check_before_ready() {
+    let src = engine_common::smollm2();
+    let copy = std::env::temp_dir().join(format!("llama-corrupt-{}.gguf", std::process::id()));
+    let mut bytes = std::fs::read(&src).expect("read model");
+    let n = bytes.len();
+    bytes[n - 65536..].fill(0xff); // 0xffff is an f16 NaN: every scale and weight there is NaN
+    std::fs::write(&copy, bytes).expect("write copy");
+    let (ok, err) = serve(&[
+        "--model",
+        copy.to_str().expect("utf-8"),
+        "--port",
+        "0",
+        "--max-seq-len",
+        "64",
+        "--kv-cache-memory",
+        "10000000",
+    ]);
+    let _ = std::fs::remove_file(&copy);
+    assert!(!ok);
+    assert!(err.contains("self-check forward pass gave"), "{err}");
+}

@@ -24,7 +24,7 @@ use crate::sampler::{Sampled, Sampler, SamplingParams};
 use crate::scheduler::{FinishReason, RequestId, Scheduler, SeqRequest};
 
 pub use queue::{CompletionLog, retry_after_secs};
-pub use runner::ModelRunner;
+pub use runner::{ModelRunner, self_check};
 pub use tp::{CacheSpec, TpGroup};
 
 /// Runs one flat batch. Implemented by the real model + KV cache ([`ModelRunner`]) and by test fakes.
@@ -468,6 +468,11 @@ impl<M: StepModel> Engine<M> {
         let logits = match self.model.step(&out.batch) {
             Ok(l) => l,
             Err(e) => {
+                // candle attaches a backtrace when RUST_BACKTRACE is set: clients get the cause only
+                let e = match e {
+                    candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                    other => other,
+                };
                 tracing::error!(error = %e, "model step failed; failing the batch");
                 let reqs: Vec<u64> = out
                     .scheduled

@@ -97,6 +97,17 @@ impl ModelConfig {
         };
         let rope_theta = f.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0);
         let rms_norm_eps = f.get_f64(&key("attention.layer_norm_rms_epsilon"))?;
+        for (k, v, hi) in [
+            ("rope.freq_base", rope_theta, f64::MAX),
+            ("attention.layer_norm_rms_epsilon", rms_norm_eps, 1.0),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < hi) {
+                return Err(GgufError::BadKey {
+                    key: key(k),
+                    detail: format!("must be a finite positive number (below {hi}), got {v}"),
+                });
+            }
+        }
         let token_id = |k: &str, default: u32| -> u32 {
             f.get_u64(k)
                 .ok()

@@ -371,7 +371,8 @@ impl IncrementalDecoder {
         }
     }
 
-    /// Whatever is still held back (an incomplete character at the end of generation), lossily.
+    /// Whatever is still held back at the end of generation. The bytes of a character cut off by the end
+    /// (generation stopped inside a multi-byte character) are dropped rather than sent as U+FFFD.
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String, TokenizerError> {
         let prefix = tok.decode(
             &self.ids[self.prefix_offset..self.read_offset],
@@ -380,6 +381,7 @@ impl IncrementalDecoder {
         let full = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
-        Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+        let rest = full.get(prefix.len()..).unwrap_or_default();
+        Ok(rest.trim_end_matches('\u{FFFD}').to_string())
     }
 }

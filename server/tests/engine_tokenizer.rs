@@ -152,6 +152,22 @@ fn incremental_decoding_equals_full_decoding_even_across_split_characters() {
 }
 
 #[test]
+fn generation_cut_inside_a_character_drops_its_bytes_instead_of_sending_a_replacement_char() {
+    let tok = smollm2();
+    let ids = tok.encode("ok 🦙", false, false).expect("encode");
+    let whole = ids.len();
+    // stop one token before the end: the llama's last byte(s) never arrive
+    let mut dec = IncrementalDecoder::new(false);
+    let mut text = String::new();
+    for &id in &ids[..whole - 1] {
+        text.push_str(&dec.push(&tok, id).expect("push"));
+    }
+    text.push_str(&dec.flush(&tok).expect("flush"));
+    assert!(!text.contains('\u{FFFD}'), "{text:?}");
+    assert_eq!(text, "ok ");
+}
+
+#[test]
 fn incremental_decoding_keeps_spm_spaces() {
     let tok = load(&data_dir().join("ggml-vocab-llama-spm.gguf"));
     let text = "Hello world, this is  a test 🦙";

@@ -27,3 +27,13 @@ fn at_tensor_parallel_size_3_disconnects_leave_no_blocks_in_use_and_an_empty_que
     assert!(metrics.contains(&want), "/metrics lacks {want}:\n{metrics}");
     server.py("leaks.py", &[&n]);
 }
+
+/// Soak: `LLAMA_SOAK_REQUESTS` (default 10,000) requests mixing streams, non-streams, disconnects of both,
+/// bad inputs and tokenize calls end with 0 KV blocks used, an empty queue, and resident memory flat.
+#[test]
+fn a_soak_of_mixed_traffic_leaves_no_blocks_an_empty_queue_and_flat_memory() {
+    let n = std::env::var("LLAMA_SOAK_REQUESTS").unwrap_or_else(|_| "10000".into());
+    let server = Server::start(&["--max-batch-size", "16"]);
+    let pid = server.pid().to_string();
+    server.py("soak.py", &[&n, &pid]);
+}

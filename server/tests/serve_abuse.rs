@@ -5,11 +5,9 @@
 
 mod serve_common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serve_common::{Server, python};
+use serve_common::Server;
 
 #[test]
 fn the_abuse_probes_pass_against_one_server() {
@@ -50,30 +48,9 @@ fn the_api_key_scheme_is_case_insensitive_and_a_wrong_key_is_refused() {
 #[test]
 fn the_drain_deadline_is_kept_and_cut_requests_get_errors() {
     let mut server = Server::start(&["--drain-timeout", "3"]);
-    let dir = serve_common::package_dir().join("tests/py");
-    let mut child = Command::new(python())
-        .arg(dir.join("abuse.py"))
-        .arg(&server.base)
-        .arg("drain-deadline")
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(first, "READY-FOR-SIGTERM");
-    let t = Instant::now();
-    server.sigterm();
+    let (sent, _) = server.py_sigterm("abuse.py", &["drain-deadline"]);
     let code = server.wait(Duration::from_secs(30));
-    let took = t.elapsed();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let st = child.wait().expect("python exit");
-    assert!(
-        st.success(),
-        "drain probe failed: {rest:?}\n{}",
-        server.log_tail()
-    );
+    let took = sent.elapsed();
     assert!(
         took <= Duration::from_millis(3300),
         "shutdown took {took:?} with --drain-timeout 3"

@@ -3,11 +3,9 @@
 
 mod serve_common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serve_common::{Server, python};
+use serve_common::Server;
 
 #[test]
 fn requests_beyond_the_queue_bound_get_429_with_retry_after() {
@@ -18,27 +16,7 @@ fn requests_beyond_the_queue_bound_get_429_with_retry_after() {
 #[test]
 fn sigterm_drains_in_flight_streams_then_exits_zero() {
     let mut server = Server::start(&[]);
-    let dir = serve_common::package_dir().join("tests/py");
-    let mut child = Command::new(python())
-        .arg(dir.join("queue_drain.py"))
-        .arg(&server.base)
-        .arg("drain")
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert_eq!(first, "READY-FOR-SIGTERM");
-    server.sigterm();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let st = child.wait().expect("python exit");
-    assert!(
-        st.success(),
-        "drain checks failed: {rest:?}\n{}",
-        server.log_tail()
-    );
+    server.py_sigterm("queue_drain.py", &["drain"]);
     let code = server.wait(Duration::from_secs(60));
     assert!(code.success(), "server exit {code}:\n{}", server.log_tail());
 }

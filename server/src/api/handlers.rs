@@ -445,16 +445,7 @@ fn tokenize_body(state: &AppState, body: &Bytes) -> Result<TokenizeResponse, Api
         let enc = Encoder(state);
         let tokens = match (&r.prompt, &r.messages) {
             (Some(p), None) => {
-                let max = state.limits.max_prompt_bytes();
-                if p.len() > max {
-                    return Err(ApiError::field(
-                        "prompt",
-                        format!(
-                            "prompt is {} bytes; at most {max} bytes are accepted",
-                            p.len()
-                        ),
-                    ));
-                }
+                super::validate::check_prompt_bytes("prompt", p.len(), &state.limits)?;
                 // a raw prompt is the caller's whole prompt: special-token text is parsed
                 enc.encode(p, true)
                     .map_err(|e| ApiError::field("prompt", e))?

@@ -438,7 +438,7 @@ fn check_response_format(v: Option<&Value>) -> Result<(), ApiError> {
 }
 
 /// Refuses a request whose prompt text is longer than any prompt that could fit the context.
-fn check_prompt_bytes(param: &str, bytes: usize, limits: &Limits) -> Result<(), ApiError> {
+pub fn check_prompt_bytes(param: &str, bytes: usize, limits: &Limits) -> Result<(), ApiError> {
     let max = limits.max_prompt_bytes();
     if bytes > max {
         return Err(ApiError::field(

@@ -157,6 +157,36 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `tests/py/<script>` until it prints `READY-FOR-SIGTERM`, sends the server SIGTERM, then waits
+    /// for the script; panics with its output when it fails. Returns when the SIGTERM was sent (for timing)
+    /// and the script's remaining output.
+    pub fn py_sigterm(&self, script: &str, args: &[&str]) -> (Instant, Vec<String>) {
+        use std::io::BufRead;
+        let dir = engine_common::package_dir().join("tests/py");
+        let mut child = Command::new(python())
+            .arg(dir.join(script))
+            .arg(&self.base)
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(first, "READY-FOR-SIGTERM", "{script} {args:?}");
+        let sent = Instant::now();
+        self.sigterm();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let st = child.wait().expect("python exit");
+        assert!(
+            st.success(),
+            "{script} {args:?} failed: {rest:?}\n{}",
+            self.log_tail()
+        );
+        (sent, rest)
+    }
+
     pub fn py_output(&self, script: &str, args: &[&str]) -> Output {
         let dir = engine_common::package_dir().join("tests/py");
         Command::new(python())

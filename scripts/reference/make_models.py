@@ -5,8 +5,9 @@ $LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
   smollm2-<type>.gguf   re-encodings of SmolLM2-135M-Instruct.Q4_1.gguf as F16, BF16, Q8_0, Q4_0
                         (norms stay F32; each tensor is dequantized from Q4_1 and re-quantized)
   tiny-<type>.gguf      tiny random Llamas (2 layers, dim 256, 4 heads / 2 KV heads, ffn 512, vocab 320,
-                        untied output) with every matrix of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-                        Q5_K or Q6_K (K-quants are random blocks: `gguf` cannot quantize to them)
+                        untied output) with every matrix of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+                        Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (K-quants are random blocks: `gguf` cannot quantize to
+                        them)
   tiny-f32-tied.gguf    as tiny-f32 but with the LM head tied to the embedding
   tp-<type>.gguf        tiny random Llamas for tensor parallelism (2 layers, dim 512, 8 heads / 4 KV heads,
                         ffn 1024, vocab 320) with every matrix of each of the tiny types above
@@ -29,8 +30,10 @@ SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_TYPES = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
 TINY_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
-    "q4_k": Q.Q4_K, "q5_k": Q.Q5_K, "q6_k": Q.Q6_K,
+    "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q5_k": Q.Q5_K,
+    "q6_k": Q.Q6_K,
 }
+KQUANTS = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 TINY = dict(vocab=320, dim=256, layers=2, heads=4, kv_heads=2, ffn=512, ctx=256)
 TP = dict(vocab=320, dim=512, layers=2, heads=8, kv_heads=4, ffn=1024, ctx=256)
 TP_BENCH = dict(vocab=32000, dim=1024, layers=8, heads=16, kv_heads=8, ffn=2816, ctx=1024)
@@ -72,8 +75,14 @@ def random_kquant(rng, rows, cols, qtype, std):
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     nb = rows * cols // block
     raw = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
-    # byte offsets of the f16 scale fields: Q4_K/Q5_K start with d, dmin; Q6_K ends with d
-    fields = [0, 2] if qtype in (Q.Q4_K, Q.Q5_K) else [size - 2]
+    # byte offsets of the f16 scale fields: Q4_K/Q5_K start with d, dmin; Q2_K ends with d, dmin;
+    # Q3_K and Q6_K end with d
+    if qtype in (Q.Q4_K, Q.Q5_K):
+        fields = [0, 2]
+    elif qtype == Q.Q2_K:
+        fields = [size - 4, size - 2]
+    else:
+        fields = [size - 2]
     for off in fields:
         raw[:, off:off + 2] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
     probe = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
@@ -90,7 +99,7 @@ def tiny_model(dst, qtype, tied=False, seed=0, c=TINY):
     head_dim = c["dim"] // c["heads"]
 
     def mat(rows, cols, std):
-        if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        if qtype in KQUANTS:
             return random_kquant(rng, rows, cols, qtype, std)
         data = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
         return gguf.quants.quantize(data, qtype) if qtype != Q.F32 else data

@@ -156,6 +156,26 @@ fn q4_1_matches_the_numpy_reference() {
 }
 
 #[test]
+fn q5_0_matches_the_numpy_reference() {
+    check("tiny-q5_0", 6e-2);
+}
+
+#[test]
+fn q5_1_matches_the_numpy_reference() {
+    check("tiny-q5_1", 6e-2);
+}
+
+#[test]
+fn q2_k_matches_the_numpy_reference() {
+    check("tiny-q2_k", 6e-2);
+}
+
+#[test]
+fn q3_k_matches_the_numpy_reference() {
+    check("tiny-q3_k", 6e-2);
+}
+
+#[test]
 fn q4_k_matches_the_numpy_reference() {
     check("tiny-q4_k", 6e-2);
 }

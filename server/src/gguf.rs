@@ -499,27 +499,24 @@ mod tests {
 
     #[test]
     fn an_unsupported_tensor_type_is_an_error_naming_tensor_and_type() {
-        let mut bytes = tiny_gguf();
-        // switch the tensor's type from F32 (0) to Q5_0 (6): 8 elements are not a whole Q5_0 block, so use
-        // the type only through the error path of `tensor`
+        // 32 F32 values relabelled Q8_1 (type 9, one 36-byte block), the data cut to that one block
+        let mut bytes = sized_gguf(32);
+        let data_start = bytes.len() - 32 * 4;
+        let pattern = b"\x01\x00\x00\x00\x00\x00\x00\x00w\x02\x00\x00\x00";
         let pos = bytes
-            .windows(1)
-            .position(|w| w == b"w")
-            .expect("tensor name")
-            + 1
-            + 4
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .expect("tensor name and n_dims")
+            + pattern.len()
             + 16;
-        bytes[pos..pos + 4].copy_from_slice(&6u32.to_le_bytes());
-        match GgufFile::from_reader(Cursor::new(bytes)) {
-            Err(e) => assert!(e.to_string().contains('w'), "{e}"),
-            Ok(mut f) => {
-                let err = f
-                    .tensor("w")
-                    .expect_err("Q5_0 is not supported")
-                    .to_string();
-                assert!(err.contains("`w`") && err.contains("Q5_0"), "{err}");
-            }
-        }
+        bytes[pos..pos + 4].copy_from_slice(&9u32.to_le_bytes());
+        bytes.truncate(data_start + 36);
+        let mut f = GgufFile::from_reader(Cursor::new(bytes)).expect("a well-formed directory");
+        let err = f
+            .tensor("w")
+            .expect_err("Q8_1 is not a weight type we run")
+            .to_string();
+        assert!(err.contains("`w`") && err.contains("Q8_1"), "{err}");
     }
 
     #[test]

@@ -460,6 +460,17 @@ mod tests {
         b
     }
 
+    /// Byte offset of the type field of [`sized_gguf`]'s tensor `w` (after its name, n_dims and 2 dims).
+    fn type_field(bytes: &[u8]) -> usize {
+        let pattern = b"\x01\x00\x00\x00\x00\x00\x00\x00w\x02\x00\x00\x00";
+        bytes
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .expect("tensor name and n_dims")
+            + pattern.len()
+            + 16
+    }
+
     #[test]
     fn valid_file_parses_and_reads_its_tensor() {
         let mut f = GgufFile::from_reader(Cursor::new(tiny_gguf())).expect("parses");
@@ -502,13 +513,7 @@ mod tests {
         // 32 F32 values relabelled Q8_1 (type 9, one 36-byte block), the data cut to that one block
         let mut bytes = sized_gguf(32);
         let data_start = bytes.len() - 32 * 4;
-        let pattern = b"\x01\x00\x00\x00\x00\x00\x00\x00w\x02\x00\x00\x00";
-        let pos = bytes
-            .windows(pattern.len())
-            .position(|w| w == pattern)
-            .expect("tensor name and n_dims")
-            + pattern.len()
-            + 16;
+        let pos = type_field(&bytes);
         bytes[pos..pos + 4].copy_from_slice(&9u32.to_le_bytes());
         bytes.truncate(data_start + 36);
         let mut f = GgufFile::from_reader(Cursor::new(bytes)).expect("a well-formed directory");
@@ -543,13 +548,7 @@ mod tests {
     fn a_tensor_whose_type_does_not_describe_its_data_is_refused() {
         // 64 F32 values (256 bytes) relabelled F16 (2): the declared 128 bytes end 128 bytes before the file.
         let mut bytes = sized_gguf(64);
-        let pattern = b"\x01\x00\x00\x00\x00\x00\x00\x00w\x02\x00\x00\x00";
-        let pos = bytes
-            .windows(pattern.len())
-            .position(|w| w == pattern)
-            .expect("tensor name and n_dims")
-            + pattern.len()
-            + 16;
+        let pos = type_field(&bytes);
         assert_eq!(bytes[pos..pos + 4], 0u32.to_le_bytes(), "the type field");
         bytes[pos..pos + 4].copy_from_slice(&1u32.to_le_bytes());
         let err = GgufFile::from_reader(Cursor::new(bytes))

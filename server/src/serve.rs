@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use candle_core::Device;
 
 use crate::api::handlers::{self, AppState};
+use crate::api::middleware;
 use crate::api::validate::Limits;
 use crate::block_manager::BlockManager;
 use crate::chat::ChatTemplate;
@@ -408,10 +409,10 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .wrap_fn(close_connections_while_draining)
-                .wrap_fn(errors_as_json)
+                .wrap_fn(middleware::close_connections_while_draining)
+                .wrap_fn(middleware::errors_as_json)
                 .app_data(app_state.clone())
-                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(web::PayloadConfig::new(middleware::MAX_BODY_BYTES))
                 .configure(handlers::routes)
                 .default_service(web::to(handlers::not_found))
         })
@@ -464,89 +465,6 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Every error answer is OpenAI-shaped JSON, including the ones actix writes itself (an oversized body's 413,
-/// an unreadable body's 400).
-fn errors_as_json<S>(
-    req: actix_web::dev::ServiceRequest,
-    srv: &S,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
-where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse,
-            Error = actix_web::Error,
-        >,
-{
-    let fut = srv.call(req);
-    async move {
-        let res = fut.await?;
-        let status = res.status();
-        let is_json = res
-            .headers()
-            .get(actix_web::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !status.is_client_error() && !status.is_server_error() || is_json {
-            return Ok(res);
-        }
-        let message = match res.response().error() {
-            Some(e) => e.to_string(),
-            None => status.canonical_reason().unwrap_or("error").to_owned(),
-        };
-        let err = match status {
-            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                crate::api::ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-            }
-            s if s.is_client_error() => crate::api::ApiError::MalformedJson(message),
-            _ => crate::api::ApiError::Internal(message),
-        };
-        let (req, old) = res.into_parts();
-        let mut new = actix_web::ResponseError::error_response(&err);
-        *new.status_mut() = old.status();
-        for (k, v) in old.headers() {
-            if k != actix_web::http::header::CONTENT_TYPE
-                && k != actix_web::http::header::CONTENT_LENGTH
-            {
-                new.headers_mut().insert(k.clone(), v.clone());
-            }
-        }
-        Ok(actix_web::dev::ServiceResponse::new(req, new))
-    }
-}
-
-/// Largest request body accepted.
-const MAX_BODY_BYTES: usize = 16 << 20;
-
-/// While draining, every response closes its connection: clients holding a keep-alive connection to this pod
-/// (which has left the Service's endpoints) reconnect, through the Service, to a pod that serves.
-fn close_connections_while_draining<S>(
-    req: actix_web::dev::ServiceRequest,
-    srv: &S,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
-where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse,
-            Error = actix_web::Error,
-        >,
-{
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let fut = srv.call(req);
-    async move {
-        let mut res = fut.await?;
-        let draining = state
-            .as_ref()
-            .and_then(|s| s.engine.get())
-            .is_some_and(EngineHandle::is_draining);
-        if draining {
-            res.response_mut()
-                .head_mut()
-                .set_connection_type(actix_web::http::ConnectionType::Close);
-        }
-        Ok(res)
-    }
 }
 
 /// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish

@@ -10,21 +10,22 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint cuda-check unit gen-check e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
+.PHONY: help test lint cuda-check unit gen-check fuzz e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
 
 help:
 	@echo "make demo          the whole platform on the local cluster: operator (Helm) + a served SmolLM2 LlamaDeployment"
 	@echo "make demo-server   just llama-server on 127.0.0.1:8000 with the default model (no cluster)"
 	@echo "make images        OCI image archives of llama-server and llama-operator (loaded into the local node if up)"
 	@echo "make model-image MODEL=file.gguf  a modelcar image for spec.model.image"
-	@echo "make test          everything CI runs: fmt, clippy, the CUDA compile-check, unit+integration tests, generated-file checks, e2e"
+	@echo "make test          everything CI runs: fmt, clippy, the CUDA compile-check, unit+integration tests, generated-file checks, a short fuzz run, e2e"
+	@echo "make fuzz          coverage-guided fuzzing of the parsers (FUZZ_SECONDS per target; scripts/fuzz.sh)"
 	@echo "make cuda-check    clippy of llama-server --features cuda,nccl with nvcc from PyPI wheels (no GPU needed)"
 	@echo "make cluster-up    start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)"
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make e2e           run the e2e suite (starts and stops the local control plane unless one is up)"
 
 ## The one test command.
-test: lint cuda-check unit gen-check e2e
+test: lint cuda-check unit gen-check fuzz e2e
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -45,6 +46,13 @@ unit: pyenv model
 
 gen-check:
 	bash scripts/gen-check.sh
+
+# Coverage-guided fuzzing (libFuzzer on stable Rust) of the GGUF reader, the request validator and the
+# detokenizer/stop-string path: FUZZ_SECONDS each (20 in the test run), from the committed seeds plus what
+# earlier runs found (cached). A finding fails the run and names the reproducer.
+FUZZ_SECONDS ?= 20
+fuzz: model
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 e2e:
 	bash e2e/run.sh

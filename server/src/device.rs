@@ -141,12 +141,16 @@ fn cuda(n: usize) -> Result<Device, String> {
     }
 }
 
-/// candle attaches a backtrace to errors when RUST_BACKTRACE is set: a startup error shows the cause only.
-#[cfg(feature = "cuda")]
-fn without_backtrace(e: candle_core::Error) -> String {
+/// candle attaches a backtrace to errors when RUST_BACKTRACE is set: clients and startup errors get the
+/// cause only.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
     match e {
-        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
-        other => other.to_string(),
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        candle_core::Error::Context { inner, context } => candle_core::Error::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        other => other,
     }
 }
 

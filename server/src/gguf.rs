@@ -17,11 +17,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 /// Errors from reading a GGUF file or resolving its metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// (The cause is in the message, not a `source`: error chains would print it twice.)
+    #[error("cannot open {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
     #[error("malformed GGUF header: {0}")]
     Header(String),
     #[error("missing metadata key `{0}`")]
@@ -87,17 +85,30 @@ pub struct GgufFile<R> {
 impl GgufFile<BufReader<File>> {
     /// Opens and parses the header of the GGUF file at `path`.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let open_err = |source| GgufError::Open {
+        let open_err = |e: std::io::Error| GgufError::Open {
             path: path.to_path_buf(),
-            source,
+            detail: e.to_string(),
         };
         // A FIFO or a device would block or never end: only regular files (symlinks followed) are models.
         let meta = std::fs::metadata(path).map_err(open_err)?;
         if !meta.is_file() {
-            return Err(open_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("not a regular file ({:?})", meta.file_type()),
-            )));
+            use std::os::unix::fs::FileTypeExt;
+            let t = meta.file_type();
+            let kind = if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "a special file"
+            };
+            return Err(GgufError::Open {
+                path: path.to_path_buf(),
+                detail: format!("not a regular file: it is {kind}"),
+            });
         }
         let file = File::open(path).map_err(open_err)?;
         Self::from_reader(BufReader::new(file))
@@ -170,7 +181,9 @@ impl<R: Read + Seek> GgufFile<R> {
         let parsed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
         let content = match parsed {
-            Ok(r) => r.map_err(|e| GgufError::Header(e.to_string()))?,
+            Ok(r) => {
+                r.map_err(|e| GgufError::Header(crate::device::without_backtrace(e).to_string()))?
+            }
             Err(_) => return Err(diagnose_panic(&mut reader)),
         };
         let file = Self {
@@ -574,7 +587,10 @@ mod tests {
             return; // no mkfifo on this machine: nothing to check
         }
         let err = GgufFile::open(&dir).err().expect("a FIFO is not a model");
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(
+            err.to_string().contains("not a regular file: it is a FIFO"),
+            "{err}"
+        );
         let _ = std::fs::remove_file(&dir);
         let err = GgufFile::open(Path::new("/dev/null"))
             .err()

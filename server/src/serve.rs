@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use anyhow::{Context, bail};
 use candle_core::Device;
 
@@ -407,7 +407,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let cut_off = Arc::clone(&dropped);
     actix_web::rt::System::new().block_on(async move {
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
+        let server = http_server(addr.clone(), workers, move || {
             App::new()
                 .wrap_fn(middleware::close_connections_while_draining)
                 .wrap_fn(middleware::errors_as_json)
@@ -415,14 +415,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 .app_data(web::PayloadConfig::new(middleware::MAX_BODY_BYTES))
                 .configure(handlers::routes)
                 .default_service(web::to(handlers::not_found))
-        })
-        .workers(workers)
-        .on_connect(crate::api::conn::on_connect)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .bind(addr.clone())
-        .with_context(|| format!("binding {}:{}", addr.0, addr.1))?
-        .run();
+        })?;
         let handle = server.handle();
         // /health answers at once; /ready turns 200 when the weights are loaded.
         let loader_state = state.clone();
@@ -465,6 +458,69 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// actix-web's `HttpServer`, assembled from its parts so that each connection's bytes pass through
+/// [`JsonErrors`](crate::api::wire::JsonErrors) (the dispatcher's own 400/408/431 get the OpenAI error body).
+/// The settings `HttpServer` had: HTTP/1.1, its timeouts, `workers` threads, no signal handling of its own (the drain owns
+/// SIGTERM), a 1 s shutdown timeout after the drain, the connection hook that lets handlers see disconnects.
+fn http_server<F, A>(
+    addr: (String, u16),
+    workers: usize,
+    app: F,
+) -> anyhow::Result<actix_web::dev::Server>
+where
+    F: Fn() -> App<A> + Send + Clone + 'static,
+    A: actix_service::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+{
+    use actix_service::{ServiceFactoryExt, fn_service, map_config};
+    use actix_web::rt::net::TcpStream;
+
+    use crate::api::wire::JsonErrors;
+
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind("llama-server", addr.clone(), move || {
+            let app = app.clone();
+            fn_service(|io: TcpStream| async move {
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    JsonErrors::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(
+                actix_http::HttpService::build()
+                    // actix-web's HttpServer defaults: a 1 s linger after the last response lets a client
+                    // that is still sending (a refused 17 MB body) read the answer instead of a reset.
+                    .keep_alive(actix_http::KeepAlive::Timeout(Duration::from_secs(5)))
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .on_connect_ext(
+                        |io: &JsonErrors<TcpStream>, ext: &mut actix_http::Extensions| {
+                            crate::api::conn::on_connect(io.get_ref(), ext)
+                        },
+                    )
+                    .finish(map_config(
+                        actix_service::IntoServiceFactory::into_factory(app())
+                            .map_err(|e: actix_web::Error| e.error_response()),
+                        |_| actix_web::dev::AppConfig::default(),
+                    )),
+            )
+        })
+        .with_context(|| format!("binding {}:{}", addr.0, addr.1))?
+        .run();
+    Ok(server)
 }
 
 /// Waits for SIGTERM or SIGINT, then: readiness 503 and new requests refused at once, in-flight requests finish

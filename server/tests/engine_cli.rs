@@ -62,5 +62,31 @@ fn generate_reports_a_missing_model_file_as_an_error() {
         .output()
         .expect("run llama-server");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.gguf"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent.gguf"), "{err}");
+    // the cause once (it used to be repeated by the error chain), and no candle backtrace
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn a_truncated_model_is_one_clear_line_even_with_backtraces_on() {
+    let model = std::env::temp_dir().join(format!("llama-trunc-{}.gguf", std::process::id()));
+    let mut head = b"GGUF\x03\x00\x00\x00".to_vec();
+    head.extend_from_slice(&272u64.to_le_bytes());
+    head.extend_from_slice(&33u64.to_le_bytes());
+    std::fs::write(&model, &head).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
+        .args(["generate", "--prompt", "x", "--model"])
+        .arg(&model)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run llama-server");
+    let _ = std::fs::remove_file(&model);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("malformed GGUF header"), "{err}");
+    assert!(
+        !err.contains("candle-core") && !err.contains("backtrace"),
+        "{err}"
+    );
 }

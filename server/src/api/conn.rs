@@ -4,7 +4,6 @@
 //! anything: end-of-file (the client closed) or an error means gone, pending bytes or nothing to read mean
 //! still there.
 
-use std::any::Any;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -15,11 +14,9 @@ use actix_web::dev::Extensions;
 #[derive(Debug, Clone)]
 pub struct ConnWatch(Arc<OwnedFd>);
 
-/// `HttpServer::on_connect` hook: remembers plain TCP connections.
-pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-        && let Ok(fd) = tcp.as_fd().try_clone_to_owned()
-    {
+/// Connection hook (`on_connect_ext`): remembers each TCP connection's descriptor.
+pub fn on_connect(tcp: &actix_web::rt::net::TcpStream, data: &mut Extensions) {
+    if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
         data.insert(ConnWatch(Arc::new(fd)));
     }
 }

@@ -41,6 +41,18 @@ pub enum ApiError {
     ClientGone,
     #[error("internal error: {0}")]
     Internal(String),
+    /// actix's HTTP/1 dispatcher refused the request head before any handler ran (400, 408 or 431); the body
+    /// is added on the wire ([`super::wire`]).
+    #[error("{}", protocol_message(*.0))]
+    Protocol(u16),
+}
+
+fn protocol_message(status: u16) -> &'static str {
+    match status {
+        408 => "the request head was not received within the client request timeout (5 s)",
+        431 => "the request head is too large (at most 96 headers and 128 KiB)",
+        _ => "the request is not valid HTTP/1.1",
+    }
 }
 
 impl ApiError {
@@ -68,6 +80,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::ClientGone => "client_disconnected",
             Self::Internal(_) => "internal_error",
+            Self::Protocol(408) => "request_timeout",
+            Self::Protocol(431) => "request_header_fields_too_large",
+            Self::Protocol(_) => "malformed_http_request",
         }
     }
 
@@ -80,7 +95,8 @@ impl ApiError {
             | Self::MethodNotAllowed { .. }
             | Self::UnsupportedMediaType(_)
             | Self::PayloadTooLarge(_)
-            | Self::ClientGone => "invalid_request_error",
+            | Self::ClientGone
+            | Self::Protocol(_) => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::QueueFull { .. } => "rate_limit_error",
             Self::Draining | Self::Loading => "service_unavailable",
@@ -136,6 +152,7 @@ impl ResponseError for ApiError {
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Draining | Self::Loading => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Protocol(s) => StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 

@@ -49,24 +49,38 @@ pub struct AppState {
     pub chat_special_tokens: bool,
 }
 
-/// The tokenizer + chat template as validation sees them.
-struct Encoder<'a>(&'a AppState);
+/// The tokenizer + chat template as validation sees them (public for the fuzz targets in `server/fuzz`).
+#[derive(Debug, Clone, Copy)]
+pub struct Encoder<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub chat_template: &'a ChatTemplate,
+    /// Chat message content may contain special-token text that is parsed as control tokens.
+    pub chat_special_tokens: bool,
+}
+
+impl<'a> Encoder<'a> {
+    fn of(state: &'a AppState) -> Self {
+        Self {
+            tokenizer: &state.tokenizer,
+            chat_template: &state.chat_template,
+            chat_special_tokens: state.chat_special_tokens,
+        }
+    }
+}
 
 impl PromptEncoder for Encoder<'_> {
     fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
-        self.0
-            .tokenizer
+        self.tokenizer
             .encode(text, true, special)
             .map_err(|e| e.to_string())
     }
     fn encode_piece(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
-        self.0
-            .tokenizer
+        self.tokenizer
             .encode(text, false, special)
             .map_err(|e| e.to_string())
     }
     fn special_tokens_in_chat_content(&self) -> bool {
-        self.0.chat_special_tokens
+        self.chat_special_tokens
     }
     fn render_chat(
         &self,
@@ -77,16 +91,15 @@ impl PromptEncoder for Encoder<'_> {
             .iter()
             .map(|t| ChatMessage::new(t.role.clone(), t.content.clone()))
             .collect();
-        self.0
-            .chat_template
+        self.chat_template
             .render(&msgs, add_generation_prompt)
             .map_err(|e| e.to_string())
     }
     fn vocab_size(&self) -> usize {
-        self.0.tokenizer.vocab_size()
+        self.tokenizer.vocab_size()
     }
     fn eos_token_ids(&self) -> Vec<u32> {
-        self.0.tokenizer.eos_token_ids().to_vec()
+        self.tokenizer.eos_token_ids().to_vec()
     }
 }
 
@@ -141,7 +154,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
@@ -209,7 +222,7 @@ async fn prepared<T: DeserializeOwned + 'static>(
     let st = state.clone();
     state
         .prep
-        .run(move || validate(&parse(&body)?, &Encoder(&st), &st.limits))
+        .run(move || validate(&parse(&body)?, &Encoder::of(&st), &st.limits))
         .await
         .and_then(|r| r)
         .map_err(|e| state.count(e))
@@ -442,7 +455,7 @@ fn tokenize_body(state: &AppState, body: &Bytes) -> Result<TokenizeResponse, Api
         {
             return Err(ApiError::ModelNotFound(m.clone()));
         }
-        let enc = Encoder(state);
+        let enc = Encoder::of(state);
         let tokens = match (&r.prompt, &r.messages) {
             (Some(p), None) => {
                 super::validate::check_prompt_bytes("prompt", p.len(), &state.limits)?;

@@ -10,5 +10,6 @@ pub mod sse;
 pub mod stop;
 pub mod types;
 pub mod validate;
+pub mod wire;
 
 pub use error::ApiError;

@@ -412,6 +412,14 @@ fn logit_bias(v: Option<&Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiErr
         out.push((id as u32, bias.clamp(-100.0, 100.0) as f32));
     }
     out.sort_by_key(|&(id, _)| id);
+    // Two spellings of one id (`"7"` and `" 7"` or `"07"`) are distinct JSON keys: refuse them rather than
+    // apply one of the two biases at random.
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ApiError::field(
+            "logit_bias",
+            format!("logit_bias names token {} more than once", w[0].0),
+        ));
+    }
     Ok(out)
 }
 

@@ -469,10 +469,7 @@ impl<M: StepModel> Engine<M> {
             Ok(l) => l,
             Err(e) => {
                 // candle attaches a backtrace when RUST_BACKTRACE is set: clients get the cause only
-                let e = match e {
-                    candle_core::Error::WithBacktrace { inner, .. } => *inner,
-                    other => other,
-                };
+                let e = crate::device::without_backtrace(e);
                 tracing::error!(error = %e, "model step failed; failing the batch");
                 let reqs: Vec<u64> = out
                     .scheduled

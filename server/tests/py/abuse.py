@@ -7,7 +7,8 @@ Probes:
                thousands of stop-laden requests) are in flight
   logit-bias   logit_bias bans and forces tokens; bad keys are 400s naming logit_bias
   unsupported  response_format json, tools, tool_choice, functions: 400 naming the field, not 200 with prose
-  http         JSON content type required (415), 405 with Allow, 404/413 as OpenAI JSON
+  http         JSON content type required (415), 405 with Allow, 404/413 as OpenAI JSON, and the 400/408/431
+               that the HTTP layer writes before any handler also as OpenAI JSON
   auth KEY     `bearer` in any case works, a wrong key is a 401 JSON
   special      raw prompts parse special tokens; chat content does not
   seeds        choice i of seed S is not choice 0 of seed S + i
@@ -186,6 +187,40 @@ elif probe == "http":
         check(st == 413 and json.loads(text)["error"]["code"] == "payload_too_large", "a 17 MB body: 413 as JSON")
     except (ConnectionResetError, BrokenPipeError):
         check(False, "a 17 MB body got an answer, not a reset")
+
+    # What actix's HTTP/1 dispatcher answers by itself, before any handler: it used to send no body.
+    def raw_bytes(data, pause=None):
+        s = socket.create_connection((host, port), timeout=60)
+        s.sendall(data)
+        if pause:
+            time.sleep(pause)
+        got = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        head, _, rest = got.partition(b"\r\n\r\n")
+        lines = head.decode(errors="replace").split("\r\n")
+        hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        return int(lines[0].split()[1]), hdrs, rest.decode(errors="replace")
+
+    for what, data, pause, status, code in [
+        ("a request line that is not HTTP", b"GARBAGE\x01\x02 / HTTP/9\r\n\r\n", None, 400, "malformed_http_request"),
+        ("200 headers", b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200))
+         + b"\r\n", None, 431, "request_header_fields_too_large"),
+        ("a head not finished within the 5 s client timeout", b"GET /health HTTP/1.1\r\nHost: x\r\n", None, 408,
+         "request_timeout"),
+    ]:
+        st, hdrs, text = raw_bytes(data, pause)
+        body = json.loads(text) if hdrs.get("content-type", "").startswith("application/json") else None
+        check(st == status and body is not None and body["error"]["code"] == code and body["error"]["message"]
+              and int(hdrs.get("content-length", -1)) == len(text.encode()),
+              f"{what}: {status} with an OpenAI JSON body ({st} {hdrs.get('content-type')} {text[:80]!r})")
 
 elif probe == "auth":
     key = sys.argv[3]

@@ -273,6 +273,9 @@ fn logit_bias_is_validated_and_clamped_like_openai() {
         json!({"abc": 1}),
         json!({"7": "x"}),
         json!([1, 2]),
+        // one token under two spellings (found by the `request` fuzz target)
+        json!({"7": 1, " 7": 2}),
+        json!({"07": 1, "7": 2}),
     ] {
         let err = completion(json!({"prompt": "hi", "logit_bias": bad.clone()})).unwrap_err();
         assert!(

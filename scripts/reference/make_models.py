@@ -31,9 +31,13 @@ SMOL_TYPES = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
 TINY_TYPES = {
     "f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
     "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K, "q5_k": Q.Q5_K,
-    "q6_k": Q.Q6_K,
+    "q6_k": Q.Q6_K, "iq4_nl": Q.IQ4_NL,
 }
 KQUANTS = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+# A Q4_K_M-like mix: fused Q|K|V and gate|up hold parts of different types (as llama.cpp's quantizer writes
+# them, with a fallback type where it cannot use the K-quant)
+MIXED = {"attn_v": Q.Q6_K, "ffn_up": Q.Q5_0, "ffn_down": Q.Q6_K, "attn_output": Q.IQ4_NL, "output": Q.Q8_0,
+         "token_embd": Q.Q5_1}
 TINY = dict(vocab=320, dim=256, layers=2, heads=4, kv_heads=2, ffn=512, ctx=256)
 TP = dict(vocab=320, dim=512, layers=2, heads=8, kv_heads=4, ffn=1024, ctx=256)
 TP_BENCH = dict(vocab=32000, dim=1024, layers=8, heads=16, kv_heads=8, ffn=2816, ctx=1024)
@@ -71,7 +75,7 @@ def requantize_smollm2(src, dst, qtype):
 
 
 def random_kquant(rng, rows, cols, qtype, std):
-    """Random K-quant blocks rescaled (through their f16 super-block scales) to roughly `std`."""
+    """Random K-quant (or IQ4_NL) blocks rescaled (through their f16 super-block scales) to roughly `std`."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     nb = rows * cols // block
     raw = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
@@ -79,6 +83,8 @@ def random_kquant(rng, rows, cols, qtype, std):
     # Q3_K and Q6_K end with d
     if qtype in (Q.Q4_K, Q.Q5_K):
         fields = [0, 2]
+    elif qtype == Q.IQ4_NL:
+        fields = [0]
     elif qtype == Q.Q2_K:
         fields = [size - 4, size - 2]
     else:
@@ -94,15 +100,15 @@ def random_kquant(rng, rows, cols, qtype, std):
     return raw.reshape(rows, -1)
 
 
-def tiny_model(dst, qtype, tied=False, seed=0, c=TINY):
+def tiny_model(dst, qtype, tied=False, seed=0, c=TINY, mix=None):
     rng = np.random.default_rng(seed)
     head_dim = c["dim"] // c["heads"]
 
-    def mat(rows, cols, std):
-        if qtype in KQUANTS:
-            return random_kquant(rng, rows, cols, qtype, std)
+    def mat(rows, cols, std, t=qtype):
+        if t in KQUANTS or t == Q.IQ4_NL:
+            return random_kquant(rng, rows, cols, t, std)
         data = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
-        return gguf.quants.quantize(data, qtype) if qtype != Q.F32 else data
+        return gguf.quants.quantize(data, t) if t != Q.F32 else data
 
     def fill(w):
         w.add_name("tiny-random-llama")
@@ -117,28 +123,29 @@ def tiny_model(dst, qtype, tied=False, seed=0, c=TINY):
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
 
-        def add(name, arr):
+        def t(role):
+            return (mix or {}).get(role, qtype)
+
+        def add(name, arr, role=None):
             if arr.dtype == np.float32 or arr.ndim == 1:
                 w.add_tensor(name, arr)
             else:
-                w.add_tensor(name, arr, raw_dtype=qtype)
+                w.add_tensor(name, arr, raw_dtype=t(role))
 
         dim, ffn, kv = c["dim"], c["ffn"], c["kv_heads"] * head_dim
-        add("token_embd.weight", mat(c["vocab"], dim, 1.0))
+        add("token_embd.weight", mat(c["vocab"], dim, 1.0, t("token_embd")), "token_embd")
         for i in range(c["layers"]):
             p = f"blk.{i}."
             add(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
-            add(p + "attn_q.weight", mat(dim, dim, dim ** -0.5))
-            add(p + "attn_k.weight", mat(kv, dim, dim ** -0.5))
-            add(p + "attn_v.weight", mat(kv, dim, dim ** -0.5))
-            add(p + "attn_output.weight", mat(dim, dim, dim ** -0.5))
+            for role, rows, cols in [("attn_q", dim, dim), ("attn_k", kv, dim), ("attn_v", kv, dim),
+                                     ("attn_output", dim, dim)]:
+                add(p + role + ".weight", mat(rows, cols, cols ** -0.5, t(role)), role)
             add(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
-            add(p + "ffn_gate.weight", mat(ffn, dim, dim ** -0.5))
-            add(p + "ffn_up.weight", mat(ffn, dim, dim ** -0.5))
-            add(p + "ffn_down.weight", mat(dim, ffn, ffn ** -0.5))
+            for role, rows, cols in [("ffn_gate", ffn, dim), ("ffn_up", ffn, dim), ("ffn_down", dim, ffn)]:
+                add(p + role + ".weight", mat(rows, cols, cols ** -0.5, t(role)), role)
         add("output_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
         if not tied:
-            add("output.weight", mat(c["vocab"], dim, dim ** -0.5))
+            add("output.weight", mat(c["vocab"], dim, dim ** -0.5, t("output")), "output")
 
     write_atomic(dst, fill)
 
@@ -158,6 +165,9 @@ def main():
         path = os.path.join(a.dir, "tiny-f32-tied.gguf")
         if not os.path.exists(path):
             tiny_model(path, Q.F32, tied=True)
+        path = os.path.join(a.dir, "tiny-mixed.gguf")
+        if not os.path.exists(path):
+            tiny_model(path, Q.Q4_K, mix=MIXED)
     if a.only in (None, "tp"):
         for name, q in TINY_TYPES.items():
             path = os.path.join(a.dir, f"tp-{name}.gguf")

@@ -385,11 +385,11 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|b| format!(" batch {b} decode tok/s |"))
         .collect();
     println!(
-        "| model | weights | threads | TP | prefill tok/s ({} tok) | decode tok/s ({} tok) |{batch_cols}",
+        "| model | weights | threads | TP | prefill tok/s ({} tok) | decode tok/s ({} tok) |{batch_cols} file MiB | KV cache MiB | RSS after load MiB | RSS / (file + KV) |",
         args.prompt_tokens, args.gen_tokens
     );
     println!(
-        "|---|---|---|---|---|---|{}",
+        "|---|---|---|---|---|---|{}---|---|---|---|",
         "---|".repeat(args.batch.len())
     );
     let exe = std::env::current_exe()?;
@@ -456,6 +456,13 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         dtype: KvDType::F16,
     };
     let mut model = Loaded::load(path, args.device, opts, tp, cache)?;
+    // Resident memory once the weights and the KV cache are in place (before any step allocates scratch).
+    let rss = resident_bytes().unwrap_or(0);
+    let c = &model.config;
+    let kv_bytes =
+        (cache.num_blocks * cache.block_size * c.n_layers * 2 * c.n_kv_heads * c.head_dim * 2)
+            as u64;
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let vocab = model.config.vocab_size as u32;
     let max_ctx = model.config.max_context;
     // a deterministic, non-degenerate prompt
@@ -492,8 +499,23 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         model.weight_kinds.clone()
     };
-    println!("| {name} | {weights} | {threads} | {tp} | {best_p:.1} | {best_d:.1} |{batched}");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "| {name} | {weights} | {threads} | {tp} | {best_p:.1} | {best_d:.1} |{batched} {:.2} | {:.2} | {:.1} | {:.2} |",
+        mib(file_bytes),
+        mib(kv_bytes),
+        mib(rss),
+        rss as f64 / (file_bytes + kv_bytes).max(1) as f64
+    );
     Ok(())
+}
+
+/// This process's resident set size (`VmRSS` of `/proc/self/status`), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Aggregate tokens/s of decode steps over `b` sequences with `ctx` cached tokens each (the cache content

@@ -1,9 +1,14 @@
 //! Reading GGUF files: the header (metadata + tensor directory) and individual tensors.
 //!
-//! Parsing is delegated to candle-core's `gguf_file`, wrapped so that a malformed or truncated file is an
-//! [`GgufError`], never a panic: the header read runs under `catch_unwind` (candle's reader divides by the
-//! declared alignment, for instance), and every tensor's declared shape and byte range is checked against
-//! the file before any tensor is read.
+//! The header is read by our own parser ([`header`]: every ggml type llama.cpp's quantizer emits, lengths
+//! checked against the file before any allocation) into candle-core's `Content`, whose tensor reader does
+//! the rest; every tensor's declared shape and byte range is checked against the file before any tensor is
+//! read. A malformed or truncated file is a [`GgufError`], never a panic. Tensors of a type candle lacks
+//! (IQ4_NL) are converted when read.
+
+mod header;
+
+pub use header::FileType;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,8 +33,8 @@ pub enum GgufError {
     BadKey { key: String, detail: String },
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
-    #[error("tensor `{name}` has unsupported type {dtype:?}")]
-    UnsupportedType { name: String, dtype: GgmlDType },
+    #[error("tensor `{name}` has unsupported type {dtype}")]
+    UnsupportedType { name: String, dtype: String },
     #[error("tensor `{name}`: {detail}")]
     BadTensor { name: String, detail: String },
     #[error("unsupported architecture `{0}` (supported: llama)")]
@@ -78,6 +83,8 @@ pub const SUPPORTED_TYPES: &[GgmlDType] = &[
 /// An open GGUF file: its parsed header and a reader for tensor data.
 pub struct GgufFile<R> {
     content: Content,
+    /// Tensors of a type candle has no name for (listed in `content` under the same block geometry).
+    foreign: HashMap<String, FileType>,
     reader: R,
     file_size: u64,
 }
@@ -115,60 +122,6 @@ impl GgufFile<BufReader<File>> {
     }
 }
 
-/// candle's header parser panicked (it divides by the declared alignment, for one): name the cause when the
-/// header says it, by finding `general.alignment` in the bytes the parser read.
-fn diagnose_panic<R: Read + Seek>(reader: &mut R) -> GgufError {
-    let generic = GgufError::Header("parser panicked on malformed input".into());
-    let Ok(read_so_far) = reader.stream_position() else {
-        return generic;
-    };
-    let mut head = Vec::new();
-    if reader.seek(std::io::SeekFrom::Start(0)).is_err()
-        || reader
-            .take(read_so_far.min(64 << 20))
-            .read_to_end(&mut head)
-            .is_err()
-    {
-        return generic;
-    }
-    // key: u64 length + bytes, then a u32 value type and the value (little-endian)
-    let key = b"general.alignment";
-    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
-    pattern.extend_from_slice(key);
-    let Some(at) = head
-        .windows(pattern.len())
-        .position(|w| w == pattern.as_slice())
-    else {
-        return generic;
-    };
-    let rest = &head[at + pattern.len()..];
-    let le = |n: usize| -> Option<u64> {
-        let b = rest.get(4..4 + n)?;
-        Some(
-            b.iter()
-                .rev()
-                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)),
-        )
-    };
-    let value = match rest
-        .get(..4)
-        .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]))
-    {
-        Some(0 | 1) => le(1),
-        Some(2 | 3) => le(2),
-        Some(4 | 5) => le(4),
-        Some(10 | 11) => le(8),
-        _ => None,
-    };
-    match value {
-        Some(v) if !v.is_power_of_two() => GgufError::BadKey {
-            key: "general.alignment".into(),
-            detail: format!("must be a positive power of two, got {v}"),
-        },
-        _ => generic,
-    }
-}
-
 impl<R: Read + Seek> GgufFile<R> {
     /// Parses the header from any seekable reader (used by tests and the fuzz-style checks).
     pub fn from_reader(mut reader: R) -> Result<Self, GgufError> {
@@ -178,16 +131,11 @@ impl<R: Read + Seek> GgufFile<R> {
         reader
             .seek(std::io::SeekFrom::Start(0))
             .map_err(|e| GgufError::Header(e.to_string()))?;
-        let parsed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
-        let content = match parsed {
-            Ok(r) => {
-                r.map_err(|e| GgufError::Header(crate::device::without_backtrace(e).to_string()))?
-            }
-            Err(_) => return Err(diagnose_panic(&mut reader)),
-        };
+        let header::Header { content, foreign } =
+            header::read(&mut reader, file_size).map_err(GgufError::Header)?;
         let file = Self {
             content,
+            foreign,
             reader,
             file_size,
         };
@@ -285,7 +233,10 @@ impl<R: Read + Seek> GgufFile<R> {
             Some(n) if n.is_power_of_two() => Ok(n),
             _ => Err(GgufError::BadKey {
                 key: "general.alignment".into(),
-                detail: format!("must be a positive power of two, got {v:?}"),
+                detail: format!(
+                    "must be a positive power of two, got {}",
+                    value_i64(v).map_or_else(|| format!("{v:?}"), |n| n.to_string())
+                ),
             }),
         }
     }
@@ -305,31 +256,68 @@ impl<R: Read + Seek> GgufFile<R> {
         self.content.tensor_infos.keys().map(String::as_str)
     }
 
-    /// The type and (row-major, outermost first) shape of a tensor.
+    /// The type [`Self::tensor`] returns (IQ4_NL is read as Q8_0) and the (row-major, outermost first) shape
+    /// of a tensor.
     pub fn tensor_info(&self, name: &str) -> Result<(GgmlDType, Vec<usize>), GgufError> {
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
-        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
+        let dtype = match self.foreign.get(name) {
+            Some(FileType::Iq4Nl) => GgmlDType::Q8_0,
+            _ => info.ggml_dtype,
+        };
+        Ok((dtype, info.shape.dims().to_vec()))
     }
 
-    /// Reads one tensor (type checked against [`SUPPORTED_TYPES`]) onto the CPU.
+    /// The tensor's type as the file declares it.
+    pub fn tensor_type(&self, name: &str) -> Result<FileType, GgufError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
+        Ok(self
+            .foreign
+            .get(name)
+            .copied()
+            .unwrap_or(FileType::Candle(info.ggml_dtype)))
+    }
+
+    /// Reads one tensor (type checked against [`SUPPORTED_TYPES`]) onto the CPU. IQ4_NL becomes Q8_0
+    /// exactly (its levels are int8, its scale the same f16).
     pub fn tensor(&mut self, name: &str) -> Result<QTensor, GgufError> {
-        let (dtype, _) = self.tensor_info(name)?;
-        if !SUPPORTED_TYPES.contains(&dtype) {
-            return Err(GgufError::UnsupportedType {
+        let ty = self.tensor_type(name)?;
+        let read_err = |source| GgufError::Read {
+            name: name.to_string(),
+            source,
+        };
+        match ty {
+            FileType::Candle(dtype) if SUPPORTED_TYPES.contains(&dtype) => self
+                .content
+                .tensor(&mut self.reader, name, &Device::Cpu)
+                .map_err(read_err),
+            FileType::Iq4Nl => {
+                let raw = self
+                    .content
+                    .tensor(&mut self.reader, name, &Device::Cpu)
+                    .and_then(|t| t.data().map(|d| d.into_owned()))
+                    .map_err(read_err)?;
+                let (dtype, dims) = self.tensor_info(name)?;
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    &iq4nl_to_q8_0(&raw),
+                    dims,
+                    &Device::Cpu,
+                )
+                .map_err(read_err)
+            }
+            other => Err(GgufError::UnsupportedType {
                 name: name.to_string(),
-                dtype,
-            });
+                dtype: other.name(),
+            }),
         }
-        self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|source| GgufError::Read {
-                name: name.to_string(),
-                source,
-            })
     }
 
     /// A metadata value, or [`GgufError::MissingKey`].
@@ -404,6 +392,24 @@ impl<R: Read + Seek> GgufFile<R> {
             .map(|v| value_i64(v).ok_or_else(|| bad_key(key, "expected integers")))
             .collect()
     }
+}
+
+/// llama.cpp's IQ4_NL levels (`kvalues_iq4nl`): a 4-bit index picks one.
+const IQ4NL_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// IQ4_NL blocks (f16 scale, 16 bytes: value j in the low nibble of byte j, value j + 16 in the high
+/// nibble) as Q8_0 blocks (the same f16 scale, 32 int8 values): value = scale × level, bit for bit.
+pub fn iq4nl_to_q8_0(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() / 18 * 34);
+    for block in raw.chunks_exact(18) {
+        out.extend_from_slice(&block[..2]);
+        let qs = &block[2..];
+        out.extend(qs.iter().map(|&b| IQ4NL_LEVELS[usize::from(b & 15)] as u8));
+        out.extend(qs.iter().map(|&b| IQ4NL_LEVELS[usize::from(b >> 4)] as u8));
+    }
+    out
 }
 
 fn bad_key(key: &str, e: impl std::fmt::Display) -> GgufError {
@@ -535,6 +541,38 @@ mod tests {
             .expect_err("Q8_1 is not a weight type we run")
             .to_string();
         assert!(err.contains("`w`") && err.contains("Q8_1"), "{err}");
+    }
+
+    #[test]
+    fn iq4_nl_blocks_become_the_same_values_as_q8_0() {
+        let mut block = vec![0x00, 0x3c]; // f16 1.0
+        block.extend((0u8..16).map(|j| j | ((15 - j) << 4)));
+        let q8 = iq4nl_to_q8_0(&block);
+        assert_eq!(q8.len(), 34);
+        assert_eq!(&q8[..2], &[0x00, 0x3c]);
+        for j in 0..16 {
+            assert_eq!(q8[2 + j] as i8, IQ4NL_LEVELS[j], "value {j}: low nibble");
+            assert_eq!(
+                q8[2 + 16 + j] as i8,
+                IQ4NL_LEVELS[15 - j],
+                "value {}: high nibble",
+                16 + j
+            );
+        }
+    }
+
+    #[test]
+    fn a_type_we_cannot_read_is_named_with_its_tensor() {
+        for (id, name) in [(16u32, "IQ2_XXS"), (23, "IQ4_XS"), (99, "ggml type 99")] {
+            let mut bytes = sized_gguf(32);
+            let pos = type_field(&bytes);
+            bytes[pos..pos + 4].copy_from_slice(&id.to_le_bytes());
+            let err = GgufFile::from_reader(Cursor::new(bytes))
+                .err()
+                .expect("unreadable type")
+                .to_string();
+            assert!(err.contains("`w`") && err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -90,3 +90,45 @@ fn a_truncated_model_is_one_clear_line_even_with_backtraces_on() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_reports_resident_memory_next_to_speed() {
+    let model = engine_common::test_models("tiny").join("tiny-iq4_nl.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-server"))
+        .args([
+            "bench",
+            "--threads",
+            "1",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+        ])
+        .args(["--repeat", "1", "--models"])
+        .arg(&model)
+        .output()
+        .expect("run llama-server bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header: Vec<&str> = stdout.lines().next().expect("header").split('|').collect();
+    let row: Vec<&str> = stdout.lines().last().expect("row").split('|').collect();
+    assert_eq!(header.len(), row.len(), "{stdout}");
+    let col = |name: &str| -> f64 {
+        let i = header
+            .iter()
+            .position(|h| h.trim() == name)
+            .unwrap_or_else(|| panic!("no column {name}: {stdout}"));
+        row[i].trim().parse().expect("a number")
+    };
+    let file_mib = std::fs::metadata(&model).expect("model").len() as f64 / (1 << 20) as f64;
+    assert!((col("file MiB") - file_mib).abs() < 0.1, "{stdout}");
+    // the weights alone are resident once loaded; VmRSS also counts the binary and the tokenizer
+    assert!(col("RSS after load MiB") > file_mib, "{stdout}");
+    assert!(col("KV cache MiB") > 0.0, "{stdout}");
+    // IQ4_NL is read as Q8_0 (the loader reports what it holds)
+    assert!(row[2].contains("Q8_0"), "{stdout}");
+}

@@ -175,6 +175,27 @@ fn q3_k_matches_the_numpy_reference() {
     check("tiny-q3_k", 6e-2);
 }
 
+/// IQ4_NL (llama.cpp's fallback inside Q2_K/Q3_K mixes; candle has no such type): read by our header parser,
+/// converted to Q8_0 exactly; the reference dequantizes it with the `gguf` package's own IQ4_NL code.
+#[test]
+fn iq4_nl_matches_the_numpy_reference() {
+    check("tiny-iq4_nl", 6e-2);
+}
+
+/// A Q4_K_M-like mix: Q|K of Q4_K with V of Q6_K, gate Q4_K with up Q5_0 (each fused layer keeps its parts in
+/// their own types, not widened), attention output IQ4_NL, down Q6_K, LM head Q8_0, embedding Q5_1.
+#[test]
+fn a_mix_of_types_inside_fused_layers_matches_the_numpy_reference() {
+    check("tiny-mixed", 6e-2);
+    let path = engine_common::test_models("tiny").join("tiny-mixed.gguf");
+    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let kinds = model.weight_kinds();
+    assert!(
+        kinds.contains("qkv=Q4K+Q6K") && kinds.contains("gate_up=Q4K+Q5_0"),
+        "fused layers of mixed types stay quantized: {kinds}"
+    );
+}
+
 #[test]
 fn q4_k_matches_the_numpy_reference() {
     check("tiny-q4_k", 6e-2);

@@ -109,7 +109,7 @@ fn tp_2_and_4_give_the_tokens_of_tp_1_for_every_tensor_type() {
     let mut report = Vec::new();
     for name in [
         "f32", "f32-tied", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k",
-        "q4_k", "q5_k", "q6_k",
+        "q4_k", "q5_k", "q6_k", "iq4_nl",
     ] {
         let path = dir.join(format!("tp-{name}.gguf"));
         let base = run(&path, 1, LoadOptions::default()).expect("TP 1");

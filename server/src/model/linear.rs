@@ -44,6 +44,9 @@ pub enum Linear {
     Q4_0(Q4_0Matrix),
     /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel.
     Q4_1(Q4_1Matrix),
+    /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
+    /// own type and multiplied by its own kernel; the outputs are concatenated.
+    Parts(Vec<Linear>),
 }
 
 impl Linear {
@@ -53,7 +56,8 @@ impl Linear {
     }
 
     /// One layer whose output is the concatenation of the outputs of `parts` (all with the same `in`).
-    /// Same-type quantized parts are stacked as raw blocks; mixed types are widened to a dense matrix.
+    /// Same-type quantized parts are stacked as raw blocks; parts of different types stay separate layers of
+    /// their own types ([`Linear::Parts`]), except dense ones, which are widened to one f32 matrix.
     pub fn fused(parts: Vec<QTensor>, device: &Device, opts: LoadOptions) -> Result<Self> {
         let parts = parts
             .into_iter()
@@ -94,6 +98,24 @@ impl Linear {
                 data.extend_from_slice(&p.data()?);
             }
             return Ok(Self::Q8_0(Q8_0Matrix::from_bytes(&data, rows, cols)?));
+        }
+        let any_dense = parts
+            .iter()
+            .any(|p| matches!(p.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
+        if !same_type && !any_dense {
+            // runs of one type stay fused (Q|K of Q4_K, V of Q6_K: two layers, not three)
+            let mut groups: Vec<Vec<QTensor>> = Vec::new();
+            for p in parts {
+                match groups.last_mut() {
+                    Some(g) if g[0].dtype() == p.dtype() => g.push(p),
+                    _ => groups.push(vec![p]),
+                }
+            }
+            let layers = groups
+                .into_iter()
+                .map(|g| Self::fused(g, device, opts))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self::Parts(layers));
         }
         if same_type && !dense {
             if parts.len() == 1 && device.is_cpu() {
@@ -155,6 +177,13 @@ impl Linear {
             Self::Q8_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
+            Self::Parts(parts) => {
+                let outs = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&outs, candle_core::D::Minus1)
+            }
         }
     }
 
@@ -167,6 +196,7 @@ impl Linear {
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
+            Self::Parts(parts) => parts.iter().map(Linear::out_features).sum(),
         }
     }
 
@@ -180,6 +210,7 @@ impl Linear {
             Self::Q8_0(_) => "Q8_0".into(),
             Self::Q4_1(_) => "Q4_1".into(),
             Self::Q4_0(_) => "Q4_0".into(),
+            Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
         }
     }
 }

@@ -10,7 +10,7 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint cuda-check unit gen-check fuzz e2e cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
+.PHONY: help test lint cuda-check unit gen-check fuzz e2e llamacpp-models cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
 
 help:
 	@echo "make demo          the whole platform on the local cluster: operator (Helm) + a served SmolLM2 LlamaDeployment"
@@ -40,7 +40,7 @@ cuda-check:
 	  python3 scripts/nvrtc-check.py "$$(bash scripts/cuda-toolkit.sh nvrtc)" "$$CUDA_HOME/bin/ptxas" sm_90 \
 	    server/src/kv_cache/paged_attention.cu $(foreach t,f32 f16 bf16,reshape_and_cache_$(t) paged_attention_$(t))
 
-unit: pyenv model
+unit: pyenv model llamacpp-models
 	LLAMA_OP_VENV=$$(bash scripts/pyenv.sh) LLAMA_OP_MODEL=$$(bash scripts/fetch-model.sh) \
 	  $(CARGO) test --workspace --locked
 
@@ -68,6 +68,12 @@ cluster-down:
 
 model:
 	@bash scripts/fetch-model.sh >/dev/null
+
+# SmolLM2 in every llama.cpp quantization preset, by llama.cpp's own quantizer (built once from the
+# llama-cpp-python sdist, ~6 min on 2 cores, cached): the engine_golden tests run them.
+llamacpp-models: pyenv model
+	@bash scripts/reference/build-llamacpp-quantize.sh >/dev/null && \
+	  "$$(bash scripts/pyenv.sh)/bin/python" scripts/reference/make_models.py --only llamacpp >/dev/null
 
 pyenv:
 	@bash scripts/pyenv.sh >/dev/null

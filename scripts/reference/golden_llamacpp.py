@@ -12,6 +12,7 @@ separate venv, never into the project's venv and never in CI:
         venv-llamacpp/bin/pip install ./llama_cpp_python-0.3.36.tar.gz numpy
     python3 scripts/reference/make_models.py --only smollm2     # the F16 / Q8_0 re-encodings
     ~/.cache/llama-operator/llamacpp/venv-llamacpp/bin/python scripts/reference/golden_llamacpp.py
+    ~/.cache/llama-operator/llamacpp/venv-llamacpp/bin/python scripts/reference/golden_llamacpp.py --quants
 
 For every prompt and model it stores llama.cpp's prompt tokens, its greedy tokens (32 per prompt, fewer
 if it emits EOS) and, at every step, the top-1 and top-2 token ids and logits, so the Rust test can judge a
@@ -30,6 +31,10 @@ MODELS = {
     "f16": "smollm2-f16.gguf",
     "q8_0": "smollm2-q8_0.gguf",
 }
+# SmolLM2 quantized by llama.cpp itself (scripts/reference/quantize_llamacpp.py, or make_models.py --only
+# llamacpp): its mixes hold Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q3_K and IQ4_NL tensors. Written to a second golden file.
+QUANT_MODELS = {k: f"smollm2-llamacpp-{k}.gguf" for k in
+                ["q4_k_m", "q6_k", "q5_k_m", "q3_k_m", "q2_k", "iq4_nl", "q5_0", "q5_1"]}
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
 
@@ -85,17 +90,20 @@ def run(model_path):
 
 def main():
     import llama_cpp
+    quants = "--quants" in sys.argv[1:]
+    models = QUANT_MODELS if quants else MODELS
     doc = {
         "generator": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp from its sdist), 1 thread, greedy",
         "n_tokens": N_TOKENS,
         "models": {},
     }
-    for key, name in MODELS.items():
+    for key, name in models.items():
         path = os.path.join(CACHE, "models", name)
         print(f"==> {name}", file=sys.stderr)
         doc["models"][key] = {"file": name, "prompts": run(path)}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    dst = os.path.join(root, "server", "tests", "golden", "smollm2-greedy.json")
+    golden = "smollm2-llamacpp-greedy.json" if quants else "smollm2-greedy.json"
+    dst = os.path.join(root, "server", "tests", "golden", golden)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with open(dst, "w") as f:
         json.dump(doc, f, indent=1)

@@ -20,6 +20,7 @@ Needs numpy and gguf (scripts/requirements.txt).
 """
 import argparse
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -150,11 +151,39 @@ def tiny_model(dst, qtype, tied=False, seed=0, c=TINY, mix=None):
     write_atomic(dst, fill)
 
 
+# llama.cpp's `--type` presets for Llama models that need no importance matrix (Q2_K_S and the IQ1/IQ2/IQ3
+# presets refuse to run without one). IQ4_XS files hold IQ4_XS tensors, which we do not load (a test checks
+# the error names tensor and type).
+LLAMACPP_PRESETS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+                    "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+def llamacpp_presets(d):
+    """SmolLM2 (the F16 re-encoding) quantized by llama.cpp's own `llama-quantize` into every preset:
+    smollm2-llamacpp-<preset>.gguf. The quantizer is built from the llama-cpp-python sdist (cached)."""
+    src = os.path.join(d, "smollm2-f16.gguf")
+    if not os.path.exists(src):
+        requantize_smollm2(os.path.join(d, SMOL), src, Q.F16)
+    todo = [p for p in LLAMACPP_PRESETS
+            if not os.path.exists(os.path.join(d, f"smollm2-llamacpp-{p.lower()}.gguf"))]
+    if not todo:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    binary = subprocess.run(["bash", os.path.join(here, "build-llamacpp-quantize.sh")], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    for preset in todo:
+        dst = os.path.join(d, f"smollm2-llamacpp-{preset.lower()}.gguf")
+        print(f"==> llama-quantize {preset} -> {dst}", file=sys.stderr)
+        subprocess.run([binary, src, dst + ".part", preset, "1"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.replace(dst + ".part", dst)
+
+
 def main():
     cache = os.environ.get("LLAMA_OP_CACHE", os.path.expanduser("~/.cache/llama-operator"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.path.join(cache, "models"))
-    ap.add_argument("--only", choices=["smollm2", "tiny", "tp", "tp-bench"])
+    ap.add_argument("--only", choices=["smollm2", "tiny", "tp", "tp-bench", "llamacpp"])
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     if a.only in (None, "tiny"):
@@ -177,9 +206,12 @@ def main():
         if not os.path.exists(path):
             tiny_model(path, Q.F32, tied=True, seed=1, c=TP)
     if a.only == "tp-bench":
-        path = os.path.join(a.dir, "tp-bench-q8_0.gguf")
-        if not os.path.exists(path):
-            tiny_model(path, Q.Q8_0, seed=2, c=TP_BENCH)
+        for name in ["q8_0", "q4_k", "q6_k", "q5_1", "q5_0", "f16"]:
+            path = os.path.join(a.dir, f"tp-bench-{name}.gguf")
+            if not os.path.exists(path):
+                tiny_model(path, TINY_TYPES[name], seed=2, c=TP_BENCH)
+    if a.only == "llamacpp":
+        llamacpp_presets(a.dir)
     if a.only in (None, "smollm2"):
         src = os.path.join(a.dir, SMOL)
         for name, q in SMOL_TYPES.items():

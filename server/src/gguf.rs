@@ -8,7 +8,7 @@
 
 mod header;
 
-pub use header::FileType;
+pub use header::{FileType, ggml_name};
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -28,6 +28,7 @@
 
 mod engine_common;
 
+use candle_core::Device;
 use llama_server::cli::Loaded;
 use llama_server::engine::CacheSpec;
 use llama_server::gguf::GgufFile;
@@ -42,10 +43,18 @@ use llama_server::tokenizer::Tokenizer;
 const NEAR_TIE: f64 = 0.75;
 const MAX_GAP_DIFF: f64 = 1.0;
 const NEAR_TIE_F16: f64 = 0.1;
+const NEAR_TIE_LOW_BITS: f64 = 1.0;
+const MAX_GAP_DIFF_LOW_BITS: f64 = 2.0;
 const MAX_GAP_DIFF_F16: f64 = 0.1;
 
-fn golden() -> serde_json::Value {
-    let path = engine_common::package_dir().join("tests/golden/smollm2-greedy.json");
+/// Our re-encodings of SmolLM2 (Q4_1 original, F16, Q8_0).
+const GOLDEN: &str = "smollm2-greedy.json";
+/// SmolLM2 quantized by llama.cpp's own quantizer into its presets (K-quant mixes with their Q5_0/Q5_1/Q8_0
+/// fallbacks, IQ4_NL), recorded by `golden_llamacpp.py --quants`.
+const GOLDEN_LLAMACPP: &str = "smollm2-llamacpp-greedy.json";
+
+fn golden(file: &str) -> serde_json::Value {
+    let path = engine_common::package_dir().join("tests/golden").join(file);
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json")
 }
 
@@ -62,10 +71,22 @@ type Run = (Vec<u32>, Vec<f64>);
 
 /// Checks `key`'s golden prompts at tensor-parallel size `tp`; returns our run of each prompt.
 fn check_model(key: &str, threshold: f64, max_drift: f64, tp: usize) -> Vec<Run> {
-    let g = golden();
+    check_golden(GOLDEN, key, threshold, max_drift, tp)
+}
+
+fn check_golden(
+    golden_file: &str,
+    key: &str,
+    threshold: f64,
+    max_drift: f64,
+    tp: usize,
+) -> Vec<Run> {
+    let g = golden(golden_file);
     let m = &g["models"][key];
     let file = m["file"].as_str().expect("file");
-    let path = if key == "q4_1" {
+    let path = if golden_file == GOLDEN_LLAMACPP {
+        engine_common::test_models("llamacpp").join(file)
+    } else if key == "q4_1" {
         engine_common::smollm2()
     } else {
         engine_common::test_models("smollm2").join(file)
@@ -218,6 +239,78 @@ fn q8_0_greedy_agrees_with_llama_cpp() {
 #[test]
 fn f16_greedy_agrees_with_llama_cpp() {
     check_model("f16", NEAR_TIE_F16, MAX_GAP_DIFF_F16, 1);
+}
+
+/// llama.cpp's own Q4_K_M of SmolLM2: Q4_K and Q6_K where rows are whole 256-value super-blocks, Q5_0 and
+/// Q8_0 fallbacks elsewhere (576 = 2.25 super-blocks), mixed inside the fused layers.
+#[test]
+fn llama_cpp_q4_k_m_greedy_agrees_with_llama_cpp() {
+    check_golden(GOLDEN_LLAMACPP, "q4_k_m", NEAR_TIE, MAX_GAP_DIFF, 1);
+}
+
+#[test]
+fn llama_cpp_q6_k_greedy_agrees_with_llama_cpp() {
+    check_golden(GOLDEN_LLAMACPP, "q6_k", NEAR_TIE, MAX_GAP_DIFF, 1);
+}
+
+/// The other presets with golden continuations: Q5_K_M (Q5_K, Q5_1, Q6_K, Q8_0), Q3_K_M (Q3_K, Q4_K, Q5_K,
+/// Q4_0, Q5_0, Q5_1), Q2_K (Q3_K, Q4_0), IQ4_NL (IQ4_NL, Q5_K), Q5_0 and Q5_1.
+#[test]
+fn llama_cpp_k_quant_and_legacy_presets_agree_with_llama_cpp() {
+    for key in ["q5_k_m", "iq4_nl", "q5_0", "q5_1"] {
+        check_golden(GOLDEN_LLAMACPP, key, NEAR_TIE, MAX_GAP_DIFF, 1);
+    }
+}
+
+/// 2- and 3-bit mixes: the weights' own noise is larger, so is the activation-quantization noise between two
+/// correct engines (measured: see [`NEAR_TIE_LOW_BITS`]).
+#[test]
+fn llama_cpp_low_bit_presets_agree_with_llama_cpp() {
+    for key in ["q3_k_m", "q2_k"] {
+        check_golden(
+            GOLDEN_LLAMACPP,
+            key,
+            NEAR_TIE_LOW_BITS,
+            MAX_GAP_DIFF_LOW_BITS,
+            1,
+        );
+    }
+}
+
+/// Every preset llama.cpp's quantizer writes for a Llama model without an importance matrix loads and
+/// generates; IQ4_XS (which we do not read) is refused naming the tensor and the type.
+#[test]
+fn every_llama_cpp_preset_loads_or_names_what_it_cannot_read() {
+    let dir = engine_common::test_models("llamacpp");
+    for preset in [
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s",
+        "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl",
+    ] {
+        let path = dir.join(format!("smollm2-llamacpp-{preset}.gguf"));
+        let model = Model::load(&path, &Device::Cpu, LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{preset}: {e:#}"));
+        let mut n = 0;
+        generate(
+            &model,
+            &[1, 504, 3458, 282],
+            4,
+            &mut Sampler::new(SamplingParams::greedy()),
+            &[],
+            KvDType::F16,
+            |_, _| {
+                n += 1;
+                true
+            },
+        )
+        .unwrap_or_else(|e| panic!("{preset}: {e:#}"));
+        assert_eq!(n, 4, "{preset}");
+        eprintln!("{preset}: {}", model.weight_kinds());
+    }
+    let path = dir.join("smollm2-llamacpp-iq4_xs.gguf");
+    let err =
+        Model::load(&path, &Device::Cpu, LoadOptions::default()).expect_err("IQ4_XS is not read");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("IQ4_XS") && msg.contains("blk."), "{msg}");
 }
 
 #[test]

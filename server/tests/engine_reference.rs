@@ -191,7 +191,7 @@ fn a_mix_of_types_inside_fused_layers_matches_the_numpy_reference() {
     let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
     let kinds = model.weight_kinds();
     assert!(
-        kinds.contains("qkv=Q4K+Q6K") && kinds.contains("gate_up=Q4K+Q5_0"),
+        kinds.contains("qkv=Q4_K+Q6_K") && kinds.contains("gate_up=Q4_K+Q5_0"),
         "fused layers of mixed types stay quantized: {kinds}"
     );
 }

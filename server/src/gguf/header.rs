@@ -59,13 +59,35 @@ impl FileType {
     /// llama.cpp's name for the type.
     pub fn name(self) -> String {
         match self {
-            Self::Candle(d) => format!("{d:?}"),
+            Self::Candle(d) => ggml_name(d).into(),
             Self::Iq4Nl => "IQ4_NL".into(),
             Self::Other(id) => match GGML_NAMES.get(id as usize) {
                 Some(n) if !n.is_empty() => (*n).into(),
                 _ => format!("ggml type {id}"),
             },
         }
+    }
+}
+
+/// llama.cpp's name of a candle type (`Q4_K`, where candle's `Debug` says `Q4K`).
+pub fn ggml_name(d: GgmlDType) -> &'static str {
+    use GgmlDType as D;
+    match d {
+        D::F32 => "F32",
+        D::F16 => "F16",
+        D::BF16 => "BF16",
+        D::Q4_0 => "Q4_0",
+        D::Q4_1 => "Q4_1",
+        D::Q5_0 => "Q5_0",
+        D::Q5_1 => "Q5_1",
+        D::Q8_0 => "Q8_0",
+        D::Q8_1 => "Q8_1",
+        D::Q2K => "Q2_K",
+        D::Q3K => "Q3_K",
+        D::Q4K => "Q4_K",
+        D::Q5K => "Q5_K",
+        D::Q6K => "Q6_K",
+        D::Q8K => "Q8_K",
     }
 }
 

@@ -38,15 +38,22 @@ pub enum Linear {
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
     /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization by our own
-    /// multi-token kernel (see [`super::kernels`]).
+    /// multi-token kernel (see [`super::kernels`]); Q5_0 weights run here too, re-laid out exactly.
     Q8_0(Q8_0Matrix),
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),
-    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel.
+    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel; Q4_K
+    /// weights run here too, each 32-value sub-block re-laid out exactly as a Q4_1 block.
     Q4_1(Q4_1Matrix),
     /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
     /// own type and multiplied by its own kernel; the outputs are concatenated.
     Parts(Vec<Linear>),
+    /// A CPU layer that candle multiplies (K-quants other than Q4_K, Q5_1, widened F16/BF16), cut into runs
+    /// of output rows that run in parallel on our rayon pool. candle's own thread pool is pinned to one
+    /// thread (two pools spinning against each other on the same cores are slower than either alone), so
+    /// without this such layers used one core whatever `--threads` said. Each output element is the same
+    /// dot product as unsplit (runs are whole groups of four rows, candle's column quads).
+    RowChunks(Vec<Linear>),
 }
 
 impl Linear {
@@ -92,6 +99,20 @@ impl Linear {
             }
             return Ok(Self::Q4_0(Q4_0Matrix::from_bytes(&data, rows, cols)?));
         }
+        if same_type && dtype == GgmlDType::Q4K && device.is_cpu() {
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            return Ok(Self::Q4_1(Q4_1Matrix::from_q4k(&data, rows, cols)?));
+        }
+        if same_type && dtype == GgmlDType::Q5_0 && device.is_cpu() {
+            let mut data = Vec::new();
+            for p in &parts {
+                data.extend_from_slice(&p.data()?);
+            }
+            return Ok(Self::Q8_0(Q8_0Matrix::from_q5_0(&data, rows, cols)?));
+        }
         if same_type && dtype == GgmlDType::Q8_0 && device.is_cpu() {
             let mut data = Vec::new();
             for p in &parts {
@@ -123,7 +144,7 @@ impl Linear {
                     .into_iter()
                     .next()
                     .ok_or_else(|| candle_core::Error::msg("no weights to fuse"))?;
-                return Ok(Self::Quantized(QMatMul::from_qtensor(only)?));
+                return Self::Quantized(QMatMul::from_qtensor(only)?).in_row_chunks(device);
             }
             let mut data = Vec::new();
             for p in &parts {
@@ -131,9 +152,56 @@ impl Linear {
             }
             let storage = QStorage::from_data(Cow::Owned(data), device, dtype)?;
             let q = QTensor::new(storage, (rows, cols))?;
-            return Ok(Self::Quantized(QMatMul::from_qtensor(q)?));
+            return Self::Quantized(QMatMul::from_qtensor(q)?).in_row_chunks(device);
         }
-        Self::dense(&parts, device, !device.is_cpu())
+        Self::dense(&parts, device, !device.is_cpu())?.in_row_chunks(device)
+    }
+
+    /// On the CPU with more than one rayon thread, a candle-multiplied layer as [`Linear::RowChunks`], one
+    /// run of rows per thread; anything else unchanged.
+    fn in_row_chunks(self, device: &Device) -> Result<Self> {
+        let threads = rayon::current_num_threads();
+        if !device.is_cpu() || threads < 2 {
+            return Ok(self);
+        }
+        self.row_chunks(threads)
+    }
+
+    /// `self` cut into about `n` runs of whole groups of four output rows ([`Linear::RowChunks`]); layers
+    /// our own kernels multiply (already parallel) and layers too small to split are returned unchanged.
+    pub fn row_chunks(self, n: usize) -> Result<Self> {
+        let rows = self.out_features()?;
+        let per = rows.div_ceil(n.max(1)).next_multiple_of(4);
+        if n < 2 || per >= rows {
+            return Ok(self);
+        }
+        let starts = (0..rows).step_by(per);
+        let chunks = match &self {
+            Self::Dense(w) => starts
+                .map(|r| {
+                    Ok(Self::Dense(
+                        w.narrow(0, r, per.min(rows - r))?.contiguous()?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Self::Quantized(QMatMul::QTensor(q)) => {
+                let dtype = q.dtype();
+                let (_, cols) = q.shape().dims2()?;
+                let row_bytes = cols / dtype.block_size() * dtype.type_size();
+                let data = q.data()?;
+                starts
+                    .map(|r| {
+                        let take = per.min(rows - r);
+                        let bytes = data[r * row_bytes..(r + take) * row_bytes].to_vec();
+                        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+                        let part = QTensor::new(storage, (take, cols))?;
+                        Ok(Self::Quantized(QMatMul::from_qtensor(part)?))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            _ => return Ok(self),
+        };
+        Ok(Self::RowChunks(chunks))
     }
 
     /// A dense layer from same-shaped parts: F16/BF16 parts of one type stay in that type when `keep_half`
@@ -184,6 +252,14 @@ impl Linear {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&outs, candle_core::D::Minus1)
             }
+            Self::RowChunks(chunks) => {
+                use rayon::prelude::*;
+                let outs = chunks
+                    .par_iter()
+                    .map(|c| c.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&outs, candle_core::D::Minus1)
+            }
         }
     }
 
@@ -196,7 +272,9 @@ impl Linear {
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
-            Self::Parts(parts) => parts.iter().map(Linear::out_features).sum(),
+            Self::Parts(parts) | Self::RowChunks(parts) => {
+                parts.iter().map(Linear::out_features).sum()
+            }
         }
     }
 
@@ -205,12 +283,16 @@ impl Linear {
         match self {
             Self::Dense(_) => "dense f32".into(),
             Self::DenseHalf(w) => format!("dense {:?}", w.dtype()),
-            Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
+            Self::Quantized(QMatMul::QTensor(q)) => crate::gguf::ggml_name(q.dtype()).into(),
             Self::Quantized(_) => "dequantized".into(),
-            Self::Q8_0(_) => "Q8_0".into(),
-            Self::Q4_1(_) => "Q4_1".into(),
+            Self::Q8_0(q) => q.source().into(),
+            Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
+            Self::RowChunks(chunks) => match chunks.first() {
+                Some(c) => format!("{} ×{} threads", c.kind(), chunks.len()),
+                None => "empty".into(),
+            },
         }
     }
 }
@@ -248,6 +330,61 @@ pub fn gather_rows(w: &QTensor, ids: &[u32], device: &Device) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows cut into runs give the unsplit layer's outputs: bit for bit for candle's quantized kernels
+    /// (every element is the same dot product), to rounding for the dense GEMM.
+    #[test]
+    fn row_chunks_compute_what_the_whole_layer_does() {
+        let (rows, cols, m) = (70, 512, 3);
+        let w = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)
+            .and_then(|t| t.affine(1e-4, -1.0))
+            .and_then(|t| t.sin())
+            .and_then(|t| t.reshape((rows, cols)))
+            .expect("w");
+        let x = Tensor::arange(0f32, (m * cols) as f32, &Device::Cpu)
+            .and_then(|t| t.affine(3e-3, 0.5))
+            .and_then(|t| t.cos())
+            .and_then(|t| t.reshape((m, cols)))
+            .expect("x");
+        for dtype in [
+            GgmlDType::Q6K,
+            GgmlDType::Q5_1,
+            GgmlDType::Q3K,
+            GgmlDType::F32,
+        ] {
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let whole =
+                Linear::fused(vec![q], &Device::Cpu, LoadOptions::default()).expect("layer");
+            let split = whole.clone().row_chunks(3).expect("chunks");
+            assert!(
+                matches!(split, Linear::RowChunks(ref c) if c.len() == 3),
+                "{dtype:?}"
+            );
+            assert_eq!(split.out_features().expect("rows"), rows);
+            for xs in [x.clone(), x.narrow(0, 0, 1).expect("one token")] {
+                let a = whole
+                    .forward(&xs)
+                    .and_then(|t| t.to_vec2::<f32>())
+                    .expect("whole");
+                let b = split
+                    .forward(&xs)
+                    .and_then(|t| t.to_vec2::<f32>())
+                    .expect("split");
+                if dtype == GgmlDType::F32 {
+                    for (ra, rb) in a.iter().zip(&b) {
+                        for (u, v) in ra.iter().zip(rb) {
+                            assert!(
+                                (u - v).abs() <= 1e-4 * u.abs().max(1.0),
+                                "{dtype:?}: {u} vs {v}"
+                            );
+                        }
+                    }
+                } else {
+                    assert_eq!(a, b, "{dtype:?}: split outputs differ");
+                }
+            }
+        }
+    }
 
     fn f16_weight(rows: usize, cols: usize) -> QTensor {
         let vals: Vec<f32> = (0..rows * cols)

@@ -55,7 +55,8 @@ pub fn python() -> PathBuf {
     .clone()
 }
 
-/// Directory of the generated test models; `which` is `tiny`, `tp` or `smollm2` (created on demand, cached).
+/// Directory of the generated test models; `which` is `tiny`, `tp`, `smollm2` or `llamacpp` (SmolLM2 in
+/// llama.cpp's quantization presets, by its own quantizer; created on demand, cached).
 /// `LLAMA_OP_TEST_MODELS` names a directory that already holds them (a machine without the python env,
 /// such as the GPU machine scripts/gpu-check.sh runs on).
 pub fn test_models(which: &str) -> PathBuf {
@@ -65,9 +66,11 @@ pub fn test_models(which: &str) -> PathBuf {
     static TINY: OnceLock<PathBuf> = OnceLock::new();
     static TP: OnceLock<PathBuf> = OnceLock::new();
     static SMOL: OnceLock<PathBuf> = OnceLock::new();
+    static LLAMACPP: OnceLock<PathBuf> = OnceLock::new();
     let cell = match which {
         "tiny" => &TINY,
         "tp" => &TP,
+        "llamacpp" => &LLAMACPP,
         _ => &SMOL,
     };
     cell.get_or_init(|| make_models(which)).clone()

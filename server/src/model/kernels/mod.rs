@@ -16,6 +16,7 @@ mod q4_0;
 mod q4_1;
 mod q8_0;
 mod quant;
+mod relayout;
 mod vec_ops;
 
 use std::sync::OnceLock;

@@ -81,6 +81,7 @@ pub struct QuantMatrix<Q: QuantType> {
     layout: Layout<Q>,
     rows: usize,
     cols: usize,
+    source: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +114,26 @@ impl<Q: QuantType> QuantMatrix<Q> {
             );
         }
         let blocks: Vec<Q::Block> = bytes.chunks_exact(Q::BYTES).map(Q::parse).collect();
+        Self::from_blocks_for(isa, blocks, rows, cols, Q::NAME)
+    }
+
+    /// From parsed row-major blocks (another GGUF type re-laid out exactly into this one: see
+    /// [`super::relayout`]), laid out for the kernel of `isa`; `source` names the file's type.
+    pub(super) fn from_blocks_for(
+        isa: Isa,
+        blocks: Vec<Q::Block>,
+        rows: usize,
+        cols: usize,
+        source: &'static str,
+    ) -> Result<Self> {
+        let kb = cols / 32;
+        if !cols.is_multiple_of(32) || blocks.len() != rows * kb {
+            candle_core::bail!(
+                "{source} matrix [{rows}, {cols}] as {}: {} blocks",
+                Q::NAME,
+                blocks.len()
+            );
+        }
         let layout = if isa == Isa::Vnni && rows.is_multiple_of(8) {
             let mut tiles = Vec::with_capacity(rows / 8 * kb);
             for rg in 0..rows / 8 {
@@ -126,7 +147,17 @@ impl<Q: QuantType> QuantMatrix<Q> {
         } else {
             Layout::Blocks(blocks)
         };
-        Ok(Self { layout, rows, cols })
+        Ok(Self {
+            layout,
+            rows,
+            cols,
+            source,
+        })
+    }
+
+    /// The file's type these weights came from (`Q4_K` for a Q4_K matrix run by the Q4_1 kernel).
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     /// Output features.

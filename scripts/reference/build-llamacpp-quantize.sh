@@ -16,15 +16,7 @@ if [ -x "$bin" ]; then
   exit 0
 fi
 src="$(bash "$here/fetch-llamacpp-sdist.sh")"
-if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
-  tools="$cache/venv-cmake"
-  if [ ! -x "$tools/bin/cmake" ] || [ ! -x "$tools/bin/ninja" ]; then
-    echo "==> installing cmake and ninja from PyPI into $tools" >&2
-    python3 -m venv "$tools" >&2
-    "$tools/bin/pip" install -q cmake ninja >&2
-  fi
-  export PATH="$tools/bin:$PATH"
-fi
+. "$here/llamacpp-cmake.sh"
 rm -rf "$build"
 mkdir -p "$build"
 log="$build/build.log"

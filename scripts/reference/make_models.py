@@ -6,16 +6,21 @@ $LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
                         (norms stay F32; each tensor is dequantized from Q4_1 and re-quantized)
   tiny-<type>.gguf      tiny random Llamas (2 layers, dim 256, 4 heads / 2 KV heads, ffn 512, vocab 320,
                         untied output) with every matrix of type F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
-                        Q2_K, Q3_K, Q4_K, Q5_K or Q6_K (K-quants are random blocks: `gguf` cannot quantize to
-                        them)
+                        Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_NL (K-quants and IQ4_NL are random blocks: `gguf`
+                        cannot quantize to them)
   tiny-f32-tied.gguf    as tiny-f32 but with the LM head tied to the embedding
+  tiny-mixed.gguf       a Q4_K_M-like mix: Q/K Q4_K with V Q6_K, gate Q4_K with up Q5_0, output IQ4_NL, down
+                        Q6_K, LM head Q8_0, embedding Q5_1
   tp-<type>.gguf        tiny random Llamas for tensor parallelism (2 layers, dim 512, 8 heads / 4 KV heads,
                         ffn 1024, vocab 320) with every matrix of each of the tiny types above
   tp-f32-tied.gguf      as tp-f32 but with the LM head tied to the embedding
-  tp-bench-q8_0.gguf    (only with --only tp-bench) a 160M-parameter random Llama for the tensor-parallel
-                        benchmark (8 layers, dim 1024, 16 heads / 8 KV heads, ffn 2816, vocab 32000), Q8_0
+  tp-bench-<type>.gguf  (only with --only tp-bench) a 160M-parameter random Llama for benchmarks (8 layers,
+                        dim 1024, 16 heads / 8 KV heads, ffn 2816, vocab 32000) in Q8_0, Q4_K, Q6_K, Q5_1, Q5_0, F16
+  smollm2-llamacpp-<preset>.gguf  (only with --only llamacpp) SmolLM2's F16 re-encoding quantized by llama.cpp's
+                        own llama-quantize (scripts/reference/build-llamacpp-quantize.sh) into each preset of
+                        LLAMACPP_PRESETS
 
-Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp|tp-bench] ; prints the directory.
+Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp|tp-bench|llamacpp] ; prints the directory.
 Needs numpy and gguf (scripts/requirements.txt).
 """
 import argparse

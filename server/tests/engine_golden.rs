@@ -16,8 +16,13 @@
 //!   and each flip moves a dot product by a whole quantization step, so two correct engines differ by the
 //!   quantization noise itself — measured ≤ 0.58 logits of gap (≈ 2 % of SmolLM2's ~25-logit range) over
 //!   all agreeing steps. Near-tie bar 0.75, drift bound 1.0. A departure where llama.cpp led by more than
-//!   that is a bug. Measured departures with the current kernels: largest llama.cpp gap 0.29 (Q4_1, step
-//!   15 of a degenerate, repetitive chat answer); all others ≤ 0.13.
+//!   that is a bug. Measured (2026-12-06) over the 13 prompts: largest llama.cpp gap at a departure 0.35
+//!   (Q4_1), 0.70 (Q8_0, step 13 of "def fibonacci"), and for llama.cpp's own quantizations 0.30 (Q4_K_M),
+//!   0.28 (Q6_K), 0.20 (Q5_K_M), 0.17 (Q3_K_M), 0.06 (Q2_K), 0.73 (IQ4_NL), 0.14 (Q5_0), 0.26 (Q5_1);
+//!   largest gap drift while the texts agree 0.49 (Q4_1), 0.71 (Q8_0), 0.75 (Q4_K_M), 0.98 (Q6_K, through
+//!   candle's Q6_K kernel), 0.67 (Q5_K_M), 0.68 (Q3_K_M), 0.56 (Q2_K), 0.71 (IQ4_NL), 0.55 (Q5_0, Q5_1).
+//!   K-quant weights need llama.cpp's Q8_K activations (one scale per 256 values) to stay inside these
+//!   bounds: with per-32 activations Q3_K_M drifted 1.39 and departed where llama.cpp led by 1.25.
 //!   Two numerics changes were needed to get here (see `model::kernels`): candle's AVX-512 path quantized
 //!   Q8_0 activations per 256 values, and re-encoding Q4_1 as Q8_0 rounded the weights again; either one
 //!   made ours depart on "Once upon a time" at step 1 where llama.cpp led by 0.28–0.31.
@@ -43,8 +48,6 @@ use llama_server::tokenizer::Tokenizer;
 const NEAR_TIE: f64 = 0.75;
 const MAX_GAP_DIFF: f64 = 1.0;
 const NEAR_TIE_F16: f64 = 0.1;
-const NEAR_TIE_LOW_BITS: f64 = 1.0;
-const MAX_GAP_DIFF_LOW_BITS: f64 = 2.0;
 const MAX_GAP_DIFF_F16: f64 = 0.1;
 
 /// Our re-encodings of SmolLM2 (Q4_1 original, F16, Q8_0).
@@ -257,23 +260,8 @@ fn llama_cpp_q6_k_greedy_agrees_with_llama_cpp() {
 /// Q4_0, Q5_0, Q5_1), Q2_K (Q3_K, Q4_0), IQ4_NL (IQ4_NL, Q5_K), Q5_0 and Q5_1.
 #[test]
 fn llama_cpp_k_quant_and_legacy_presets_agree_with_llama_cpp() {
-    for key in ["q5_k_m", "iq4_nl", "q5_0", "q5_1"] {
+    for key in ["q5_k_m", "q3_k_m", "q2_k", "iq4_nl", "q5_0", "q5_1"] {
         check_golden(GOLDEN_LLAMACPP, key, NEAR_TIE, MAX_GAP_DIFF, 1);
-    }
-}
-
-/// 2- and 3-bit mixes: the weights' own noise is larger, so is the activation-quantization noise between two
-/// correct engines (measured: see [`NEAR_TIE_LOW_BITS`]).
-#[test]
-fn llama_cpp_low_bit_presets_agree_with_llama_cpp() {
-    for key in ["q3_k_m", "q2_k"] {
-        check_golden(
-            GOLDEN_LLAMACPP,
-            key,
-            NEAR_TIE_LOW_BITS,
-            MAX_GAP_DIFF_LOW_BITS,
-            1,
-        );
     }
 }
 

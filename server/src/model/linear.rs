@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::kernels::{Q4_0Matrix, Q4_1Matrix, Q8_0Matrix};
+use super::kernels::{Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q8_0Matrix};
 
 /// Options applied while turning GGUF tensors into layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +45,9 @@ pub enum Linear {
     /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel; Q4_K
     /// weights run here too, each 32-value sub-block re-laid out exactly as a Q4_1 block.
     Q4_1(Q4_1Matrix),
+    /// A Q5_1 or Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by
+    /// our own multi-token kernel with Q8_1 activations.
+    Q5(Q5Matrix),
     /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
     /// own type and multiplied by its own kernel; the outputs are concatenated.
     Parts(Vec<Linear>),
@@ -85,40 +88,59 @@ impl Linear {
         }
         let same_type = parts.iter().all(|p| p.dtype() == dtype);
         let dense = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if same_type && dtype == GgmlDType::Q4_1 && device.is_cpu() {
+        // the fused parts' blocks, one after the other (same type: rows stack byte for byte)
+        let bytes = |parts: &[QTensor]| -> Result<Vec<u8>> {
             let mut data = Vec::new();
-            for p in &parts {
+            for p in parts {
                 data.extend_from_slice(&p.data()?);
             }
-            return Ok(Self::Q4_1(Q4_1Matrix::from_bytes(&data, rows, cols)?));
-        }
-        if same_type && dtype == GgmlDType::Q4_0 && device.is_cpu() {
-            let mut data = Vec::new();
-            for p in &parts {
-                data.extend_from_slice(&p.data()?);
+            Ok(data)
+        };
+        if same_type && device.is_cpu() {
+            match dtype {
+                GgmlDType::Q4_1 => {
+                    return Ok(Self::Q4_1(Q4_1Matrix::from_bytes(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
+                }
+                GgmlDType::Q4K => {
+                    return Ok(Self::Q4_1(Q4_1Matrix::from_q4k(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
+                }
+                GgmlDType::Q4_0 => {
+                    return Ok(Self::Q4_0(Q4_0Matrix::from_bytes(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
+                }
+                GgmlDType::Q5_1 => {
+                    return Ok(Self::Q5(Q5Matrix::from_bytes(&bytes(&parts)?, rows, cols)?));
+                }
+                GgmlDType::Q5K => {
+                    return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
+                }
+                GgmlDType::Q5_0 => {
+                    return Ok(Self::Q8_0(Q8_0Matrix::from_q5_0(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
+                }
+                GgmlDType::Q8_0 => {
+                    return Ok(Self::Q8_0(Q8_0Matrix::from_bytes(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
+                }
+                _ => {}
             }
-            return Ok(Self::Q4_0(Q4_0Matrix::from_bytes(&data, rows, cols)?));
-        }
-        if same_type && dtype == GgmlDType::Q4K && device.is_cpu() {
-            let mut data = Vec::new();
-            for p in &parts {
-                data.extend_from_slice(&p.data()?);
-            }
-            return Ok(Self::Q4_1(Q4_1Matrix::from_q4k(&data, rows, cols)?));
-        }
-        if same_type && dtype == GgmlDType::Q5_0 && device.is_cpu() {
-            let mut data = Vec::new();
-            for p in &parts {
-                data.extend_from_slice(&p.data()?);
-            }
-            return Ok(Self::Q8_0(Q8_0Matrix::from_q5_0(&data, rows, cols)?));
-        }
-        if same_type && dtype == GgmlDType::Q8_0 && device.is_cpu() {
-            let mut data = Vec::new();
-            for p in &parts {
-                data.extend_from_slice(&p.data()?);
-            }
-            return Ok(Self::Q8_0(Q8_0Matrix::from_bytes(&data, rows, cols)?));
         }
         let any_dense = parts
             .iter()
@@ -146,11 +168,7 @@ impl Linear {
                     .ok_or_else(|| candle_core::Error::msg("no weights to fuse"))?;
                 return Self::Quantized(QMatMul::from_qtensor(only)?).in_row_chunks(device);
             }
-            let mut data = Vec::new();
-            for p in &parts {
-                data.extend_from_slice(&p.data()?);
-            }
-            let storage = QStorage::from_data(Cow::Owned(data), device, dtype)?;
+            let storage = QStorage::from_data(Cow::Owned(bytes(&parts)?), device, dtype)?;
             let q = QTensor::new(storage, (rows, cols))?;
             return Self::Quantized(QMatMul::from_qtensor(q)?).in_row_chunks(device);
         }
@@ -245,19 +263,21 @@ impl Linear {
             Self::Q8_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
-            Self::Parts(parts) => {
-                let outs = parts
-                    .iter()
-                    .map(|p| p.forward(x))
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&outs, candle_core::D::Minus1)
-            }
-            Self::RowChunks(chunks) => {
-                use rayon::prelude::*;
-                let outs = chunks
-                    .par_iter()
-                    .map(|c| c.forward(x))
-                    .collect::<Result<Vec<_>>>()?;
+            Self::Q5(q) => q.forward(x),
+            Self::Parts(parts) | Self::RowChunks(parts) => {
+                // parts of one fused layer in turn; row chunks in parallel on the rayon pool
+                let outs = if matches!(self, Self::RowChunks(_)) {
+                    use rayon::prelude::*;
+                    parts
+                        .par_iter()
+                        .map(|p| p.forward(x))
+                        .collect::<Result<Vec<_>>>()?
+                } else {
+                    parts
+                        .iter()
+                        .map(|p| p.forward(x))
+                        .collect::<Result<Vec<_>>>()?
+                };
                 Tensor::cat(&outs, candle_core::D::Minus1)
             }
         }
@@ -272,6 +292,7 @@ impl Linear {
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
+            Self::Q5(q) => Ok(q.rows()),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 parts.iter().map(Linear::out_features).sum()
             }
@@ -288,6 +309,7 @@ impl Linear {
             Self::Q8_0(q) => q.source().into(),
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
+            Self::Q5(q) => q.source().into(),
             Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
             Self::RowChunks(chunks) => match chunks.first() {
                 Some(c) => format!("{} ×{} threads", c.kind(), chunks.len()),
@@ -348,7 +370,7 @@ mod tests {
             .expect("x");
         for dtype in [
             GgmlDType::Q6K,
-            GgmlDType::Q5_1,
+            GgmlDType::Q2K,
             GgmlDType::Q3K,
             GgmlDType::F32,
         ] {

@@ -40,9 +40,17 @@ def raw_request(method, path, body=b"", headers=None):
     for k, v in (headers or {}).items():
         head += f"{k}: {v}\r\n"
     s.sendall(head.encode() + b"\r\n" + body)
+    return read_response(s)
+
+
+def read_response(s):
+    """Reads one connection's response to its end; returns (status, headers dict, body text)."""
     data = b""
     while True:
-        chunk = s.recv(65536)
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
         if not chunk:
             break
         data += chunk
@@ -189,34 +197,19 @@ elif probe == "http":
         check(False, "a 17 MB body got an answer, not a reset")
 
     # What actix's HTTP/1 dispatcher answers by itself, before any handler: it used to send no body.
-    def raw_bytes(data, pause=None):
+    def raw_bytes(data):
         s = socket.create_connection((host, port), timeout=60)
         s.sendall(data)
-        if pause:
-            time.sleep(pause)
-        got = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            got += chunk
-        s.close()
-        head, _, rest = got.partition(b"\r\n\r\n")
-        lines = head.decode(errors="replace").split("\r\n")
-        hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
-        return int(lines[0].split()[1]), hdrs, rest.decode(errors="replace")
+        return read_response(s)
 
-    for what, data, pause, status, code in [
-        ("a request line that is not HTTP", b"GARBAGE\x01\x02 / HTTP/9\r\n\r\n", None, 400, "malformed_http_request"),
+    for what, data, status, code in [
+        ("a request line that is not HTTP", b"GARBAGE\x01\x02 / HTTP/9\r\n\r\n", 400, "malformed_http_request"),
         ("200 headers", b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200))
-         + b"\r\n", None, 431, "request_header_fields_too_large"),
-        ("a head not finished within the 5 s client timeout", b"GET /health HTTP/1.1\r\nHost: x\r\n", None, 408,
+         + b"\r\n", 431, "request_header_fields_too_large"),
+        ("a head not finished within the 5 s client timeout", b"GET /health HTTP/1.1\r\nHost: x\r\n", 408,
          "request_timeout"),
     ]:
-        st, hdrs, text = raw_bytes(data, pause)
+        st, hdrs, text = raw_bytes(data)
         body = json.loads(text) if hdrs.get("content-type", "").startswith("application/json") else None
         check(st == status and body is not None and body["error"]["code"] == code and body["error"]["message"]
               and int(hdrs.get("content-length", -1)) == len(text.encode()),

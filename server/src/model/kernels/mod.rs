@@ -14,6 +14,7 @@
 
 mod q4_0;
 mod q4_1;
+mod q5;
 mod q8_0;
 mod quant;
 mod relayout;
@@ -26,6 +27,7 @@ use candle_core::{Result, Tensor};
 
 pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
+pub use q5::Q5Matrix;
 pub use q8_0::Q8_0Matrix;
 
 pub(crate) use vec_ops::VecOps;
@@ -148,6 +150,73 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
         sum,
         qs,
     }
+}
+
+/// How a matrix's activations are quantized before the integer dots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acts {
+    /// Per 32 values (llama.cpp's Q8_0 / Q8_1: legacy weight types).
+    Per32,
+    /// Per 256 values, as llama.cpp's Q8_K for K-quant weights: one scale for each 256 (`max / −127`, `max`
+    /// the value of largest magnitude, unrounded), written into each of its eight blocks; `s = d · Σ q`
+    /// is kept exact (f32), like Q8_K's integer block sums.
+    Per256,
+}
+
+/// Quantizes `x: [m, k]` row by row into Q8_K-style blocks (see [`Acts::Per256`]); `k` is a multiple of 256.
+fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    for chunk in x.chunks_exact(256) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in chunk {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let (d, iscale) = if amax == 0.0 {
+            (0.0, 0.0)
+        } else {
+            let iscale = -127.0 / max;
+            (1.0 / iscale, iscale)
+        };
+        for block in chunk.chunks_exact(32) {
+            let mut qs = [0i8; 32];
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(block) {
+                // ggml's nearest_int: round half to even
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+                sum += i32::from(*q);
+            }
+            out.push(BlockQ8_1 {
+                d,
+                s: d * sum as f32,
+                sum,
+                qs,
+            });
+        }
+    }
+}
+
+/// Quantizes `x: [m, k]` row by row into Q8_1 blocks (`m * k / 32` of them).
+pub(crate) fn quantize_rows_with(
+    x: &Tensor,
+    cols: usize,
+    what: &str,
+    acts: Acts,
+) -> Result<(Vec<BlockQ8_1>, usize)> {
+    if acts == Acts::Per32 {
+        return quantize_rows(x, cols, what);
+    }
+    let (m, k) = x.dims2()?;
+    if k != cols || !k.is_multiple_of(256) {
+        candle_core::bail!("{what} matmul: input has {k} features, weight {cols}");
+    }
+    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(m * k / 32);
+    for row in lhs.chunks_exact(k) {
+        quantize_row_q8k(row, &mut out);
+    }
+    Ok((out, m))
 }
 
 /// Quantizes `x: [m, k]` row by row into Q8_1 blocks (`m * k / 32` of them).

@@ -4,7 +4,9 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{BlockQ8_1, Isa, for_token_groups, matmul_rows, quantize_rows, tile_token_groups};
+use super::{
+    Acts, BlockQ8_1, Isa, for_token_groups, matmul_rows, quantize_rows_with, tile_token_groups,
+};
 
 /// One GGUF weight type multiplied by our kernels.
 pub trait QuantType: Clone + std::fmt::Debug + 'static {
@@ -82,6 +84,8 @@ pub struct QuantMatrix<Q: QuantType> {
     rows: usize,
     cols: usize,
     source: &'static str,
+    /// Per 32 for legacy types, per 256 for K-quants (as llama.cpp quantizes activations for each).
+    acts: Acts,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +118,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
             );
         }
         let blocks: Vec<Q::Block> = bytes.chunks_exact(Q::BYTES).map(Q::parse).collect();
-        Self::from_blocks_for(isa, blocks, rows, cols, Q::NAME)
+        Self::from_blocks_for(isa, blocks, rows, cols, Q::NAME, Acts::Per32)
     }
 
     /// From parsed row-major blocks (another GGUF type re-laid out exactly into this one: see
@@ -125,6 +129,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
         rows: usize,
         cols: usize,
         source: &'static str,
+        acts: Acts,
     ) -> Result<Self> {
         let kb = cols / 32;
         if !cols.is_multiple_of(32) || blocks.len() != rows * kb {
@@ -152,6 +157,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
             rows,
             cols,
             source,
+            acts,
         })
     }
 
@@ -171,7 +177,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
     }
 
     pub(super) fn forward_with(&self, isa: Isa, x: &Tensor) -> Result<Tensor> {
-        let (acts, m) = quantize_rows(x, self.cols, Q::NAME)?;
+        let (acts, m) = quantize_rows_with(x, self.cols, Q::NAME, self.acts)?;
         let kb = self.cols / 32;
         let act = |t: usize| &acts[t * kb..(t + 1) * kb];
         match &self.layout {

@@ -5,16 +5,19 @@
 //!   minimum: value = `d·sc·q − dmin·m`, `q` 4-bit. Each sub-block is a Q4_1 block with scale `d·sc` and
 //!   minimum `−dmin·m`; both products are exact in f32 (an f16 times a 6-bit integer needs 17 bits).
 //! - **Q5_0 → Q8_0 blocks.** value = `d·(q − 16)`, `q` 5-bit: int8 values with the same f16 scale.
+//! - **Q5_K → 5-bit blocks** ([`super::q5`], also Q5_1's kernel): as Q4_K, with a fifth bit per value.
 //!
 //! Memory: 24 bytes per 32 Q4_K values instead of 18, 36 instead of 22 for Q5_0.
 
 use candle_core::Result;
 
-use super::Isa;
 use super::q4_1::{BlockQ4_1, Q4_1Matrix};
+use super::q5::{BlockQ5, Q5Matrix};
 use super::q8_0::{BlockQ8, Q8_0Matrix};
+use super::{Acts, Isa};
 
 const Q4K_BYTES: usize = 144;
+const Q5K_BYTES: usize = 176;
 const Q5_0_BYTES: usize = 22;
 
 fn f16(b: &[u8]) -> f32 {
@@ -60,6 +63,32 @@ pub(super) fn q4k_blocks(bytes: &[u8]) -> Vec<BlockQ4_1> {
     out
 }
 
+/// Q5_K super-blocks as 5-bit blocks with minimum (eight per super-block, in order).
+pub(super) fn q5k_blocks(bytes: &[u8]) -> Vec<BlockQ5> {
+    let mut out = Vec::with_capacity(bytes.len() / Q5K_BYTES * 8);
+    for sb in bytes.chunks_exact(Q5K_BYTES) {
+        let (d, dmin) = (f16(&sb[0..2]), f16(&sb[2..4]));
+        let scales = &sb[4..16];
+        let qh = &sb[16..48];
+        let qs = &sb[48..176];
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let ql = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let mut v = [0u8; 32];
+            for (l, x) in v.iter_mut().enumerate() {
+                let lo = if j % 2 == 0 { ql[l] & 0x0F } else { ql[l] >> 4 };
+                *x = lo | (((qh[l] >> j) & 1) << 4);
+            }
+            out.push(BlockQ5 {
+                d: d * f32::from(sc),
+                m: -(dmin * f32::from(m)),
+                qs: v,
+            });
+        }
+    }
+    out
+}
+
 /// Q5_0 blocks as Q8_0 blocks.
 pub(super) fn q5_0_blocks(bytes: &[u8]) -> Vec<BlockQ8> {
     bytes
@@ -90,7 +119,21 @@ impl Q4_1Matrix {
         if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q4K_BYTES {
             candle_core::bail!("Q4_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
         }
-        Self::from_blocks_for(isa, q4k_blocks(bytes), rows, cols, "Q4_K")
+        Self::from_blocks_for(isa, q4k_blocks(bytes), rows, cols, "Q4_K", Acts::Per256)
+    }
+}
+
+impl Q5Matrix {
+    /// A `[rows, cols]` Q5_K tensor's GGUF bytes, run by the 5-bit kernel.
+    pub fn from_q5k(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_q5k_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    pub(super) fn from_q5k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q5K_BYTES {
+            candle_core::bail!("Q5_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
+        }
+        Self::from_blocks_for(isa, q5k_blocks(bytes), rows, cols, "Q5_K", Acts::Per256)
     }
 }
 
@@ -104,7 +147,7 @@ impl Q8_0Matrix {
         if !cols.is_multiple_of(32) || bytes.len() != rows * cols / 32 * Q5_0_BYTES {
             candle_core::bail!("Q5_0 matrix [{rows}, {cols}]: {} bytes", bytes.len());
         }
-        Self::from_blocks_for(isa, q5_0_blocks(bytes), rows, cols, "Q5_0")
+        Self::from_blocks_for(isa, q5_0_blocks(bytes), rows, cols, "Q5_0", Acts::Per32)
     }
 }
 
@@ -114,21 +157,8 @@ mod tests {
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
 
+    use super::super::tests::isas;
     use super::*;
-
-    fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                    v.push(Isa::Vnni);
-                }
-            }
-        }
-        v
-    }
 
     /// Random bytes with sane f16 scales at `scale_at` (everything else random, as any file may hold).
     fn random(seed: u64, blocks: usize, size: usize, scale_at: &[usize]) -> Vec<u8> {
@@ -197,6 +227,35 @@ mod tests {
             .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d * f32::from(q))))
             .collect();
         assert_eq!(got, want, "Q5_0 values");
+        let five = |blocks: Vec<BlockQ5>| -> Vec<f64> {
+            blocks
+                .iter()
+                .flat_map(|b| {
+                    b.qs.iter()
+                        .map(move |&q| f64::from(b.d * f32::from(q) + b.m))
+                })
+                .collect()
+        };
+        let q5k = random(5, rows * cols / 256, 176, &[0, 2]);
+        let want = candle_values(&q5k, GgmlDType::Q5K, rows, cols);
+        for (i, (g, w)) in five(q5k_blocks(&q5k)).iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                "Q5_K value {i}: {g} vs {w}"
+            );
+        }
+        let q51 = random(6, rows * cols / 32, 24, &[0, 2]);
+        let want = candle_values(&q51, GgmlDType::Q5_1, rows, cols);
+        let parsed: Vec<BlockQ5> = q51
+            .chunks_exact(24)
+            .map(<super::super::q5::Q5 as super::super::quant::QuantType>::parse)
+            .collect();
+        for (i, (g, w)) in five(parsed).iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                "Q5_1 value {i}: {g} vs {w}"
+            );
+        }
     }
 
     /// Within activation-quantization error of f64 math on candle's dequantized weights at every ISA, and
@@ -206,8 +265,12 @@ mod tests {
         let (rows, cols) = (40, 512);
         let q4k = random(3, rows * cols / 256, 144, &[0, 2]);
         let q50 = random(4, rows * cols / 32, 22, &[0]);
+        let q5k = random(7, rows * cols / 256, 176, &[0, 2]);
+        let q51 = random(8, rows * cols / 32, 24, &[0, 2]);
         let w4k = candle_values(&q4k, GgmlDType::Q4K, rows, cols);
         let w50 = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
+        let w5k = candle_values(&q5k, GgmlDType::Q5K, rows, cols);
+        let w51 = candle_values(&q51, GgmlDType::Q5_1, rows, cols);
         let m = 13;
         let mut s = 99u32;
         let xs: Vec<f32> = (0..m * cols)
@@ -231,6 +294,20 @@ mod tests {
                     &w50,
                     Box::new(|x: &Tensor| {
                         Q8_0Matrix::from_q5_0_for(isa, &q50, rows, cols)?.forward_with(isa, x)
+                    }),
+                ),
+                (
+                    "Q5_K",
+                    &w5k,
+                    Box::new(|x: &Tensor| {
+                        Q5Matrix::from_q5k_for(isa, &q5k, rows, cols)?.forward_with(isa, x)
+                    }),
+                ),
+                (
+                    "Q5_1",
+                    &w51,
+                    Box::new(|x: &Tensor| {
+                        Q5Matrix::from_bytes_for(isa, &q51, rows, cols)?.forward_with(isa, x)
                     }),
                 ),
             ] {

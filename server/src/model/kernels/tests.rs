@@ -20,7 +20,7 @@ impl Rng {
 }
 
 /// Every instruction set this CPU can run (the scalar one always).
-fn isas() -> Vec<Isa> {
+pub(super) fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
     {
@@ -445,4 +445,38 @@ fn many_row_attention_helpers_match_the_per_row_ones() {
             }
         }
     }
+}
+
+/// K-quant activations are quantized as llama.cpp's Q8_K: one scale per 256 values (`max / −127`, `max` the
+/// value of largest magnitude, so it becomes exactly −127), shared by the eight blocks, every value within
+/// half a step, and `s = d · Σ q` kept exact.
+#[test]
+fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
+    let mut rng = Rng(777);
+    let mut xs: Vec<f32> = (0..512).map(|_| rng.unit()).collect();
+    xs[300] = 3.5; // the second chunk's largest magnitude, positive
+    xs[17] = -2.0; // the first chunk's, negative
+    let x = Tensor::from_vec(xs.clone(), (1, 512), &Device::Cpu).expect("x");
+    let (blocks, m) = quantize_rows_with(&x, 512, "test", Acts::Per256).expect("quantize");
+    assert_eq!((m, blocks.len()), (1, 16));
+    for (c, chunk) in blocks.chunks(8).enumerate() {
+        let d = chunk[0].d;
+        assert!(chunk.iter().all(|b| b.d == d), "one scale per 256 values");
+        let max = if c == 0 { -2.0f32 } else { 3.5 };
+        assert_eq!(d, 1.0 / (-127.0 / max), "d = max / -127 unrounded");
+        for (i, b) in chunk.iter().enumerate() {
+            assert_eq!(b.sum, b.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
+            assert_eq!(b.s, d * b.sum as f32);
+            for (j, &q) in b.qs.iter().enumerate() {
+                let v = xs[c * 256 + i * 32 + j];
+                assert!(
+                    (f32::from(q) * d - v).abs() <= d.abs() * 0.5 + 1e-6,
+                    "{v} as {q}"
+                );
+            }
+        }
+    }
+    // the value of largest magnitude becomes exactly −127 whatever its sign (d carries the sign)
+    assert_eq!(blocks[0].qs[17], -127);
+    assert_eq!(blocks[9].qs[12], -127);
 }

@@ -256,9 +256,11 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Bytes the weights of `file` take on the compute device once loaded (`on_cpu`: F16/BF16 matrices widened
-/// to f32 there, kept as they are on a GPU). Norm vectors become f32; the token embedding table stays in host
-/// memory (rows are gathered per step) unless it doubles as the LM head.
+/// Bytes the weights of `file` take on the compute device once loaded. Norm vectors and F32 matrices are f32,
+/// so are F16/BF16 matrices on the CPU (widened at load; a GPU keeps them half); the token embedding table
+/// stays in host memory (rows are gathered per step) unless it doubles as the LM head. On the CPU our kernels
+/// hold Q4_K, Q5_0, Q5_1 and Q5_K re-laid out in wider blocks (24, 36, 40 and 40 bytes per 32 values; IQ4_NL
+/// is Q8_0 already in the directory).
 pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> u64 {
     let tied = !file.has_tensor("output.weight");
     file.tensor_names()
@@ -270,10 +272,16 @@ pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> 
                 || dtype == GgmlDType::F32
                 || (on_cpu && matches!(dtype, GgmlDType::F16 | GgmlDType::BF16));
             if widened {
-                elems as u64 * 4
-            } else {
-                (elems / dtype.block_size() * dtype.type_size()) as u64
+                return elems as u64 * 4;
             }
+            let per_block = match dtype {
+                GgmlDType::Q4K if on_cpu => 24 * 8,
+                GgmlDType::Q5_0 if on_cpu => 36,
+                GgmlDType::Q5_1 if on_cpu => 40,
+                GgmlDType::Q5K if on_cpu => 40 * 8,
+                d => d.type_size(),
+            };
+            (elems / dtype.block_size() * per_block) as u64
         })
         .sum()
 }

@@ -30,6 +30,11 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(gguf request detok_stop)
 failed=()
 for t in "${targets[@]}"; do
+  if [ ! -d "server/fuzz/corpus/$t" ]; then
+    echo "FAILED: no seed corpus server/fuzz/corpus/$t (is it committed? .gitignore drops *.gguf names)" >&2
+    failed+=("$t")
+    continue
+  fi
   work="$cache/fuzz/corpus/$t" art="$cache/fuzz/artifacts/$t/"
   mkdir -p "$work" "$art"
   dict=()

@@ -1,7 +1,8 @@
 """Writes the committed seed corpus of the fuzz targets (run by hand; the seeds are committed).
 
-gguf: micro Llama files (a few KiB: 1 layer, 32 wide, an 12-token BPE vocabulary) in several tensor types,
-with and without tokenizer and template metadata. request: request bodies (byte 0 picks the endpoint).
+gguf: micro Llama files (a few KiB: 1 layer, 32 wide, a 12-token BPE vocabulary) in several tensor types,
+with and without tokenizer and template metadata; named without `.gguf`, which .gitignore keeps out of the
+repository (for real weights). request: request bodies (byte 0 picks the endpoint).
 detok_stop: stop strings plus token ids. None of this is model weights: the tensors are random.
 """
 import json
@@ -79,8 +80,8 @@ def write(target, name, data):
 def main():
     os.makedirs(os.path.join(CORPUS, "gguf"), exist_ok=True)
     for name, q in [("f32", Q.F32), ("f16", Q.F16), ("q8_0", Q.Q8_0), ("q4_0", Q.Q4_0), ("q4_1", Q.Q4_1)]:
-        micro(os.path.join(CORPUS, "gguf", f"micro-{name}.gguf"), q)
-    micro(os.path.join(CORPUS, "gguf", "micro-notok.gguf"), Q.Q8_0, tokenizer=False)
+        micro(os.path.join(CORPUS, "gguf", f"micro-{name}"), q)
+    micro(os.path.join(CORPUS, "gguf", "micro-notok"), Q.Q8_0, tokenizer=False)
 
     chat = [
         {"model": "smol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},

@@ -153,3 +153,217 @@ pub mod tensor_parallel {
         }
     }
 }
+
+/// Host-memory arithmetic of a CPU replica, applied by the server at start (to its container's memory limit
+/// and the GGUF's numbers) and by the operator's validation (to `resources.memory` and the LlamaDeployment's
+/// numbers), so a spec that cannot fit is refused by both with the same sentence.
+///
+/// A replica's resident memory is weights + KV cache + headroom. The headroom is everything else: the process
+/// itself, the tokenizer, HTTP and request state, allocator slack and the activations of one engine step.
+/// Measured on SmolLM2-135M Q4_1 (`llama-server serve` on this repo's CPU machine, a 64-stream
+/// `bench-serve --mixed` burst): 101 MB resident beyond weights + KV at idle, and at the burst's peak
+/// +22 MB more with `--max-num-batched-tokens 512`, +169 MB with 2048. The constants below cover those
+/// figures with a margin (198 MB for the default flags, 323 MB for 2048 batched tokens).
+pub mod memory {
+    /// The process, tokenizer, HTTP side and allocator, independent of the batch.
+    pub const HEADROOM_BASE: u64 = 128 << 20;
+    /// Activations of one engine step, per batched token and per unit of the hidden size.
+    pub const ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN: u64 = 160;
+    /// Per running sequence: its logits row (f32, vocabularies up to 64 K tokens) and request state.
+    pub const BYTES_PER_SEQUENCE: u64 = 256 << 10;
+    /// The KV cache's default share of what the weights and headroom leave inside a container limit (the
+    /// replica is alone in its container).
+    pub const LIMITED_KV_FRACTION: f64 = 0.9;
+    /// Without a container limit the host runs other things too: the default share of its available memory,
+    /// and a cap.
+    pub const HOST_KV_FRACTION: f64 = 0.25;
+    pub const HOST_KV_CAP: u64 = 1 << 30;
+
+    /// Headroom for a model of `hidden` width serving steps of `max_num_batched_tokens` tokens and
+    /// `max_batch_size` sequences.
+    pub fn headroom(hidden: u64, max_num_batched_tokens: u64, max_batch_size: u64) -> u64 {
+        HEADROOM_BASE
+            + max_num_batched_tokens * hidden * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
+            + max_batch_size * BYTES_PER_SEQUENCE
+    }
+
+    /// KV cache bytes per token: keys and values of every layer's KV heads.
+    pub fn kv_bytes_per_token(
+        layers: u64,
+        kv_heads: u64,
+        head_dim: u64,
+        element_bytes: u64,
+    ) -> u64 {
+        2 * layers * kv_heads * head_dim * element_bytes
+    }
+
+    /// KV cache bytes of one sequence of `tokens` tokens, in whole blocks of `block_size` tokens.
+    pub fn kv_bytes_for_sequence(per_token: u64, tokens: u64, block_size: u64) -> u64 {
+        let block = block_size.max(1);
+        tokens.div_ceil(block) * block * per_token
+    }
+
+    /// Sizes as people read them: MiB below 10 GiB, else GiB.
+    pub fn human(bytes: u64) -> String {
+        if bytes < 10 << 30 {
+            format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20))
+        } else {
+            format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+        }
+    }
+
+    /// What the KV cache of a CPU replica is sized from.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct HostPlan {
+        /// Memory the replica may use, in bytes.
+        pub available: u64,
+        /// Where `available` comes from, for messages: e.g. `container memory limit 1024 MiB − 3 MiB used by
+        /// other processes` or `resources.memory 1Gi`.
+        pub source: String,
+        /// True when a container limit (not the host's free memory) bounds `available`: the default share
+        /// is then [`LIMITED_KV_FRACTION`] and there is no cap.
+        pub limited: bool,
+        pub weights: u64,
+        pub headroom: u64,
+        /// The smallest useful cache: one full-length sequence.
+        pub min_kv: u64,
+        /// What `max_batch_size` full-length sequences need: more would never be used.
+        pub enough_kv: u64,
+        /// An explicit KV cache size (`--kv-cache-memory` / `kvCacheMemory`).
+        pub explicit_kv: Option<u64>,
+        /// The share of what is left when the size is not explicit (default by `limited`).
+        pub fraction: Option<f64>,
+    }
+
+    impl HostPlan {
+        /// What the weights and headroom leave for the KV cache, if anything.
+        pub fn room(&self) -> Option<u64> {
+            self.available.checked_sub(self.weights + self.headroom)
+        }
+
+        fn needs(&self, kv: u64, what: &str) -> String {
+            format!(
+                "weights {} + headroom {} + {what} {} = {} does not fit in {} ({})",
+                human(self.weights),
+                human(self.headroom),
+                human(kv),
+                human(self.weights + self.headroom + kv),
+                human(self.available),
+                self.source
+            )
+        }
+    }
+
+    /// The KV cache size in bytes, or why the replica cannot fit, with the arithmetic.
+    pub fn host_kv_budget(p: &HostPlan) -> Result<u64, String> {
+        let room = p.room().unwrap_or(0);
+        if let Some(kv) = p.explicit_kv {
+            return if kv <= room {
+                Ok(kv)
+            } else {
+                Err(p.needs(kv, "KV cache"))
+            };
+        }
+        if p.min_kv > room {
+            return Err(p.needs(p.min_kv, "KV cache for one full-length sequence"));
+        }
+        let fraction = p
+            .fraction
+            .unwrap_or(if p.limited {
+                LIMITED_KV_FRACTION
+            } else {
+                HOST_KV_FRACTION
+            })
+            .clamp(0.0, 1.0);
+        let cap = if p.limited { u64::MAX } else { HOST_KV_CAP };
+        let by_fraction = ((room as f64 * fraction) as u64).min(cap);
+        Ok(by_fraction.max(p.min_kv).min(p.enough_kv.max(p.min_kv)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const MIB: u64 = 1 << 20;
+
+        fn plan(available: u64, limited: bool) -> HostPlan {
+            HostPlan {
+                available,
+                source: "container memory limit".to_owned(),
+                limited,
+                weights: 100 * MIB,
+                headroom: 200 * MIB,
+                min_kv: 50 * MIB,
+                enough_kv: 10_000 * MIB,
+                explicit_kv: None,
+                fraction: None,
+            }
+        }
+
+        #[test]
+        fn a_limited_container_gives_the_cache_nine_tenths_of_what_is_left() {
+            // 1000 − 100 weights − 200 headroom = 700 left; 90 % of it.
+            assert_eq!(host_kv_budget(&plan(1000 * MIB, true)), Ok(630 * MIB));
+            // Never more than max-batch-size full sequences need.
+            let p = HostPlan {
+                enough_kv: 64 * MIB,
+                ..plan(1000 * MIB, true)
+            };
+            assert_eq!(host_kv_budget(&p), Ok(64 * MIB));
+            // A small share that leaves less than one sequence still gets one sequence.
+            let p = HostPlan {
+                fraction: Some(0.01),
+                ..plan(1000 * MIB, true)
+            };
+            assert_eq!(host_kv_budget(&p), Ok(50 * MIB));
+        }
+
+        #[test]
+        fn an_unlimited_host_keeps_its_quarter_and_1_gib_cap() {
+            assert_eq!(host_kv_budget(&plan(1300 * MIB, false)), Ok(250 * MIB));
+            assert_eq!(host_kv_budget(&plan(100_000 * MIB, false)), Ok(HOST_KV_CAP));
+        }
+
+        #[test]
+        fn what_cannot_fit_is_refused_with_the_arithmetic() {
+            assert_eq!(
+                host_kv_budget(&plan(320 * MIB, true)),
+                Err("weights 100 MiB + headroom 200 MiB + KV cache for one full-length sequence 50 MiB = \
+                     350 MiB does not fit in 320 MiB (container memory limit)"
+                    .to_owned())
+            );
+            // Weights alone larger than the limit: still the whole sum.
+            assert!(host_kv_budget(&plan(50 * MIB, true)).is_err());
+            let p = HostPlan {
+                explicit_kv: Some(800 * MIB),
+                ..plan(1000 * MIB, true)
+            };
+            assert_eq!(
+                host_kv_budget(&p),
+                Err("weights 100 MiB + headroom 200 MiB + KV cache 800 MiB = 1100 MiB does not fit in \
+                     1000 MiB (container memory limit)"
+                    .to_owned())
+            );
+            let p = HostPlan {
+                explicit_kv: Some(700 * MIB),
+                ..plan(1000 * MIB, true)
+            };
+            assert_eq!(host_kv_budget(&p), Ok(700 * MIB));
+        }
+
+        #[test]
+        fn headroom_and_kv_sizes_follow_the_stated_constants() {
+            // SmolLM2-135M with the server's defaults: 128 MiB + 512 × 576 × 160 + 64 × 256 KiB.
+            assert_eq!(
+                headroom(576, 512, 64),
+                134_217_728 + 47_185_920 + 16_777_216
+            );
+            // SmolLM2: 30 layers, 3 KV heads of 64, f16 → 23040 bytes per token; 100 tokens → 7 blocks of 16.
+            let per_token = kv_bytes_per_token(30, 3, 64, 2);
+            assert_eq!(per_token, 23_040);
+            assert_eq!(kv_bytes_for_sequence(per_token, 100, 16), 112 * 23_040);
+            assert_eq!(human(1536 * MIB), "1536 MiB");
+            assert_eq!(human(12 << 30), "12.00 GiB");
+        }
+    }
+}

@@ -80,6 +80,8 @@ pub enum HardwareError {
     #[error("{0}")]
     InsufficientGpuMemory(String),
     #[error("{0}")]
+    InsufficientMemory(String),
+    #[error("{0}")]
     InvalidSpec(String),
 }
 
@@ -90,6 +92,7 @@ impl HardwareError {
             HardwareError::TensorParallelMismatch(_) => "TensorParallelMismatch",
             HardwareError::InsufficientGpus(_) => "InsufficientGPUs",
             HardwareError::InsufficientGpuMemory(_) => "InsufficientGPUMemory",
+            HardwareError::InsufficientMemory(_) => "InsufficientMemory",
             HardwareError::InvalidSpec(_) => "InvalidSpec",
         }
     }
@@ -148,6 +151,95 @@ fn estimate_kv_bytes(spec: &LlamaDeploymentSpec) -> Option<u64> {
     Some(2 * layers * kv_heads * head_dim * KV_BYTES_PER_ELEMENT * tokens)
 }
 
+/// A CPU pod's memory: `resources.memory` (its container limit) must hold the weights, the headroom and the
+/// KV cache (`kvCacheMemory`, else one full `maxSeqLen` sequence) — the server's own start-up arithmetic
+/// (`llama_contract::memory::host_kv_budget`), so a spec that would exit at start is refused here instead of
+/// crash-looping. `Ok` says what was checked (or why it could not be).
+pub fn host_memory_fit(spec: &LlamaDeploymentSpec) -> Result<String, HardwareError> {
+    use llama_contract::memory as mem;
+    let Some(limit) = spec.resources.memory.as_ref() else {
+        return Ok("CPU deployment without resources.memory: memory not checked".to_owned());
+    };
+    let Some(available) = parse_size(&limit.0) else {
+        return Err(HardwareError::InvalidSpec(format!(
+            "resources.memory {:?} is not a size like 4Gi",
+            limit.0
+        )));
+    };
+    let m = &spec.model;
+    let est = estimate_memory(spec);
+    let pos = |v: Option<i32>| v.and_then(|n| u64::try_from(n).ok()).filter(|n| *n > 0);
+    let per_token = (|| {
+        let (layers, heads, hidden) = (pos(m.layers)?, pos(m.heads)?, pos(m.hidden_size)?);
+        let kv_heads = pos(m.kv_heads).unwrap_or(heads);
+        Some(mem::kv_bytes_per_token(
+            layers,
+            kv_heads,
+            hidden / heads,
+            KV_BYTES_PER_ELEMENT,
+        ))
+    })();
+    let (Some(weights), Some(hidden)) = (est.weights_bytes, pos(m.hidden_size)) else {
+        return Ok(format!(
+            "resources.memory {}: model.sizeBytes (or parameters) and model.hiddenSize not declared, memory \
+             not checked",
+            limit.0
+        ));
+    };
+    let block = u64::try_from(spec.block_size).unwrap_or(16).max(1);
+    let seq = u64::try_from(spec.max_seq_len).unwrap_or(0);
+    let batch = u64::try_from(spec.max_batch_size).unwrap_or(0);
+    let explicit_kv = spec.kv_cache_memory.as_deref().and_then(parse_size);
+    let Some(min_kv) = per_token
+        .map(|t| mem::kv_bytes_for_sequence(t, seq, block))
+        .or(explicit_kv)
+    else {
+        return Ok(format!(
+            "resources.memory {}: model.layers/heads/kvHeads not declared, KV cache not checked",
+            limit.0
+        ));
+    };
+    let plan = mem::HostPlan {
+        available,
+        source: format!("resources.memory {}", limit.0),
+        limited: true,
+        weights,
+        headroom: mem::headroom(
+            hidden,
+            u64::try_from(spec.max_batched_tokens).unwrap_or(0),
+            batch,
+        ),
+        min_kv,
+        enough_kv: per_token.map_or(min_kv, |t| {
+            batch * mem::kv_bytes_for_sequence(t, seq, block)
+        }),
+        explicit_kv,
+        fraction: None,
+    };
+    match mem::host_kv_budget(&plan) {
+        Ok(kv) => Ok(format!(
+            "resources.memory {}: weights {} + headroom {} + KV cache {} fit",
+            limit.0,
+            mem::human(weights),
+            mem::human(plan.headroom),
+            mem::human(kv)
+        )),
+        Err(why) => Err(HardwareError::InsufficientMemory(format!(
+            "spec.resources.memory: {why}, {}; raise resources.memory or lower {}",
+            if explicit_kv.is_none() {
+                format!("with spec.maxSeqLen {seq}")
+            } else {
+                "with spec.kvCacheMemory".to_owned()
+            },
+            if explicit_kv.is_none() {
+                "maxSeqLen, maxBatchSize or maxBatchedTokens"
+            } else {
+                "kvCacheMemory"
+            }
+        ))),
+    }
+}
+
 /// Validates `spec` against `nodes`: the tensor-parallel split (the server's own arithmetic, from
 /// `llama_contract::tensor_parallel`), then GPUs and GPU memory.
 pub fn validate(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, HardwareError> {
@@ -196,7 +288,7 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
         }
     }
     if spec.accelerator == Accelerator::Cpu {
-        checked.push("CPU deployment: no GPU checks".to_owned());
+        checked.push(host_memory_fit(spec)?);
         return Ok(Fit {
             message: checked.join("; "),
         });
@@ -513,6 +605,79 @@ mod tests {
         let mut s = smollm(1);
         s.accelerator = Accelerator::Cpu;
         assert!(validate(&s, &[cpu_node()]).is_ok());
+    }
+
+    /// SmolLM2-135M Q4_1 on a CPU pod: the numbers of the real file (98,362,432 bytes, 576 wide, 30 layers of
+    /// 3 KV heads of 64).
+    fn cpu_smollm(memory: &str, max_seq_len: i32) -> LlamaDeploymentSpec {
+        spec(serde_json::json!({
+            "model": {"url": "https://example.com/smollm2.gguf", "heads": 9, "kvHeads": 3, "layers": 30,
+                      "hiddenSize": 576, "sizeBytes": 98_362_432},
+            "accelerator": "CPU",
+            "resources": {"memory": memory},
+            "maxBatchSize": 16,
+            "maxBatchedTokens": 512,
+            "maxSeqLen": max_seq_len,
+        }))
+    }
+
+    #[test]
+    fn a_cpu_pod_whose_memory_cannot_hold_weights_headroom_and_one_sequence_is_refused_with_the_arithmetic()
+     {
+        // Headroom 128 MiB + 512 × 576 × 160 + 16 × 256 KiB = 177 MiB; one 8192-token sequence of 23,040
+        // bytes per token = 180 MiB; weights 94 MiB. 451 MiB in all.
+        let err = validate(&cpu_smollm("400Mi", 8192), &[]).expect_err("too small");
+        assert_eq!(err.reason(), "InsufficientMemory");
+        assert_eq!(
+            err.to_string(),
+            "spec.resources.memory: weights 94 MiB + headroom 177 MiB + KV cache for one full-length sequence \
+             180 MiB = 451 MiB does not fit in 400 MiB (resources.memory 400Mi), with spec.maxSeqLen 8192; \
+             raise resources.memory or lower maxSeqLen, maxBatchSize or maxBatchedTokens"
+        );
+        // The same pod with sequences of 2048 tokens fits, and says what it checked.
+        let ok = validate(&cpu_smollm("400Mi", 2048), &[]).expect("fits");
+        assert!(
+            ok.message
+                .contains("resources.memory 400Mi: weights 94 MiB + headroom 177 MiB + KV cache"),
+            "{}",
+            ok.message
+        );
+        // An explicit kvCacheMemory is checked as given.
+        let mut s = cpu_smollm("1Gi", 2048);
+        s.kv_cache_memory = Some("900Mi".to_owned());
+        let err = validate(&s, &[]).expect_err("kv too big");
+        assert!(
+            err.to_string().contains(
+                "weights 94 MiB + headroom 177 MiB + KV cache 900 MiB = 1171 MiB does not fit in 1024 MiB \
+                 (resources.memory 1Gi), with spec.kvCacheMemory; raise resources.memory or lower kvCacheMemory"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cpu_memory_is_not_checked_without_a_limit_or_declared_sizes() {
+        let mut s = cpu_smollm("1Gi", 2048);
+        s.resources.memory = None;
+        assert!(
+            validate(&s, &[])
+                .expect("ok")
+                .message
+                .contains("memory not checked")
+        );
+        let mut s = cpu_smollm("64Mi", 2048);
+        s.model.size_bytes = None;
+        let fit = validate(&s, &[]).expect("not checked, not refused");
+        assert!(
+            fit.message.contains("not declared, memory not checked"),
+            "{}",
+            fit.message
+        );
+        let mut s = cpu_smollm("64Mi", 2048);
+        s.resources.memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            "lots".into(),
+        ));
+        assert_eq!(validate(&s, &[]).expect_err("bad").reason(), "InvalidSpec");
     }
 
     #[test]

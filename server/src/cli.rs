@@ -57,6 +57,18 @@ pub fn resolve_model(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(fetched)
 }
 
+/// Compute threads when `--threads` is not given: `RAYON_NUM_THREADS` if set (left to rayon), else the
+/// container's CPU quota rounded down (at least 1) when that is fewer than the cores this process may run on,
+/// else `None` (rayon's default: those cores).
+pub fn default_threads(explicit: Option<usize>) -> Option<usize> {
+    if explicit.is_some() || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return explicit;
+    }
+    let quota = crate::cgroup::Limits::current().cpu_threads()?;
+    let cores = std::thread::available_parallelism().map_or(usize::MAX, |n| n.get());
+    (quota < cores).then_some(quota)
+}
+
 /// Compute threads. rayon (our kernels) reads `RAYON_NUM_THREADS` and candle's own spinning barrier pool
 /// (its elementwise ops) `CANDLE_NUM_THREADS`, both from the environment at first use. A process whose
 /// environment does not say `RAYON_NUM_THREADS=<threads>` (when given) and `CANDLE_NUM_THREADS` (default 1:

@@ -192,7 +192,8 @@ pub fn memory(device: &Device) -> Option<Memory> {
     gpu_memory(device)
 }
 
-fn host_memory() -> Option<Memory> {
+/// The host's `MemAvailable` / `MemTotal` (the node's, inside a container: see [`host_budget`]).
+pub fn host_memory() -> Option<Memory> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
@@ -222,21 +223,16 @@ fn gpu_memory(_: &Device) -> Option<Memory> {
     None
 }
 
-/// The KV cache's default share of the memory left after the weights: a GPU holds little else, the host
-/// runs everything else too.
-pub fn default_kv_fraction(device: &Device) -> f64 {
-    if device.is_cpu() { 0.25 } else { 0.9 }
-}
+/// The KV cache's default share of the GPU memory left after the weights and the reserve (a GPU holds little
+/// else). The host's shares are in `llama_contract::memory`.
+pub const GPU_KV_FRACTION: f64 = 0.9;
 
-/// The most the KV cache takes on the CPU when its size is not given.
-const HOST_KV_CAP: u64 = 1 << 30;
-
-/// What sizing the KV cache needs to know.
+/// What sizing a GPU's KV cache needs to know.
 #[derive(Debug, Clone, Copy)]
 pub struct KvSizing {
     /// `--kv-cache-memory`, if given.
     pub explicit: Option<u64>,
-    /// Share of the memory left after the weights (and, on a GPU, the reserve) when not given.
+    /// Share of the memory left after the weights and the reserve when not given.
     pub fraction: f64,
     /// What `--max-batch-size` full-length sequences need: more would never be used.
     pub enough: u64,
@@ -244,52 +240,126 @@ pub struct KvSizing {
     pub weights: u64,
 }
 
-/// The KV cache budget in bytes on `name` (`cpu`, `cuda:0`), or why the model and cache do not fit, with
-/// the arithmetic. On a GPU 5 % of its memory (at least 256 MiB) stays free for activations and cuBLAS.
-pub fn kv_budget(name: &str, gpu: bool, mem: Option<Memory>, s: &KvSizing) -> Result<u64, String> {
+/// The KV cache budget in bytes on the GPU `name` (`cuda:0`), or why the model and cache do not fit, with
+/// the arithmetic. 5 % of its memory (at least 256 MiB) stays free for activations and cuBLAS. (A CPU
+/// replica's budget is `llama_contract::memory::host_kv_budget`, from its container's limit.)
+pub fn gpu_kv_budget(name: &str, mem: Option<Memory>, s: &KvSizing) -> Result<u64, String> {
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
     let Some(mem) = mem else {
-        // Nothing to check against (an unknown device or no /proc): the old defaults.
-        return Ok(s.explicit.unwrap_or(s.enough.min(HOST_KV_CAP)));
+        // Nothing to check against: an explicit size, else what the batch needs.
+        return Ok(s.explicit.unwrap_or(s.enough));
     };
-    let reserve = if gpu {
-        (mem.total / 20).max(256 << 20)
-    } else {
-        0
-    };
+    let reserve = (mem.total / 20).max(256 << 20);
     let Some(room) = mem.free.checked_sub(s.weights + reserve) else {
         return Err(format!(
-            "the model's weights need {} on {name}, which has {} free of {}{}",
+            "the model's weights need {} on {name}, which has {} free of {} (and {} stays free for \
+             activations)",
             gib(s.weights),
             gib(mem.free),
             gib(mem.total),
-            if gpu {
-                format!(" (and {} stays free for activations)", gib(reserve))
-            } else {
-                String::new()
-            }
+            gib(reserve)
         ));
-    };
-    let reserve_text = if gpu {
-        format!(" − {} reserve", gib(reserve))
-    } else {
-        String::new()
     };
     match s.explicit {
         Some(b) if b > room => Err(format!(
-            "--kv-cache-memory {b} ({}) does not fit on {name}: {} free − {} weights{reserve_text} = {} left",
+            "--kv-cache-memory {b} ({}) does not fit on {name}: {} free − {} weights − {} reserve = {} left",
             gib(b),
             gib(mem.free),
             gib(s.weights),
+            gib(reserve),
             gib(room)
         )),
         Some(b) => Ok(b),
-        None => {
-            let by_fraction = (room as f64 * s.fraction.clamp(0.0, 1.0)) as u64;
-            let cap = if gpu { u64::MAX } else { HOST_KV_CAP };
-            Ok(by_fraction.min(s.enough).min(cap))
-        }
+        None => Ok(((room as f64 * s.fraction.clamp(0.0, 1.0)) as u64).min(s.enough)),
     }
+}
+
+/// The memory a CPU replica may use, and where that figure comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMemory {
+    /// Bytes the server may take: the container's limit less what other processes in the container hold,
+    /// or the host's available memory, whichever is smaller.
+    pub available: u64,
+    /// The container's memory limit, if it has one.
+    pub limit: Option<u64>,
+    /// True when the container limit (not the host) bounds `available`.
+    pub limited: bool,
+    /// How `available` was found, for messages.
+    pub source: String,
+}
+
+/// What this process may use of the host's memory: min(container limit − memory other processes of the
+/// container cannot give back, host `MemAvailable`). `own_resident` is this process's resident anonymous
+/// memory now (the headroom covers it, so it is not subtracted twice). `None` when nothing can be read.
+pub fn host_budget(
+    host: Option<Memory>,
+    cgroup: Option<crate::cgroup::MemoryLimit>,
+    own_resident: u64,
+) -> Option<HostMemory> {
+    use llama_contract::memory::human;
+    let host_text = |m: &Memory| format!("the host's available memory {}", human(m.free));
+    let container = cgroup.and_then(|c| {
+        let limit = c.limit?;
+        let others = c.unreclaimable.saturating_sub(own_resident);
+        let text = if others > 0 {
+            format!(
+                "container memory limit {} (cgroup {}) − {} held by other processes",
+                human(limit),
+                c.version.as_str(),
+                human(others)
+            )
+        } else {
+            format!(
+                "container memory limit {} (cgroup {})",
+                human(limit),
+                c.version.as_str()
+            )
+        };
+        Some((limit, limit.saturating_sub(others), text))
+    });
+    match (container, host) {
+        (Some((limit, avail, text)), Some(h)) if avail <= h.free => Some(HostMemory {
+            available: avail,
+            limit: Some(limit),
+            limited: true,
+            source: text,
+        }),
+        (Some((limit, _, _)), Some(h)) => Some(HostMemory {
+            available: h.free,
+            limit: Some(limit),
+            limited: false,
+            source: format!(
+                "{} (less than the container memory limit {})",
+                host_text(&h),
+                human(limit)
+            ),
+        }),
+        (Some((limit, avail, text)), None) => Some(HostMemory {
+            available: avail,
+            limit: Some(limit),
+            limited: true,
+            source: text,
+        }),
+        (None, Some(h)) => Some(HostMemory {
+            available: h.free,
+            limit: None,
+            limited: false,
+            source: host_text(&h),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// This process's resident anonymous memory (`RssAnon` in `/proc/self/status`), 0 if unknown.
+pub fn own_resident_anon() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("RssAnon:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// A short name for logs and metrics: `cpu` or `cuda:N`.
@@ -362,21 +432,16 @@ mod tests {
             total: 80 * GIB,
         };
         // 79 free − 15 weights − 4 reserve (5 % of 80) = 60; 90 % of that.
-        let b = kv_budget("cuda:0", true, Some(h100), &sizing(None, 15 * GIB)).expect("fits");
+        let b = gpu_kv_budget("cuda:0", Some(h100), &sizing(None, 15 * GIB)).expect("fits");
         assert_eq!(b, (60.0 * GIB as f64 * 0.9) as u64);
         // Never more than max-batch-size full sequences need, and no 1 GiB host cap on a GPU.
         let s = KvSizing {
             enough: 3 * GIB,
             ..sizing(None, 15 * GIB)
         };
-        assert_eq!(kv_budget("cuda:0", true, Some(h100), &s), Ok(3 * GIB));
+        assert_eq!(gpu_kv_budget("cuda:0", Some(h100), &s), Ok(3 * GIB));
         assert_eq!(
-            kv_budget(
-                "cuda:0",
-                true,
-                Some(h100),
-                &sizing(Some(60 * GIB), 15 * GIB)
-            ),
+            gpu_kv_budget("cuda:0", Some(h100), &sizing(Some(60 * GIB), 15 * GIB)),
             Ok(60 * GIB)
         );
     }
@@ -388,48 +453,60 @@ mod tests {
             total: 8 * GIB,
         };
         let err =
-            kv_budget("cuda:0", true, Some(small), &sizing(None, 14 * GIB)).expect_err("too big");
+            gpu_kv_budget("cuda:0", Some(small), &sizing(None, 14 * GIB)).expect_err("too big");
         assert_eq!(
             err,
             "the model's weights need 14.00 GiB on cuda:0, which has 7.00 GiB free of 8.00 GiB \
              (and 0.40 GiB stays free for activations)"
         );
-        let err = kv_budget("cuda:0", true, Some(small), &sizing(Some(5 * GIB), 2 * GIB))
-            .expect_err("kv");
+        let err =
+            gpu_kv_budget("cuda:0", Some(small), &sizing(Some(5 * GIB), 2 * GIB)).expect_err("kv");
         assert_eq!(
             err,
             "--kv-cache-memory 5368709120 (5.00 GiB) does not fit on cuda:0: 7.00 GiB free − 2.00 GiB \
              weights − 0.40 GiB reserve = 4.60 GiB left"
         );
-        let host = Memory {
-            free: 4 * GIB,
-            total: 16 * GIB,
-        };
-        let err = kv_budget("cpu", false, Some(host), &sizing(Some(5 * GIB), GIB)).expect_err("kv");
-        assert_eq!(
-            err,
-            "--kv-cache-memory 5368709120 (5.00 GiB) does not fit on cpu: 4.00 GiB free − 1.00 GiB \
-             weights = 3.00 GiB left"
-        );
     }
 
     #[test]
-    fn the_host_keeps_its_quarter_and_1_gib_cap() {
+    fn a_container_limit_bounds_the_host_budget_when_it_is_the_smaller() {
+        use crate::cgroup::{MemoryLimit, Version};
+        const MIB: u64 = 1 << 20;
         let host = Memory {
-            free: 10 * GIB,
-            total: 16 * GIB,
+            free: 20 * GIB,
+            total: 24 * GIB,
         };
-        let s = KvSizing {
-            fraction: default_kv_fraction(&Device::Cpu),
-            ..sizing(None, 2 * GIB)
+        let pod = MemoryLimit {
+            version: Version::V1,
+            limit: Some(512 * MIB),
+            unreclaimable: 30 * MIB,
         };
-        assert_eq!(kv_budget("cpu", false, Some(host), &s), Ok(GIB));
-        let tight = Memory {
-            free: 3 * GIB,
-            total: 16 * GIB,
+        // 30 MiB held in the container, 10 MiB of it by this process: 20 MiB belongs to others.
+        let b = host_budget(Some(host), Some(pod), 10 * MIB).expect("known");
+        assert_eq!(b.available, 492 * MIB);
+        assert_eq!((b.limit, b.limited), (Some(512 * MIB), true));
+        assert_eq!(
+            b.source,
+            "container memory limit 512 MiB (cgroup v1) − 20 MiB held by other processes"
+        );
+        // The process alone in its container: nothing is subtracted.
+        let b = host_budget(Some(host), Some(pod), 40 * MIB).expect("known");
+        assert_eq!(b.available, 512 * MIB);
+        assert_eq!(b.source, "container memory limit 512 MiB (cgroup v1)");
+        // A limit above what the host has free: the host bounds it, and the defaults stay the host's.
+        let big = MemoryLimit {
+            limit: Some(64 * GIB),
+            ..pod
         };
-        assert_eq!(kv_budget("cpu", false, Some(tight), &s), Ok(GIB / 4));
-        assert!(memory(&Device::Cpu).is_some_and(|m| m.free > 0 && m.total >= m.free));
+        let b = host_budget(Some(host), Some(big), 0).expect("known");
+        assert_eq!((b.available, b.limited), (20 * GIB, false));
+        assert!(b.source.starts_with("the host's available memory 20.00 GiB (less than the container memory limit 64.00 GiB)"), "{}", b.source);
+        // No limit: the host's available memory, as before.
+        let none = MemoryLimit { limit: None, ..pod };
+        let b = host_budget(Some(host), Some(none), 0).expect("known");
+        assert_eq!((b.available, b.limit, b.limited), (20 * GIB, None, false));
+        assert_eq!(host_budget(None, None, 0), None);
+        assert!(host_memory().is_some_and(|m| m.free > 0 && m.total >= m.free));
     }
 
     #[cfg(not(feature = "cuda"))]

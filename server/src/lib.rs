@@ -6,6 +6,7 @@ pub mod app;
 pub mod batch;
 pub mod bench_serve;
 pub mod block_manager;
+pub mod cgroup;
 pub mod chat;
 pub mod cli;
 pub mod comm;

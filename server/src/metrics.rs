@@ -100,6 +100,10 @@ pub struct Metrics {
     pub device_info: IntGaugeVec,
     /// Ranks the model is sharded across (`--tensor-parallel-size`).
     pub tensor_parallel_size: IntGauge,
+    /// Compute threads the engine runs.
+    pub compute_threads: IntGauge,
+    /// The memory budget by part (`limit`, `available`, `weights`, `kv_cache`, `headroom`).
+    pub memory_budget: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str, model: &str) -> Opts {
@@ -247,6 +251,20 @@ impl Metrics {
                 "Tensor-parallel ranks the model is sharded across (--tensor-parallel-size).",
                 m,
             ))?,
+            compute_threads: IntGauge::with_opts(opts(
+                "llama_compute_threads",
+                "Compute threads (--threads, else the container's CPU quota rounded down, else all cores).",
+                m,
+            ))?,
+            memory_budget: IntGaugeVec::new(
+                opts(
+                    "llama_memory_budget_bytes",
+                    "The memory budget the server sized itself by, in bytes: part=limit (the container's \
+                     memory limit), available (what the server may use), weights, kv_cache, headroom.",
+                    m,
+                ),
+                &["part"],
+            )?,
             registry,
         };
         let r = &this.registry;
@@ -273,6 +291,8 @@ impl Metrics {
         r.register(Box::new(this.draining.clone()))?;
         r.register(Box::new(this.device_info.clone()))?;
         r.register(Box::new(this.tensor_parallel_size.clone()))?;
+        r.register(Box::new(this.compute_threads.clone()))?;
+        r.register(Box::new(this.memory_budget.clone()))?;
         this.tensor_parallel_size.set(1);
         for reason in ["stop", "length", "abort"] {
             this.request_success.with_label_values(&[reason]);

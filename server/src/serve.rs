@@ -53,14 +53,18 @@ pub struct ServeArgs {
     /// Tokens per KV cache block.
     #[arg(long = flags::BLOCK_SIZE, env = "LLAMA_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
-    /// KV cache size in bytes, on the compute device (default: --kv-cache-fraction of the device memory the
-    /// weights leave, at most what --max-batch-size full-length sequences need, and on the CPU at most 1 GiB).
-    /// A size that does not fit is an error before anything is loaded.
+    /// KV cache size in bytes, on the compute device (default: --kv-cache-fraction of the memory the weights
+    /// leave, at most what --max-batch-size full-length sequences need). On the CPU that memory is the
+    /// container's limit (cgroup v1 or v2) less what other processes in it hold, or the host's available
+    /// memory if smaller, minus the weights and a headroom for everything else (see `llama_contract::memory`).
+    /// A size that does not fit, or a memory too small for one --max-seq-len sequence, is an error before
+    /// anything is loaded, with the arithmetic.
     #[arg(long = flags::KV_CACHE_MEMORY, env = "LLAMA_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
-    /// Fraction of the memory the weights leave for the KV cache when --kv-cache-memory is not given: the
-    /// GPU's free memory (default 0.9, after a 5 % reserve for activations) or the host's available
-    /// memory (default 0.25).
+    /// Fraction of the memory the weights (and headroom) leave for the KV cache when --kv-cache-memory is
+    /// not given: of the GPU's free memory after a 5 % reserve (default 0.9); on the CPU of the container's
+    /// budget (default 0.9) or, without a container limit, of the host's available memory (default 0.25, at
+    /// most 1 GiB).
     #[arg(long, env = "LLAMA_KV_CACHE_FRACTION")]
     pub kv_cache_fraction: Option<f64>,
     /// KV cache element type: f16, bf16 or f32.
@@ -135,7 +139,7 @@ pub struct ServeArgs {
 
 /// Entry point of the subcommand (called from `main`).
 pub fn main(args: &ServeArgs) -> ExitCode {
-    if let Some(code) = crate::cli::apply_threads(args.threads) {
+    if let Some(code) = crate::cli::apply_threads(crate::cli::default_threads(args.threads)) {
         return code;
     }
     init_tracing(args.log_json || args.log_format == LogFormat::Json);
@@ -144,8 +148,31 @@ pub fn main(args: &ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("llama-server serve: {e:#}");
+            write_termination_message(&format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the kubelet reads a container's last words (`terminationMessagePath`'s default); the server writes
+/// there only when the file exists, i.e. in a pod.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Puts the reason `serve` exits into the termination log, so `kubectl describe pod` shows it under the last
+/// state (the kubelet keeps at most 4 KiB of it).
+fn write_termination_message(msg: &str) {
+    let path = std::env::var_os("LLAMA_TERMINATION_LOG").unwrap_or_else(|| TERMINATION_LOG.into());
+    let path = std::path::Path::new(&path);
+    if path.exists() {
+        let mut text = format!("llama-server serve: {msg}");
+        if text.len() > 4000 {
+            let mut cut = 4000;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let _ = std::fs::write(path, text);
     }
 }
 
@@ -173,6 +200,21 @@ struct Prepared {
     max_seq_len: usize,
     /// One device per tensor-parallel rank.
     devices: Vec<Device>,
+    memory: MemoryReport,
+}
+
+/// The memory budget `serve` sized itself by (logged at start, exported as `llama_memory_budget_bytes`).
+#[derive(Debug, Clone)]
+struct MemoryReport {
+    /// The container's memory limit, if any.
+    limit: Option<u64>,
+    /// Memory the server may use on its compute device, if known.
+    available: Option<u64>,
+    weights: u64,
+    /// Host headroom for everything but weights and KV (CPU only; a GPU keeps its own reserve).
+    headroom: u64,
+    kv_cache: u64,
+    source: String,
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
@@ -229,23 +271,83 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         .unwrap_or(cfg.max_context)
         .min(cfg.max_context);
     let device_name = crate::device::describe(&device);
-    let sizing = crate::device::KvSizing {
-        explicit: args.kv_cache_memory,
-        fraction: args
-            .kv_cache_fraction
-            .unwrap_or_else(|| crate::device::default_kv_fraction(&device)),
-        enough: (args.max_batch_size as u64)
-            * (want_seq_len.div_ceil(args.block_size) as u64)
-            * per_block,
+    let enough =
+        (args.max_batch_size as u64) * (want_seq_len.div_ceil(args.block_size) as u64) * per_block;
+    let mut report = MemoryReport {
+        limit: None,
+        available: None,
         weights,
+        headroom: 0,
+        kv_cache: 0,
+        source: String::new(),
     };
-    let budget = crate::device::kv_budget(
-        &device_name,
-        !device.is_cpu(),
-        crate::device::memory(&device),
-        &sizing,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cgroup = crate::cgroup::Limits::current();
+    let budget = if device.is_cpu() {
+        use llama_contract::memory as mem;
+        let host = crate::device::host_budget(
+            crate::device::host_memory(),
+            cgroup.memory,
+            crate::device::own_resident_anon(),
+        );
+        let headroom = mem::headroom(
+            cfg.embedding_length as u64,
+            args.max_num_batched_tokens as u64,
+            args.max_batch_size as u64,
+        );
+        report.headroom = headroom;
+        // The smallest useful cache: one sequence of --max-seq-len; without the flag the cache bounds the
+        // context, down to two blocks.
+        let min_kv = match args.max_seq_len {
+            Some(_) => want_seq_len.div_ceil(args.block_size) as u64 * per_block,
+            None => 2 * per_block,
+        };
+        match host {
+            Some(host) => {
+                report.limit = host.limit;
+                report.available = Some(host.available);
+                report.source = host.source.clone();
+                let plan = mem::HostPlan {
+                    available: host.available,
+                    source: host.source,
+                    limited: host.limited,
+                    weights,
+                    headroom,
+                    min_kv,
+                    enough_kv: enough,
+                    explicit_kv: args.kv_cache_memory,
+                    fraction: args.kv_cache_fraction,
+                };
+                mem::host_kv_budget(&plan).map_err(|why| {
+                    anyhow::anyhow!(
+                        "the model and its KV cache do not fit in the memory this server may use: {why}; \
+                         raise the container's memory limit (resources.memory), or lower {}, \
+                         --max-batch-size or --max-num-batched-tokens, or use a smaller quantization",
+                        if args.kv_cache_memory.is_some() {
+                            "--kv-cache-memory"
+                        } else {
+                            "--max-seq-len"
+                        }
+                    )
+                })?
+            }
+            // Nothing to check against (no /proc): an explicit size, else the host default.
+            None => args.kv_cache_memory.unwrap_or(enough.min(mem::HOST_KV_CAP)),
+        }
+    } else {
+        let sizing = crate::device::KvSizing {
+            explicit: args.kv_cache_memory,
+            fraction: args
+                .kv_cache_fraction
+                .unwrap_or(crate::device::GPU_KV_FRACTION),
+            enough,
+            weights,
+        };
+        let memory = crate::device::memory(&device);
+        report.available = memory.map(|m| m.free);
+        report.source = format!("free memory of {device_name}");
+        crate::device::gpu_kv_budget(&device_name, memory, &sizing)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
     let num_blocks = (budget / per_block.max(1)) as usize;
     if num_blocks < 2 {
         bail!(
@@ -254,6 +356,35 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     }
     // A lone sequence must always fit in the cache, or it could never finish.
     let max_seq_len = want_seq_len.min(num_blocks * args.block_size);
+    report.kv_cache = num_blocks as u64 * per_block;
+    {
+        use llama_contract::memory::human;
+        let opt = |b: Option<u64>| b.map_or_else(|| "none".to_owned(), human);
+        tracing::info!(
+            limit = %opt(report.limit),
+            available = %opt(report.available),
+            weights = %human(report.weights),
+            kv_cache = %human(report.kv_cache),
+            headroom = %human(report.headroom),
+            threads = rayon::current_num_threads(),
+            cpu_quota = %cgroup.cpu.map_or_else(
+                || "none".to_owned(),
+                |c| c.cores.map_or_else(
+                    || format!("none (cgroup {})", c.version.as_str()),
+                    |n| format!("{n:.2} cores (cgroup {})", c.version.as_str()),
+                ),
+            ),
+            source = %report.source,
+            "memory budget"
+        );
+    }
+    if args.max_seq_len.is_none() && max_seq_len < want_seq_len {
+        tracing::warn!(
+            model_context = want_seq_len,
+            max_seq_len,
+            "the KV cache holds fewer tokens than the model's context: sequences are limited to {max_seq_len} tokens"
+        );
+    }
     tracing::info!(
         model = %path.display(),
         served_model_name = %name,
@@ -277,6 +408,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         num_blocks,
         max_seq_len,
         devices,
+        memory: report,
     })
 }
 
@@ -351,10 +483,28 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
         num_blocks,
         max_seq_len,
         devices,
+        memory,
     } = prepare(args)?;
     let device = devices[0].clone();
     let metrics = Metrics::new(&name)?;
     metrics.tensor_parallel_size.set(devices.len() as i64);
+    metrics
+        .compute_threads
+        .set(rayon::current_num_threads() as i64);
+    for (part, bytes) in [
+        ("limit", memory.limit),
+        ("available", memory.available),
+        ("weights", Some(memory.weights)),
+        ("kv_cache", Some(memory.kv_cache)),
+        ("headroom", Some(memory.headroom)),
+    ] {
+        if let Some(b) = bytes {
+            metrics
+                .memory_budget
+                .with_label_values(&[part])
+                .set(b as i64);
+        }
+    }
     let api_key = match &args.api_key_file {
         Some(f) => Some(
             std::fs::read_to_string(f)

@@ -272,6 +272,37 @@ pub fn sigkill_server(uid: &str) -> Result<i32> {
 /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to the `llama-server serve` process of the pod with `uid` on
 /// this host: found by its cgroup path, which names the pod UID. Returns the pid.
 pub fn signal_server(uid: &str, signal: &str) -> Result<i32> {
+    let pid = server_pid(uid)?;
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    Ok(pid)
+}
+
+/// The memory cgroup directory (cgroup v1, as on the real node) of the `llama-server serve` container of the
+/// pod with `uid`, read from the server process's `/proc/<pid>/cgroup`.
+pub fn server_memory_cgroup(uid: &str) -> Result<PathBuf> {
+    let pid = server_pid(uid)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+            list.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_owned())
+        })
+        .with_context(|| format!("no memory cgroup in /proc/{pid}/cgroup:\n{text}"))?;
+    Ok(PathBuf::from(format!("/sys/fs/cgroup/memory{path}")))
+}
+
+/// The pid of the `llama-server serve` process of the pod with `uid` on this host (by its cgroup path, which
+/// names the pod UID).
+pub fn server_pid(uid: &str) -> Result<i32> {
     let needle = uid.replace('-', "_");
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -291,12 +322,6 @@ pub fn signal_server(uid: &str, signal: &str) -> Result<i32> {
         let is_server = args.first().is_some_and(|a| a.ends_with(b"llama-server"))
             && args.get(1).is_some_and(|a| *a == b"serve");
         if is_server {
-            let status = Command::new("kill")
-                .args([&format!("-{signal}"), &pid.to_string()])
-                .status()?;
-            if !status.success() {
-                bail!("kill -{signal} {pid} failed");
-            }
             return Ok(pid);
         }
     }

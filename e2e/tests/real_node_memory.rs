@@ -1,5 +1,5 @@
 //! Memory limits on the real node (cgroup v1, enforced by the kubelet): the server sizes itself from its
-//! container's limit, a pod with just enough memory serves a 16-stream burst without an OOM kill, a spec that
+//! container's limit (and its threads from the CPU quota), a pod with just enough memory serves a 16-stream burst without an OOM kill, a spec that
 //! cannot fit is refused by the operator with the arithmetic, and one forced past validation (no declared
 //! sizes) exits before ready with the same arithmetic in its termination message — never an OOM kill after
 //! ready. `e2e/run.sh` runs this file after `tests/real_node.rs`.
@@ -133,8 +133,12 @@ async fn real_node_memory_limits_size_the_server_and_what_cannot_fit_is_refused_
     let fit_mib = smallest_fitting_mib(&node)?;
     eprintln!("the operator's smallest memory for the spec: {fit_mib} MiB");
 
-    // 1. Just large enough: Ready, sized from the limit, a 16-stream burst without an OOM kill.
-    create(&api, "fits", spec(&node, fit_mib, true)?).await?;
+    // 1. Just large enough: Ready, sized from the limit, a 16-stream burst without an OOM kill. Its CPU limit
+    //    of 1.5 cores is not a whole number, so the operator passes no --threads: the server takes the
+    //    quota, rounded down.
+    let mut fits = spec(&node, fit_mib, true)?;
+    fits["resources"]["cpu"] = json!("1500m");
+    create(&api, "fits", fits).await?;
     wait_ready(&api, "fits", "True", READY_TIMEOUT)
         .await
         .with_context(|| op.logs())?;
@@ -160,6 +164,11 @@ async fn real_node_memory_limits_size_the_server_and_what_cannot_fit_is_refused_
     ensure!(
         seen == Some(limit as f64),
         "the server reports limit {seen:?}, the cgroup says {limit}:\n{metrics}"
+    );
+    let threads = sample(&metrics, "llama_compute_threads", "");
+    ensure!(
+        threads == Some(1.0),
+        "a 1.5-core quota should give 1 compute thread, the server reports {threads:?}"
     );
     let kv = sample(&metrics, "llama_memory_budget_bytes", "part=\"kv_cache\"").unwrap_or(0.0);
     let idle = cgroup_value(&cg, "memory.usage_in_bytes")?;

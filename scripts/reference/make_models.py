@@ -16,11 +16,16 @@ $LLAMA_OP_CACHE/models (~/.cache/llama-operator/models):
   tp-f32-tied.gguf      as tp-f32 but with the LM head tied to the embedding
   tp-bench-<type>.gguf  (only with --only tp-bench) a 160M-parameter random Llama for benchmarks (8 layers,
                         dim 1024, 16 heads / 8 KV heads, ffn 2816, vocab 32000) in Q8_0, Q4_K, Q6_K, Q5_1, Q5_0, F16
+  llama1b-<preset>.gguf  (only with --only llama1b) a random-weight Llama of Llama-3.2-1B's shape (2048 hidden,
+                        16 layers, 32 heads / 8 KV heads, FFN 8192, tied embedding) with SmolLM2's tokenizer
+                        (vocabulary 49152): llama1b-f16.gguf written here, then Q4_K_M, Q4_1 and Q8_0 by
+                        llama.cpp's own llama-quantize. Its text is noise; its speed and memory are real. ~4.6 GB
+                        in all; for benchmarks, never in `make test`.
   smollm2-llamacpp-<preset>.gguf  (only with --only llamacpp) SmolLM2's F16 re-encoding quantized by llama.cpp's
                         own llama-quantize (scripts/reference/build-llamacpp-quantize.sh) into each preset of
                         LLAMACPP_PRESETS
 
-Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp|tp-bench|llamacpp] ; prints the directory.
+Usage: make_models.py [--dir DIR] [--only smollm2|tiny|tp|tp-bench|llamacpp|llama1b] ; prints the directory.
 Needs numpy and gguf (scripts/requirements.txt).
 """
 import argparse
@@ -184,11 +189,80 @@ def llamacpp_presets(d):
         os.replace(dst + ".part", dst)
 
 
+LLAMA1B = dict(dim=2048, layers=16, heads=32, kv_heads=8, ffn=8192, ctx=8192)
+LLAMA1B_PRESETS = ["Q4_K_M", "Q4_1", "Q8_0"]
+
+
+def llama1b_f16(src, dst, c=LLAMA1B, seed=3):
+    """Random F16 weights of Llama-3.2-1B's shape with SmolLM2's tokenizer and chat template (from `src`)."""
+    r = GGUFReader(src)
+    rng = np.random.default_rng(seed)
+    vocab = len(r.fields["tokenizer.ggml.tokens"].data)
+
+    def fill(w):
+        for name, field in r.fields.items():
+            if not name.startswith("tokenizer."):
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        w.add_name("llama-3.2-1b-shape-random")
+        w.add_block_count(c["layers"])
+        w.add_context_length(c["ctx"])
+        w.add_embedding_length(c["dim"])
+        w.add_feed_forward_length(c["ffn"])
+        w.add_head_count(c["heads"])
+        w.add_head_count_kv(c["kv_heads"])
+        w.add_rope_freq_base(500000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+
+        def mat(rows, cols, std):
+            return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float16)
+
+        def norm(n):
+            return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+        dim, ffn, kv = c["dim"], c["ffn"], c["kv_heads"] * (c["dim"] // c["heads"])
+        w.add_tensor("token_embd.weight", mat(vocab, dim, 1.0))
+        for i in range(c["layers"]):
+            p = f"blk.{i}."
+            w.add_tensor(p + "attn_norm.weight", norm(dim))
+            for role, rows, cols in [("attn_q", dim, dim), ("attn_k", kv, dim), ("attn_v", kv, dim),
+                                     ("attn_output", dim, dim)]:
+                w.add_tensor(p + role + ".weight", mat(rows, cols, cols ** -0.5))
+            w.add_tensor(p + "ffn_norm.weight", norm(dim))
+            for role, rows, cols in [("ffn_gate", ffn, dim), ("ffn_up", ffn, dim), ("ffn_down", dim, ffn)]:
+                w.add_tensor(p + role + ".weight", mat(rows, cols, cols ** -0.5))
+        w.add_tensor("output_norm.weight", norm(dim))
+
+    write_atomic(dst, fill)
+
+
+def llama1b(d):
+    """llama1b-f16.gguf, then each of LLAMA1B_PRESETS by llama.cpp's own quantizer."""
+    src = os.path.join(d, "llama1b-f16.gguf")
+    if not os.path.exists(src):
+        print(f"==> writing {src} (random weights, Llama-3.2-1B's shape)", file=sys.stderr)
+        llama1b_f16(os.path.join(d, SMOL), src)
+    todo = [p for p in LLAMA1B_PRESETS if not os.path.exists(os.path.join(d, f"llama1b-{p.lower()}.gguf"))]
+    if not todo:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    binary = subprocess.run(["bash", os.path.join(here, "build-llamacpp-quantize.sh")], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.strip()
+    for preset in todo:
+        dst = os.path.join(d, f"llama1b-{preset.lower()}.gguf")
+        print(f"==> llama-quantize {preset} -> {dst}", file=sys.stderr)
+        subprocess.run([binary, src, dst + ".part", preset, str(os.cpu_count() or 1)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.replace(dst + ".part", dst)
+
+
 def main():
     cache = os.environ.get("LLAMA_OP_CACHE", os.path.expanduser("~/.cache/llama-operator"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default=os.path.join(cache, "models"))
-    ap.add_argument("--only", choices=["smollm2", "tiny", "tp", "tp-bench", "llamacpp"])
+    ap.add_argument("--only", choices=["smollm2", "tiny", "tp", "tp-bench", "llamacpp", "llama1b"])
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     if a.only in (None, "tiny"):
@@ -217,6 +291,8 @@ def main():
                 tiny_model(path, TINY_TYPES[name], seed=2, c=TP_BENCH)
     if a.only == "llamacpp":
         llamacpp_presets(a.dir)
+    if a.only == "llama1b":
+        llama1b(a.dir)
     if a.only in (None, "smollm2"):
         src = os.path.join(a.dir, SMOL)
         for name, q in SMOL_TYPES.items():

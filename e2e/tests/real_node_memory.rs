@@ -1,7 +1,8 @@
 //! Memory limits on the real node (cgroup v1, enforced by the kubelet): the server sizes itself from its
-//! container's limit (and its threads from the CPU quota), a pod with just enough memory serves a 16-stream burst without an OOM kill, a spec that
-//! cannot fit is refused by the operator with the arithmetic, and one forced past validation (no declared
-//! sizes) exits before ready with the same arithmetic in its termination message — never an OOM kill after
+//! container's limit (and its threads from the CPU quota); a pod with just enough memory serves a 16-stream
+//! burst without an OOM kill; a spec that cannot fit is refused by the operator with the arithmetic; and one
+//! forced past validation (no declared sizes) exits before ready with the same arithmetic in its termination
+//! message, which the operator's `Degraded` condition quotes with the exit code — never an OOM kill after
 //! ready. `e2e/run.sh` runs this file after `tests/real_node.rs`.
 
 use std::io::{Read, Write};
@@ -273,6 +274,22 @@ async fn real_node_memory_limits_size_the_server_and_what_cannot_fit_is_refused_
     {
         bail!("the termination message does not carry the arithmetic: {message:?}");
     }
+    // The operator says the same in the LlamaDeployment's Degraded condition once the pod crash-loops.
+    let (_, degraded) = wait_for(
+        "Degraded=True with the server's exit code and reason",
+        Duration::from_secs(180),
+        || async {
+            let obj = api.get("forced").await?;
+            Ok(e2e::operator::condition(&obj, "Degraded")
+                .filter(|(s, _, m)| {
+                    s == "True" && m.contains("exit code 1: llama-server serve: the model")
+                })
+                .map(|(_, r, m)| (r, m)))
+        },
+    )
+    .await?;
+    eprintln!("forced, Degraded: {degraded}");
+    ensure!(degraded.contains("does not fit in"), "{degraded}");
     let forced = pods_of(&client, &ns.name, "forced").await?;
     ensure!(
         forced.iter().all(|p| !p

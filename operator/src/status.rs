@@ -119,14 +119,14 @@ pub fn pod_problems(pods: &[Pod]) -> Vec<PodProblem> {
             };
             if failed {
                 let mut message = format!("container {}: {waiting_message}", cs.name);
-                // A crash loop says why the process exited: the last line it logged (termination message).
-                if let Some(last) = cs
-                    .last_state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .and_then(last_log_line)
-                {
-                    message = format!("{message}; last log line: {last}");
+                // A crash loop says how and why the process exited: its exit code and the last line of its
+                // termination message (what the server writes to /dev/termination-log on a fatal error, else
+                // the last line it logged).
+                if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                    message = match last_log_line(t) {
+                        Some(last) => format!("{message}; exit code {}: {last}", t.exit_code),
+                        None => format!("{message}; exit code {}", t.exit_code),
+                    };
                 }
                 out.push(PodProblem {
                     reason: waiting_reason.to_owned(),

@@ -291,7 +291,7 @@ fn crash_loops_and_image_pull_failures_name_the_container() {
     assert_eq!(
         got,
         vec![
-            ("CrashLoopBackOff", "container server: back-off 1m20s"),
+            ("CrashLoopBackOff", "container server: back-off 1m20s; exit code 1"),
             (
                 "ImagePullBackOff",
                 "container sidecar: Back-off pulling image \"j\""
@@ -457,7 +457,7 @@ fn a_failed_model_download_is_reported_with_the_fetchers_error_naming_the_url() 
 }
 
 #[test]
-fn a_crash_loop_carries_the_last_line_the_process_logged() {
+fn a_crash_loop_carries_the_exit_code_and_the_last_line_of_the_termination_message() {
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "m-tp"},
         "status": {"containerStatuses": [{
@@ -471,6 +471,23 @@ fn a_crash_loop_carries_the_last_line_the_process_logged() {
     let problems = pod_problems(&[pod]);
     assert_eq!(
         problems[0].message,
-        "container server: back-off 10s; last log line: llama-server serve: tensor-parallel-size 2 is not supported"
+        "container server: back-off 10s; exit code 1: llama-server serve: tensor-parallel-size 2 is not supported"
+    );
+}
+
+#[test]
+fn a_crash_loop_without_a_termination_message_still_gives_the_exit_code() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m"},
+        "status": {"containerStatuses": [{
+            "name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            "lastState": {"terminated": {"reason": "Error", "exitCode": 139}}
+        }]}
+    }))
+    .expect("pod");
+    assert_eq!(
+        pod_problems(&[pod])[0].message,
+        "container server: back-off 40s; exit code 139"
     );
 }

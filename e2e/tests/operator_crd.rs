@@ -91,6 +91,16 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
             json!({"model": {"pvc": {"claimName": "c", "path": "../etc/passwd"}}}),
             "spec.model.pvc.path must be a non-empty relative path",
         ),
+        (
+            "own-pod-label",
+            json!({"model": url, "podLabels": {"inference.llama-operator.dev/deployment": "other"}}),
+            "spec.podLabels must not set the operator's own labels",
+        ),
+        (
+            "own-service-label",
+            json!({"model": url, "serviceLabels": {"app.kubernetes.io/name": "x"}}),
+            "spec.serviceLabels must not set the operator's own labels",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, spec, expected) in &cases {

@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, SecretKeySelector, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, SecretKeySelector, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -200,6 +202,44 @@ pub struct LlamaDeploymentSpec {
     /// Extra environment variables of the server container. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+
+    /// Sources of extra environment variables of the server container (`envFrom`: whole ConfigMaps or
+    /// Secrets). Variables in `env` win over these. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// RuntimeClass of the serving pods (`pod.spec.runtimeClassName`, e.g. `nvidia` where the NVIDIA container
+    /// runtime is not the node's default). Default: the node's default runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+
+    /// Secrets for pulling the server (and model) images, added to the operator-wide ones (Helm value
+    /// `imagePullSecrets`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Extra labels of the serving pods. The operator's own labels (`app.kubernetes.io/*` and the
+    /// `inference.llama-operator.dev/deployment` selector) cannot be set here. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/') && !k.startsWith('inference.llama-operator.dev/'))").message("spec.podLabels must not set the operator's own labels (app.kubernetes.io/*, inference.llama-operator.dev/*)"))]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Extra annotations of the serving pods (e.g. for a service mesh or a log shipper). A change rolls the
+    /// pods. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Extra labels of the Service (not its selector). The operator's own labels cannot be set here.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/') && !k.startsWith('inference.llama-operator.dev/'))").message("spec.serviceLabels must not set the operator's own labels (app.kubernetes.io/*, inference.llama-operator.dev/*)"))]
+    pub service_labels: BTreeMap<String, String>,
+
+    /// Extra annotations of the Service (e.g. a load balancer's or a mesh's). Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_annotations: BTreeMap<String, String>,
 
     /// Extra command-line arguments appended after the derived server flags. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

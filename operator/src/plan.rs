@@ -457,6 +457,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             ..Default::default()
         }]),
         env: (!env.is_empty()).then_some(env),
+        env_from: (!s.env_from.is_empty()).then(|| s.env_from.clone()),
         resources,
         volume_mounts: Some(mounts),
         startup_probe: Some(http_probe(
@@ -501,12 +502,20 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         affinity: s.affinity.clone(),
         priority_class_name: s.priority_class_name.clone(),
-        image_pull_secrets: (!cfg.image_pull_secrets.is_empty()).then(|| {
-            cfg.image_pull_secrets
+        image_pull_secrets: {
+            let mut secrets: Vec<LocalObjectReference> = cfg
+                .image_pull_secrets
                 .iter()
                 .map(|n| LocalObjectReference { name: n.clone() })
-                .collect()
-        }),
+                .collect();
+            for r in &s.image_pull_secrets {
+                if !secrets.contains(r) {
+                    secrets.push(r.clone());
+                }
+            }
+            (!secrets.is_empty()).then_some(secrets)
+        },
+        runtime_class_name: s.runtime_class_name.clone(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(
@@ -540,7 +549,8 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(&name)),
+                    labels: Some(with_own(&s.pod_labels, labels(&name))),
+                    annotations: (!s.pod_annotations.is_empty()).then(|| s.pod_annotations.clone()),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -551,9 +561,25 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     }
 }
 
+/// `extra` with the operator's own labels on top (the CRD refuses those keys in `extra`; this keeps them even
+/// if an older object slipped through).
+fn with_own(
+    extra: &BTreeMap<String, String>,
+    own: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = extra.clone();
+    out.extend(own);
+    out
+}
+
 fn service(ld: &LlamaDeployment) -> Service {
+    let s = &ld.spec;
+    let mut metadata = meta(ld);
+    metadata.labels = Some(with_own(&s.service_labels, labels(&ld.name_any())));
+    metadata.annotations =
+        (!s.service_annotations.is_empty()).then(|| s.service_annotations.clone());
     Service {
-        metadata: meta(ld),
+        metadata,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(BTreeMap::from([(SELECTOR_LABEL.to_owned(), ld.name_any())])),

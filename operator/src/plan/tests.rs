@@ -423,3 +423,72 @@ fn the_operators_pull_policy_and_secrets_reach_every_container_and_the_spec_poli
         Some("Always")
     );
 }
+
+/// Pod and Service customization reaches the children; the operator's own labels stay on top and its
+/// selector is unchanged; the spec's pull secrets join the operator-wide ones without duplicates.
+#[test]
+fn pod_and_service_customization_is_applied_without_touching_what_the_operator_owns() {
+    let ld = llama(
+        "custom",
+        serde_json::json!({
+            "model": {"pvc": {"claimName": "models", "path": "m.gguf"}},
+            "accelerator": "CPU",
+            "runtimeClassName": "gvisor",
+            "imagePullSecrets": [{"name": "regcred"}, {"name": "shared"}],
+            "podLabels": {"team": "search", "cost-center": "42"},
+            "podAnnotations": {"sidecar.istio.io/inject": "false"},
+            "serviceLabels": {"exposed": "internal"},
+            "serviceAnnotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+            "envFrom": [{"configMapRef": {"name": "llama-env"}}, {"secretRef": {"name": "llama-secrets"}}],
+        }),
+    );
+    let cfg = PlanConfig {
+        image_pull_secrets: vec!["shared".to_owned()],
+        ..PlanConfig::default()
+    };
+    let c = children(&ld, &cfg);
+    assert_golden("custom-deployment.yaml", &c.deployment);
+    assert_golden("custom-service.yaml", &c.service);
+    let spec = c.deployment.spec.as_ref().expect("spec");
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("gvisor"));
+    let secrets: Vec<&str> = pod
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(secrets, ["shared", "regcred"]);
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    assert_eq!(labels.get("team").map(String::as_str), Some("search"));
+    assert_eq!(
+        labels.get(SELECTOR_LABEL).map(String::as_str),
+        Some("custom"),
+        "the selector label stays the operator's"
+    );
+    assert_eq!(spec.selector, selector("custom"));
+    let server = &pod.containers[0];
+    assert_eq!(server.env_from.as_ref().map(Vec::len), Some(2));
+    let svc = c.service.spec.as_ref().expect("service spec");
+    assert_eq!(
+        svc.selector,
+        Some(BTreeMap::from([(
+            SELECTOR_LABEL.to_owned(),
+            "custom".to_owned()
+        )]))
+    );
+    // Nothing set: none of these fields appear (the other goldens are unchanged).
+    let plain = children(&smollm_cpu(), &PlanConfig::default());
+    let pod = plain
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert!(pod.runtime_class_name.is_none() && pod.image_pull_secrets.is_none());
+    assert!(plain.service.metadata.annotations.is_none());
+}

@@ -291,7 +291,10 @@ fn crash_loops_and_image_pull_failures_name_the_container() {
     assert_eq!(
         got,
         vec![
-            ("CrashLoopBackOff", "container server: back-off 1m20s; exit code 1"),
+            (
+                "CrashLoopBackOff",
+                "container server: back-off 1m20s; exit code 1"
+            ),
             (
                 "ImagePullBackOff",
                 "container sidecar: Back-off pulling image \"j\""

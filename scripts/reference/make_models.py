@@ -111,6 +111,19 @@ def random_kquant(rng, rows, cols, qtype, std):
     return raw.reshape(rows, -1)
 
 
+def llama_metadata(w, name, c, rope_base):
+    """The Llama hyper-parameters of shape `c` (and the model's name)."""
+    w.add_name(name)
+    w.add_block_count(c["layers"])
+    w.add_context_length(c["ctx"])
+    w.add_embedding_length(c["dim"])
+    w.add_feed_forward_length(c["ffn"])
+    w.add_head_count(c["heads"])
+    w.add_head_count_kv(c["kv_heads"])
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(1e-5)
+
+
 def tiny_model(dst, qtype, tied=False, seed=0, c=TINY, mix=None):
     rng = np.random.default_rng(seed)
     head_dim = c["dim"] // c["heads"]
@@ -122,15 +135,7 @@ def tiny_model(dst, qtype, tied=False, seed=0, c=TINY, mix=None):
         return gguf.quants.quantize(data, t) if t != Q.F32 else data
 
     def fill(w):
-        w.add_name("tiny-random-llama")
-        w.add_block_count(c["layers"])
-        w.add_context_length(c["ctx"])
-        w.add_embedding_length(c["dim"])
-        w.add_feed_forward_length(c["ffn"])
-        w.add_head_count(c["heads"])
-        w.add_head_count_kv(c["kv_heads"])
-        w.add_rope_freq_base(10000.0)
-        w.add_layer_norm_rms_eps(1e-5)
+        llama_metadata(w, "tiny-random-llama", c, 10000.0)
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
 
@@ -206,15 +211,7 @@ def llama1b_f16(src, dst, c=LLAMA1B, seed=3):
             vtype = field.types[0]
             sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
             w.add_key_value(name, field.contents(), vtype, sub_type=sub)
-        w.add_name("llama-3.2-1b-shape-random")
-        w.add_block_count(c["layers"])
-        w.add_context_length(c["ctx"])
-        w.add_embedding_length(c["dim"])
-        w.add_feed_forward_length(c["ffn"])
-        w.add_head_count(c["heads"])
-        w.add_head_count_kv(c["kv_heads"])
-        w.add_rope_freq_base(500000.0)
-        w.add_layer_norm_rms_eps(1e-5)
+        llama_metadata(w, "llama-3.2-1b-shape-random", c, 500000.0)
 
         def mat(rows, cols, std):
             return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float16)

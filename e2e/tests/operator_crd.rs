@@ -97,6 +97,11 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
             "spec.podLabels must not set the operator's own labels",
         ),
         (
+            "recreate-surge",
+            json!({"model": url, "rolloutStrategy": {"type": "Recreate", "maxSurge": 1}}),
+            "spec.rolloutStrategy.maxSurge and maxUnavailable are only valid with type RollingUpdate",
+        ),
+        (
             "own-service-label",
             json!({"model": url, "serviceLabels": {"app.kubernetes.io/name": "x"}}),
             "spec.serviceLabels must not set the operator's own labels",

@@ -241,6 +241,15 @@ pub struct LlamaDeploymentSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub service_annotations: BTreeMap<String, String>,
 
+    /// How serving pods are replaced when the pod template changes. Default: `RollingUpdate`; on CPU
+    /// deployments `maxSurge: 1, maxUnavailable: 0` (a new pod is Ready before an old one goes: no capacity
+    /// lost), on GPU deployments `maxSurge: 1, maxUnavailable: 1` (a new pod is added when a GPU is free, and
+    /// an old one may go at the same time, so a cluster with no spare GPU still makes progress instead of
+    /// waiting forever for a surge pod; with one replica that means a gap while the new pod loads — set
+    /// `maxUnavailable: 0` where spare GPUs exist, or `Recreate` to never run two versions at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_strategy: Option<RolloutStrategy>,
+
     /// Extra command-line arguments appended after the derived server flags. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_args: Vec<String>,
@@ -404,6 +413,32 @@ pub enum Accelerator {
     Gpu,
     #[serde(rename = "CPU")]
     Cpu,
+}
+
+/// How the serving pods are replaced (`Deployment.spec.strategy`).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = Rule::new("self.type == 'RollingUpdate' || (!has(self.maxSurge) && !has(self.maxUnavailable))").message("spec.rolloutStrategy.maxSurge and maxUnavailable are only valid with type RollingUpdate"))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// `RollingUpdate` (replace pods a few at a time) or `Recreate` (stop every old pod, then start the new
+    /// ones: never two versions at once, a gap in service). Default: `RollingUpdate`.
+    #[serde(default, rename = "type")]
+    pub type_: RolloutType,
+    /// Pods above `replicas` during a rolling update: a number or a percentage (`25%`). Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    /// Pods below `replicas` during a rolling update: a number or a percentage. Default: 0 on CPU, 1 on GPU
+    /// deployments. `maxSurge` and `maxUnavailable` must not both be 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+}
+
+/// `spec.rolloutStrategy.type`.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolloutType {
+    #[default]
+    RollingUpdate,
+    Recreate,
 }
 
 /// Image pull policy.

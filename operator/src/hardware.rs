@@ -261,6 +261,26 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
             "kvCacheMemory {size:?} is not a size like 4Gi"
         )));
     }
+    if let Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
+        max_surge,
+        max_unavailable,
+    }) = crate::plan::strategy(spec).rolling_update
+    {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let zero = |v: &Option<IntOrString>| match v {
+            Some(IntOrString::Int(0)) => true,
+            Some(IntOrString::String(p)) => p.trim_end_matches('%').trim().parse::<i64>() == Ok(0),
+            _ => false,
+        };
+        if zero(&max_surge) && zero(&max_unavailable) {
+            return Err(HardwareError::InvalidSpec(
+                "spec.rolloutStrategy: maxSurge and maxUnavailable are both 0, so no pod could ever be \
+                 replaced; allow one of them (maxSurge needs spare capacity, maxUnavailable costs a serving pod \
+                 during the rollout)"
+                    .to_owned(),
+            ));
+        }
+    }
     let mut checked = Vec::new();
     let heads = spec.model.heads;
     let kv_heads = spec.model.kv_heads.or(heads);
@@ -653,6 +673,35 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_rolling_update_that_can_neither_surge_nor_drop_a_pod_is_refused() {
+        let mut s = cpu_smollm("1Gi", 2048);
+        s.rollout_strategy = Some(
+            serde_json::from_value(serde_json::json!({"maxSurge": 0, "maxUnavailable": "0%"}))
+                .expect("strategy"),
+        );
+        let err = validate(&s, &[]).expect_err("stuck");
+        assert_eq!(err.reason(), "InvalidSpec");
+        assert!(
+            err.to_string()
+                .starts_with("spec.rolloutStrategy: maxSurge and maxUnavailable are both 0"),
+            "{err}"
+        );
+        // CPU's default unavailable is 0: a surge of 0 alone is stuck too.
+        s.rollout_strategy =
+            Some(serde_json::from_value(serde_json::json!({"maxSurge": 0})).expect("strategy"));
+        assert!(validate(&s, &[]).is_err());
+        s.rollout_strategy = Some(
+            serde_json::from_value(serde_json::json!({"maxSurge": 0, "maxUnavailable": 1}))
+                .expect("strategy"),
+        );
+        assert!(validate(&s, &[]).is_ok());
+        s.rollout_strategy = Some(
+            serde_json::from_value(serde_json::json!({"type": "Recreate"})).expect("strategy"),
+        );
+        assert!(validate(&s, &[]).is_ok());
     }
 
     #[test]

@@ -540,13 +540,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: selector(&name),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
+            strategy: Some(strategy(s)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(with_own(&s.pod_labels, labels(&name))),
@@ -558,6 +552,31 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// `Deployment.spec.strategy` from `spec.rolloutStrategy`, filling what it leaves out with the accelerator's
+/// defaults (CPU: surge 1, unavailable 0; GPU: surge 1, unavailable 1, which cannot stall on a full cluster).
+pub fn strategy(s: &crate::crd::LlamaDeploymentSpec) -> DeploymentStrategy {
+    use crate::crd::{Accelerator, RolloutType};
+    let r = s.rollout_strategy.clone().unwrap_or_default();
+    if r.type_ == RolloutType::Recreate {
+        return DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        };
+    }
+    let unavailable = if s.accelerator == Accelerator::Gpu {
+        1
+    } else {
+        0
+    };
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(r.max_surge.unwrap_or(IntOrString::Int(1))),
+            max_unavailable: Some(r.max_unavailable.unwrap_or(IntOrString::Int(unavailable))),
+        }),
     }
 }
 

@@ -183,8 +183,52 @@ fn changing_the_spec_changes_the_pod_template_so_pods_roll() {
         .and_then(|s| s.strategy)
         .and_then(|s| s.rolling_update)
         .expect("rolling");
+    // A GPU deployment's default may drop one pod, so a cluster without a spare GPU still progresses.
     assert_eq!(strategy.max_surge, Some(IntOrString::Int(1)));
-    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(strategy.max_unavailable, Some(IntOrString::Int(1)));
+}
+
+/// CPU pods keep surge 1 / unavailable 0 (no capacity lost); `spec.rolloutStrategy` overrides either value
+/// or picks `Recreate`.
+#[test]
+fn rollout_strategy_defaults_per_accelerator_and_follows_the_spec() {
+    let rolling = |ld: &LlamaDeployment| {
+        let s = strategy(&ld.spec);
+        let r = s.rolling_update.clone();
+        (
+            s.type_.unwrap_or_default(),
+            r.as_ref().and_then(|r| r.max_surge.clone()),
+            r.and_then(|r| r.max_unavailable),
+        )
+    };
+    let int = |n| Some(IntOrString::Int(n));
+    assert_eq!(
+        rolling(&smollm_cpu()),
+        ("RollingUpdate".into(), int(1), int(0))
+    );
+    let mut ld = llama_tp2_gpu();
+    ld.spec.rollout_strategy = Some(
+        serde_json::from_value(serde_json::json!({"maxUnavailable": "50%"})).expect("strategy"),
+    );
+    assert_eq!(
+        rolling(&ld),
+        (
+            "RollingUpdate".into(),
+            int(1),
+            Some(IntOrString::String("50%".into()))
+        )
+    );
+    ld.spec.rollout_strategy =
+        Some(serde_json::from_value(serde_json::json!({"type": "Recreate"})).expect("strategy"));
+    assert_eq!(rolling(&ld), ("Recreate".into(), None, None));
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    assert_eq!(
+        d.spec
+            .and_then(|s| s.strategy)
+            .and_then(|s| s.type_)
+            .as_deref(),
+        Some("Recreate")
+    );
 }
 
 #[test]

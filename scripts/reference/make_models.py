@@ -179,17 +179,22 @@ def llamacpp_presets(d):
     src = os.path.join(d, "smollm2-f16.gguf")
     if not os.path.exists(src):
         requantize_smollm2(os.path.join(d, SMOL), src, Q.F16)
-    todo = [p for p in LLAMACPP_PRESETS
-            if not os.path.exists(os.path.join(d, f"smollm2-llamacpp-{p.lower()}.gguf"))]
+    llamacpp_quantize(src, os.path.join(d, "smollm2-llamacpp-{}.gguf"), LLAMACPP_PRESETS, threads=1)
+
+
+def llamacpp_quantize(src, pattern, presets, threads):
+    """Each of `presets` missing at `pattern.format(preset.lower())`, written by llama.cpp's own
+    `llama-quantize` from `src` (the quantizer is built once, cached)."""
+    todo = [p for p in presets if not os.path.exists(pattern.format(p.lower()))]
     if not todo:
         return
     here = os.path.dirname(os.path.abspath(__file__))
     binary = subprocess.run(["bash", os.path.join(here, "build-llamacpp-quantize.sh")], check=True,
                             stdout=subprocess.PIPE, text=True).stdout.strip()
     for preset in todo:
-        dst = os.path.join(d, f"smollm2-llamacpp-{preset.lower()}.gguf")
+        dst = pattern.format(preset.lower())
         print(f"==> llama-quantize {preset} -> {dst}", file=sys.stderr)
-        subprocess.run([binary, src, dst + ".part", preset, "1"], check=True,
+        subprocess.run([binary, src, dst + ".part", preset, str(threads)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.replace(dst + ".part", dst)
 
@@ -241,18 +246,7 @@ def llama1b(d):
     if not os.path.exists(src):
         print(f"==> writing {src} (random weights, Llama-3.2-1B's shape)", file=sys.stderr)
         llama1b_f16(os.path.join(d, SMOL), src)
-    todo = [p for p in LLAMA1B_PRESETS if not os.path.exists(os.path.join(d, f"llama1b-{p.lower()}.gguf"))]
-    if not todo:
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    binary = subprocess.run(["bash", os.path.join(here, "build-llamacpp-quantize.sh")], check=True,
-                            stdout=subprocess.PIPE, text=True).stdout.strip()
-    for preset in todo:
-        dst = os.path.join(d, f"llama1b-{preset.lower()}.gguf")
-        print(f"==> llama-quantize {preset} -> {dst}", file=sys.stderr)
-        subprocess.run([binary, src, dst + ".part", preset, str(os.cpu_count() or 1)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.replace(dst + ".part", dst)
+    llamacpp_quantize(src, os.path.join(d, "llama1b-{}.gguf"), LLAMA1B_PRESETS, threads=os.cpu_count() or 1)
 
 
 def main():

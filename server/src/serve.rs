@@ -25,6 +25,8 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
 use llama_contract::serve_flags as flags;
 
+mod budget;
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -200,21 +202,7 @@ struct Prepared {
     max_seq_len: usize,
     /// One device per tensor-parallel rank.
     devices: Vec<Device>,
-    memory: MemoryReport,
-}
-
-/// The memory budget `serve` sized itself by (logged at start, exported as `llama_memory_budget_bytes`).
-#[derive(Debug, Clone)]
-struct MemoryReport {
-    /// The container's memory limit, if any.
-    limit: Option<u64>,
-    /// Memory the server may use on its compute device, if known.
-    available: Option<u64>,
-    weights: u64,
-    /// Host headroom for everything but weights and KV (CPU only; a GPU keeps its own reserve).
-    headroom: u64,
-    kv_cache: u64,
-    source: String,
+    memory: budget::MemoryReport,
 }
 
 fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
@@ -271,83 +259,15 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         .unwrap_or(cfg.max_context)
         .min(cfg.max_context);
     let device_name = crate::device::describe(&device);
-    let enough =
-        (args.max_batch_size as u64) * (want_seq_len.div_ceil(args.block_size) as u64) * per_block;
-    let mut report = MemoryReport {
-        limit: None,
-        available: None,
+    let (budget, mut report, cgroup) = budget::kv_budget(
+        args,
+        &cfg,
+        &device,
+        &device_name,
         weights,
-        headroom: 0,
-        kv_cache: 0,
-        source: String::new(),
-    };
-    let cgroup = crate::cgroup::Limits::current();
-    let budget = if device.is_cpu() {
-        use llama_contract::memory as mem;
-        let host = crate::device::host_budget(
-            crate::device::host_memory(),
-            cgroup.memory,
-            crate::device::own_resident_anon(),
-        );
-        let headroom = mem::headroom(
-            cfg.embedding_length as u64,
-            args.max_num_batched_tokens as u64,
-            args.max_batch_size as u64,
-        );
-        report.headroom = headroom;
-        // The smallest useful cache: one sequence of --max-seq-len; without the flag the cache bounds the
-        // context, down to two blocks.
-        let min_kv = match args.max_seq_len {
-            Some(_) => want_seq_len.div_ceil(args.block_size) as u64 * per_block,
-            None => 2 * per_block,
-        };
-        match host {
-            Some(host) => {
-                report.limit = host.limit;
-                report.available = Some(host.available);
-                report.source = host.source.clone();
-                let plan = mem::HostPlan {
-                    available: host.available,
-                    source: host.source,
-                    limited: host.limited,
-                    weights,
-                    headroom,
-                    min_kv,
-                    enough_kv: enough,
-                    explicit_kv: args.kv_cache_memory,
-                    fraction: args.kv_cache_fraction,
-                };
-                mem::host_kv_budget(&plan).map_err(|why| {
-                    anyhow::anyhow!(
-                        "the model and its KV cache do not fit in the memory this server may use: {why}; \
-                         raise the container's memory limit (resources.memory), or lower {}, \
-                         --max-batch-size or --max-num-batched-tokens, or use a smaller quantization",
-                        if args.kv_cache_memory.is_some() {
-                            "--kv-cache-memory"
-                        } else {
-                            "--max-seq-len"
-                        }
-                    )
-                })?
-            }
-            // Nothing to check against (no /proc): an explicit size, else the host default.
-            None => args.kv_cache_memory.unwrap_or(enough.min(mem::HOST_KV_CAP)),
-        }
-    } else {
-        let sizing = crate::device::KvSizing {
-            explicit: args.kv_cache_memory,
-            fraction: args
-                .kv_cache_fraction
-                .unwrap_or(crate::device::GPU_KV_FRACTION),
-            enough,
-            weights,
-        };
-        let memory = crate::device::memory(&device);
-        report.available = memory.map(|m| m.free);
-        report.source = format!("free memory of {device_name}");
-        crate::device::gpu_kv_budget(&device_name, memory, &sizing)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-    };
+        per_block,
+        want_seq_len,
+    )?;
     let num_blocks = (budget / per_block.max(1)) as usize;
     if num_blocks < 2 {
         bail!(
@@ -357,27 +277,7 @@ fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     // A lone sequence must always fit in the cache, or it could never finish.
     let max_seq_len = want_seq_len.min(num_blocks * args.block_size);
     report.kv_cache = num_blocks as u64 * per_block;
-    {
-        use llama_contract::memory::human;
-        let opt = |b: Option<u64>| b.map_or_else(|| "none".to_owned(), human);
-        tracing::info!(
-            limit = %opt(report.limit),
-            available = %opt(report.available),
-            weights = %human(report.weights),
-            kv_cache = %human(report.kv_cache),
-            headroom = %human(report.headroom),
-            threads = rayon::current_num_threads(),
-            cpu_quota = %cgroup.cpu.map_or_else(
-                || "none".to_owned(),
-                |c| c.cores.map_or_else(
-                    || format!("none (cgroup {})", c.version.as_str()),
-                    |n| format!("{n:.2} cores (cgroup {})", c.version.as_str()),
-                ),
-            ),
-            source = %report.source,
-            "memory budget"
-        );
-    }
+    report.log(&cgroup);
     if args.max_seq_len.is_none() && max_seq_len < want_seq_len {
         tracing::warn!(
             model_context = want_seq_len,
@@ -488,23 +388,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let device = devices[0].clone();
     let metrics = Metrics::new(&name)?;
     metrics.tensor_parallel_size.set(devices.len() as i64);
-    metrics
-        .compute_threads
-        .set(rayon::current_num_threads() as i64);
-    for (part, bytes) in [
-        ("limit", memory.limit),
-        ("available", memory.available),
-        ("weights", Some(memory.weights)),
-        ("kv_cache", Some(memory.kv_cache)),
-        ("headroom", Some(memory.headroom)),
-    ] {
-        if let Some(b) = bytes {
-            metrics
-                .memory_budget
-                .with_label_values(&[part])
-                .set(b as i64);
-        }
-    }
+    memory.export(&metrics);
     let api_key = match &args.api_key_file {
         Some(f) => Some(
             std::fs::read_to_string(f)

@@ -53,6 +53,124 @@ pub mod fetch_flags {
     pub const URL: &str = "url";
     pub const SHA256: &str = "sha256";
     pub const OUT: &str = "out";
+    /// Directory of request headers (one file per header: the file name is the header's name, its content the
+    /// value), the mounted `spec.model.headersSecretRef` Secret.
+    pub const HEADERS_DIR: &str = "headers-dir";
+}
+
+/// Where the fetch init container mounts the `spec.model.headersSecretRef` Secret.
+pub const MODEL_HEADERS_DIR: &str = "/var/run/secrets/llama-operator/model-headers";
+
+/// Model URLs: `http(s)://…` as is, and `hf://org/repo[@revision]/path/file.gguf` as shorthand for a Hugging Face
+/// `resolve` URL. The operator validates `spec.model.url` with [`model_url::resolve`]; `llama-server fetch`
+/// downloads what it returns, so both halves read the shorthand the same way.
+pub mod model_url {
+    /// The shorthand's scheme.
+    pub const HF_SCHEME: &str = "hf://";
+    /// Hub that `hf://` resolves against unless [`HF_ENDPOINT_ENV`] names a mirror.
+    pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+    /// Environment variable naming a Hugging Face mirror (the variable `huggingface_hub` reads).
+    pub const HF_ENDPOINT_ENV: &str = "HF_ENDPOINT";
+
+    fn name_ok(s: &str) -> bool {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    }
+
+    /// The http(s) URL to download: `url` itself when it is http(s), the `resolve` URL for `hf://` (against
+    /// `hf_endpoint`, default [`DEFAULT_HF_ENDPOINT`]). The error names what is wrong.
+    pub fn resolve(url: &str, hf_endpoint: Option<&str>) -> Result<String, String> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(url.to_owned());
+        }
+        let Some(rest) = url.strip_prefix(HF_SCHEME) else {
+            return Err(format!(
+                "{url:?} must start with http://, https:// or hf://"
+            ));
+        };
+        let shape = "hf://<org>/<repo>[@<revision>]/<path to the .gguf file>";
+        let mut parts = rest.splitn(3, '/');
+        let (org, repo_rev, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(o), Some(r), Some(p)) if !p.is_empty() => (o, r, p),
+            _ => return Err(format!("{url:?} is not of the form {shape}")),
+        };
+        let (repo, revision) = match repo_rev.split_once('@') {
+            Some((repo, rev)) => (repo, rev),
+            None => (repo_rev, "main"),
+        };
+        if !name_ok(org) || !name_ok(repo) || !name_ok(revision) {
+            return Err(format!(
+                "{url:?}: organisation, repository and revision may hold only letters, digits, '-', '_' and '.' \
+                 (form: {shape})"
+            ));
+        }
+        if !path.split('/').all(name_ok) {
+            return Err(format!(
+                "{url:?}: the file path must be '/'-separated names of letters, digits, '-', '_' and '.', \
+                 without '.' or '..' segments (form: {shape})"
+            ));
+        }
+        let endpoint = hf_endpoint
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .unwrap_or(DEFAULT_HF_ENDPOINT)
+            .trim_end_matches('/');
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(format!(
+                "{HF_ENDPOINT_ENV}={endpoint:?} must start with http:// or https://"
+            ));
+        }
+        Ok(format!("{endpoint}/{org}/{repo}/resolve/{revision}/{path}"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn http_urls_pass_through_and_hf_expands_to_a_resolve_url() {
+            let u = "https://example.com/a.gguf?x=1";
+            assert_eq!(resolve(u, None).unwrap(), u);
+            assert_eq!(
+                resolve(
+                    "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2.Q4_K_M.gguf",
+                    None
+                )
+                .unwrap(),
+                "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/resolve/main/smollm2.Q4_K_M.gguf"
+            );
+            assert_eq!(
+                resolve(
+                    "hf://org/repo@v1.0/sub/dir/m.gguf",
+                    Some("http://mirror.local:8080/")
+                )
+                .unwrap(),
+                "http://mirror.local:8080/org/repo/resolve/v1.0/sub/dir/m.gguf"
+            );
+        }
+
+        #[test]
+        fn malformed_urls_are_refused_with_the_reason() {
+            for (bad, says) in [
+                ("ftp://x/y.gguf", "must start with"),
+                ("hf://org/repo", "is not of the form"),
+                ("hf://org/repo/", "is not of the form"),
+                ("hf://org/../x.gguf", "organisation, repository"),
+                ("hf://org/repo@/x.gguf", "organisation, repository"),
+                ("hf://org/repo/a/../../x.gguf", "file path"),
+                ("hf://org/repo/x.gguf?download=1", "file path"),
+                ("hf://org/re po/x.gguf", "organisation, repository"),
+            ] {
+                let e = resolve(bad, None).unwrap_err();
+                assert!(e.contains(says), "{bad}: {e}");
+            }
+            let e = resolve("hf://o/r/x.gguf", Some("mirror.local")).unwrap_err();
+            assert!(e.contains("HF_ENDPOINT"), "{e}");
+        }
+    }
 }
 
 /// Environment variables the operator sets on the server container.

@@ -29,7 +29,7 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
         (
             "ftp-url",
             json!({"model": {"url": "ftp://x/m.gguf"}}),
-            "spec.model.url must start with http:// or https://",
+            "spec.model.url must start with http://, https:// or hf://",
         ),
         (
             "block-size",
@@ -70,6 +70,11 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
             "sha-without-url",
             json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "sha256": "a".repeat(64)}}),
             "spec.model.sha256 is only valid with spec.model.url",
+        ),
+        (
+            "headers-without-url",
+            json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "headersSecretRef": {"name": "t"}}}),
+            "spec.model.headersSecretRef is only valid with spec.model.url",
         ),
         (
             "cpu-tp",

@@ -264,6 +264,7 @@ pub struct LlamaDeploymentSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[x_kube(validation = Rule::new("[has(self.url), has(self.pvc), has(self.image)].filter(x, x).size() == 1").message("spec.model must set exactly one of url, pvc or image"))]
 #[x_kube(validation = Rule::new("!has(self.sha256) || has(self.url)").message("spec.model.sha256 is only valid with spec.model.url").field_path(".sha256"))]
+#[x_kube(validation = Rule::new("!has(self.headersSecretRef) || has(self.url)").message("spec.model.headersSecretRef is only valid with spec.model.url").field_path(".headersSecretRef"))]
 #[x_kube(validation = Rule::new("!has(self.file) || has(self.image)").message("spec.model.file is only valid with spec.model.image").field_path(".file"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
@@ -271,10 +272,21 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 
-    /// `http(s)://` URL of a GGUF file, fetched by an init container into a pod-local volume.
+    /// `http(s)://` URL of a GGUF file, fetched by an init container into a pod-local volume (whose
+    /// `ephemeral-storage` request is sized from `sizeBytes` when that is declared), or
+    /// `hf://<org>/<repo>[@<revision>]/<file>.gguf`, shorthand for that file's Hugging Face `resolve` URL (revision
+    /// default `main`; an `HF_ENDPOINT` in `env` names a mirror). The fetch container gets `env`/`envFrom` too
+    /// (proxies, `HF_ENDPOINT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("spec.model.url must start with http:// or https://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://') || self.startsWith('hf://')").message("spec.model.url must start with http://, https:// or hf://"))]
     pub url: Option<String>,
+
+    /// A Secret in the LlamaDeployment's namespace whose keys are HTTP header names and values their values
+    /// (e.g. key `Authorization`, value `Bearer hf_…` for a gated Hugging Face repository). Mounted into the
+    /// fetch init container only (never the server, never an environment variable); the headers go to the URL's
+    /// own origin, not across a redirect to another host, and are never logged. Default: no headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<LocalObjectReference>,
 
     /// Expected SHA-256 of the file at `url` (64 lowercase hex digits); the fetch fails on a mismatch.
     /// Default: unset (not verified).
@@ -463,10 +475,13 @@ impl PullPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesSpec {
-    /// CPU request (and limit) of the server container, e.g. `4`. Unit: cores. Default: unset.
+    /// CPU request (and limit) of the server container, e.g. `4`. Unit: cores. Default: no limit, and a request
+    /// of one core per GPU on `GPU` deployments (`100m` on `CPU`), so a pod is never BestEffort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
-    /// Memory request (and limit) of the server container, e.g. `16Gi`. Unit: bytes. Default: unset.
+    /// Memory request (and limit) of the server container, e.g. `16Gi`; the server sizes its KV cache within
+    /// the limit. Unit: bytes. Default: no limit, and a request of `2Gi` per GPU on `GPU` deployments (host
+    /// memory for loading and the workers; `256Mi` on `CPU`), so a pod is never BestEffort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
     /// Extended resource name of the GPUs requested on `GPU` deployments. Default: `nvidia.com/gpu`.

@@ -261,6 +261,16 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
             "kvCacheMemory {size:?} is not a size like 4Gi"
         )));
     }
+    if let Some(url) = spec.model.url.as_deref() {
+        let endpoint = spec
+            .env
+            .iter()
+            .find(|e| e.name == llama_contract::model_url::HF_ENDPOINT_ENV)
+            .and_then(|e| e.value.as_deref());
+        if let Err(e) = llama_contract::model_url::resolve(url, endpoint) {
+            return Err(HardwareError::InvalidSpec(format!("model.url: {e}")));
+        }
+    }
     if let Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
         max_surge,
         max_unavailable,

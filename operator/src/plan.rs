@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    SleepAction, Toleration, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -216,8 +216,70 @@ pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
     args
 }
 
-/// Arguments of the `model-fetch` init container (`llama-server fetch ...`).
-pub fn fetch_args(url: &str, sha256: Option<&str>) -> Vec<String> {
+/// Size limit of the `url` model's volume: the declared file size + 10 % + 64 MiB; `None` when undeclared.
+fn model_volume_size(s: &LlamaDeploymentSpec) -> Option<Quantity> {
+    let b = s.model.size_bytes?;
+    Some(Quantity(format!(
+        "{}Mi",
+        (b + b / 10).div_euclid(1 << 20) + 64
+    )))
+}
+
+/// Default requests of a server container whose spec leaves `resources.cpu`/`memory` unset: enough that the
+/// pod is Burstable (never BestEffort, the first evicted) without claiming what the user did not size.
+pub fn default_requests(s: &LlamaDeploymentSpec) -> (Quantity, Quantity) {
+    if s.accelerator == Accelerator::Gpu {
+        let gpus = s.tensor_parallel_size.max(1);
+        (
+            Quantity(gpus.to_string()),
+            Quantity(format!("{}Gi", 2 * gpus)),
+        )
+    } else {
+        (Quantity("100m".to_owned()), Quantity("256Mi".to_owned()))
+    }
+}
+
+/// The server container's resources: what the spec sets is both request and limit; what it leaves unset gets
+/// a [`default_requests`] request and no limit; GPUs are requested and limited; a `url` model's
+/// `ephemeral-storage` is requested from its declared size (the scheduler then picks a node with the disk).
+pub fn server_resources(s: &LlamaDeploymentSpec) -> ResourceRequirements {
+    let (default_cpu, default_memory) = default_requests(s);
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    for (name, set, default) in [
+        ("cpu", &s.resources.cpu, default_cpu),
+        ("memory", &s.resources.memory, default_memory),
+    ] {
+        match set {
+            Some(q) => {
+                requests.insert(name.to_owned(), q.clone());
+                limits.insert(name.to_owned(), q.clone());
+            }
+            None => {
+                requests.insert(name.to_owned(), default);
+            }
+        }
+    }
+    if s.accelerator == Accelerator::Gpu {
+        let n = Quantity(s.tensor_parallel_size.to_string());
+        requests.insert(s.resources.gpu_resource_name.clone(), n.clone());
+        limits.insert(s.resources.gpu_resource_name.clone(), n);
+    }
+    if s.model.url.is_some()
+        && let Some(size) = model_volume_size(s)
+    {
+        requests.insert("ephemeral-storage".to_owned(), size);
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+/// Arguments of the `model-fetch` init container (`llama-server fetch ...`); `headers`: the
+/// `headersSecretRef` Secret is mounted at [`llama_contract::MODEL_HEADERS_DIR`].
+pub fn fetch_args(url: &str, sha256: Option<&str>, headers: bool) -> Vec<String> {
     use llama_contract::fetch_flags as f;
     let mut args = vec![
         llama_contract::cmd::FETCH.to_owned(),
@@ -226,6 +288,12 @@ pub fn fetch_args(url: &str, sha256: Option<&str>) -> Vec<String> {
     ];
     if let Some(sha) = sha256 {
         args.extend([flag(f::SHA256), sha.to_owned()]);
+    }
+    if headers {
+        args.extend([
+            flag(f::HEADERS_DIR),
+            llama_contract::MODEL_HEADERS_DIR.to_owned(),
+        ]);
     }
     args.extend([flag(f::OUT), format!("{MODEL_DIR}/model.gguf")]);
     args
@@ -310,24 +378,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         .map(|p| p.as_str().to_owned())
         .or_else(|| cfg.image_pull_policy.clone());
 
-    let mut quantities = BTreeMap::new();
-    if let Some(cpu) = &s.resources.cpu {
-        quantities.insert("cpu".to_owned(), cpu.clone());
-    }
-    if let Some(mem) = &s.resources.memory {
-        quantities.insert("memory".to_owned(), mem.clone());
-    }
-    if gpu {
-        quantities.insert(
-            gpu_name.clone(),
-            Quantity(s.tensor_parallel_size.to_string()),
-        );
-    }
-    let resources = (!quantities.is_empty()).then(|| ResourceRequirements {
-        requests: Some(quantities.clone()),
-        limits: Some(quantities),
-        ..Default::default()
-    });
+    let resources = Some(server_resources(s));
 
     let mut env = Vec::new();
     if let Some(secret) = &s.api_key_secret_ref {
@@ -362,11 +413,28 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let mut share_process_namespace = None;
     let m = &s.model;
     if let Some(url) = &m.url {
-        let size = m
-            .size_bytes
-            .map(|b| Quantity(format!("{}Mi", (b + b / 10).div_euclid(1 << 20) + 64)));
-        volumes.push(empty_dir("model", None, size));
+        volumes.push(empty_dir("model", None, model_volume_size(s)));
         mounts.push(mount("model", MODEL_DIR, true));
+        let mut fetch_mounts = vec![
+            mount("model", MODEL_DIR, false),
+            mount("tmp", "/tmp", false),
+        ];
+        if let Some(secret) = &m.headers_secret_ref {
+            volumes.push(Volume {
+                name: "model-headers".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.name.clone()),
+                    default_mode: Some(0o440),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            fetch_mounts.push(mount(
+                "model-headers",
+                llama_contract::MODEL_HEADERS_DIR,
+                true,
+            ));
+        }
         init_containers.push(Container {
             name: FETCH_CONTAINER.to_owned(),
             image: Some(
@@ -376,11 +444,15 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             ),
             image_pull_policy: pull_policy.clone(),
             command: Some(vec![llama_contract::cmd::BINARY.to_owned()]),
-            args: Some(fetch_args(url, m.sha256.as_deref())),
-            volume_mounts: Some(vec![
-                mount("model", MODEL_DIR, false),
-                mount("tmp", "/tmp", false),
-            ]),
+            args: Some(fetch_args(
+                url,
+                m.sha256.as_deref(),
+                m.headers_secret_ref.is_some(),
+            )),
+            // Proxies and `HF_ENDPOINT` apply to the download too; the API key does not.
+            env: (!s.env.is_empty()).then(|| s.env.clone()),
+            env_from: (!s.env_from.is_empty()).then(|| s.env_from.clone()),
+            volume_mounts: Some(fetch_mounts),
             security_context: Some(restricted_container_security()),
             // A failed fetch's last log lines (status, URL, checksum) become the termination message.
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),

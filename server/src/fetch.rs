@@ -1,7 +1,10 @@
 //! `llama-server fetch`: download a model file for the `url` model source (the serving pod's init container
 //! runs it, so no third-party image is needed). Resumes a partial download (`<out>.part`, HTTP Range), retries
 //! transient failures with back-off, verifies the SHA-256 while streaming, logs progress, and publishes the
-//! file atomically (rename), so the server never sees half a model.
+//! file atomically (rename), so the server never sees half a model. `hf://org/repo[@rev]/file.gguf` resolves to
+//! a Hugging Face `resolve` URL (against `HF_ENDPOINT` when set). Request headers from `--headers-dir` (the
+//! mounted `headersSecretRef` Secret, e.g. `Authorization: Bearer …`) are sent to the URL's own origin only,
+//! never across a redirect to another host or scheme, and their values are never logged; neither is a URL's query.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,9 +19,14 @@ use ring::digest::{Context as Sha256, SHA256};
 /// `llama-server fetch` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FetchArgs {
-    /// http(s) URL of the GGUF file.
+    /// http(s) URL of the GGUF file, or `hf://<org>/<repo>[@<revision>]/<file>` (a Hugging Face resolve URL;
+    /// `HF_ENDPOINT` names a mirror).
     #[arg(long = flags::URL, env = "MODEL_URL")]
     pub url: String,
+    /// Directory of request headers: each file's name is a header name, its content (trimmed) the value.
+    /// Files whose names start with '.' are skipped (a mounted Secret's bookkeeping).
+    #[arg(long = flags::HEADERS_DIR, env = "MODEL_HEADERS_DIR")]
+    pub headers_dir: Option<PathBuf>,
     /// Expected SHA-256 of the file (64 hex digits); the download fails when it differs.
     #[arg(long = flags::SHA256, env = "MODEL_SHA256")]
     pub sha256: Option<String>,
@@ -62,6 +70,10 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("GET {url}: more than {MAX_REDIRECTS} redirects")]
+    Redirects { url: String },
+    #[error("GET {url}: HTTP {status} redirect without a usable Location header")]
+    BadRedirect { url: String, status: u16 },
     #[error("GET {url}: reading the body: {source}")]
     Read {
         url: String,
@@ -77,7 +89,11 @@ impl FetchError {
             FetchError::Transport { .. }
             | FetchError::Truncated { .. }
             | FetchError::Read { .. } => true,
-            FetchError::Usage(_) | FetchError::Checksum { .. } | FetchError::Io { .. } => false,
+            FetchError::Usage(_)
+            | FetchError::Checksum { .. }
+            | FetchError::Io { .. }
+            | FetchError::Redirects { .. }
+            | FetchError::BadRedirect { .. } => false,
         }
     }
 }
@@ -130,13 +146,27 @@ fn part_path(out: &Path) -> PathBuf {
 /// Runs `fetch`. Progress and the outcome go to stderr (the init container's log).
 pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
     let expected = args.sha256.as_deref().map(parse_sha256).transpose()?;
-    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
-        return Err(FetchError::Usage(format!(
-            "--url must start with http:// or https://, got {:?}",
-            args.url
-        ))
-        .into());
+    let hf_endpoint = std::env::var(llama_contract::model_url::HF_ENDPOINT_ENV).ok();
+    let url = llama_contract::model_url::resolve(&args.url, hf_endpoint.as_deref())
+        .map_err(|e| FetchError::Usage(format!("--{}: {e}", flags::URL)))?;
+    let headers = match &args.headers_dir {
+        Some(dir) => read_headers(dir)?,
+        None => Vec::new(),
+    };
+    if !headers.is_empty() {
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        eprintln!(
+            "fetch: sending header(s) {} to {} only (values not logged)",
+            names.join(", "),
+            origin(&url)
+        );
     }
+    let target = Target {
+        url,
+        headers,
+        out: args.out.clone(),
+        stall_timeout: args.stall_timeout,
+    };
     let out = &args.out;
     if out.is_file() {
         match &expected {
@@ -173,11 +203,14 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .user_agent(concat!("llama-server-fetch/", env!("CARGO_PKG_VERSION")))
+        // Redirects are followed by `get`, which decides per hop whether the secret headers may go along.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
         .build()
         .into();
     let mut attempt = 0u32;
     loop {
-        match download(&agent, args, expected.as_deref()) {
+        match download(&agent, &target, expected.as_deref()) {
             Ok(n) => {
                 eprintln!(
                     "fetch: wrote {} ({n} bytes{})",
@@ -205,24 +238,152 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What one fetch downloads: the resolved URL (its query is never logged: it may be a signature), the headers
+/// for that URL's origin, and the output file.
+struct Target {
+    url: String,
+    headers: Vec<(String, String)>,
+    out: PathBuf,
+    stall_timeout: u64,
+}
+
+/// Redirect hops followed before giving up.
+const MAX_REDIRECTS: u32 = 10;
+
+/// `scheme://authority` of an absolute URL, lower-cased: the unit the secret headers are bound to.
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{authority}").to_ascii_lowercase()
+}
+
+/// A URL for logs and errors: without its query and fragment (pre-signed URLs carry credentials there).
+fn shown(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(i) => format!("{}?…", &url[..i]),
+        None => url.to_owned(),
+    }
+}
+
+/// The absolute URL a `Location` header points to, relative to `base`.
+fn join(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Some(location.to_owned());
+    }
+    let (scheme, _) = base.split_once("://")?;
+    if let Some(rest) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    let o = origin(base);
+    if location.starts_with('/') {
+        return Some(format!("{o}{location}"));
+    }
+    let path = &base[o.len()..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Some(format!("{o}{dir}{location}"))
+}
+
+/// Reads `--headers-dir`: one header per regular file (symlinks followed, as a mounted Secret's keys are).
+/// Errors name the file and the rule broken, never the value.
+fn read_headers(dir: &Path) -> Result<Vec<(String, String)>, FetchError> {
+    let usage =
+        |m: String| FetchError::Usage(format!("--{} {}: {m}", flags::HEADERS_DIR, dir.display()));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("reading", dir))? {
+        let entry = entry.map_err(io("reading", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if !name.bytes().all(token) {
+            return Err(usage(format!(
+                "file {name:?} is not a valid HTTP header name"
+            )));
+        }
+        if ["range", "host", "content-length", "transfer-encoding"]
+            .contains(&name.to_ascii_lowercase().as_str())
+        {
+            return Err(usage(format!("header {name} is set by fetch itself")));
+        }
+        let path = entry.path();
+        let raw = std::fs::read(&path).map_err(io("reading", &path))?;
+        let value = String::from_utf8(raw)
+            .map_err(|_| usage(format!("the value of header {name} is not UTF-8")))?;
+        let value = value.trim();
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(usage(format!(
+                "the value of header {name} holds a line break or control character"
+            )));
+        }
+        out.push((name, value.to_owned()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// GET `target.url`, following redirects: the headers go only to hops on the original URL's origin (not to a
+/// CDN it redirects to, not after a downgrade to http). Returns the final response and URL.
+fn get(
+    agent: &ureq::Agent,
+    target: &Target,
+    range_from: u64,
+) -> Result<(ureq::http::Response<ureq::Body>, String), FetchError> {
+    let home = origin(&target.url);
+    let mut url = target.url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut req = agent.get(&url);
+        if origin(&url) == home {
+            for (name, value) in &target.headers {
+                req = req.header(name, value);
+            }
+        }
+        if range_from > 0 {
+            req = req.header("Range", format!("bytes={range_from}-"));
+        }
+        let resp = req.call().map_err(|e| FetchError::Transport {
+            url: shown(&url),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+            return Ok((resp, url));
+        }
+        let next = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| join(&url, l))
+            .ok_or_else(|| FetchError::BadRedirect {
+                url: shown(&url),
+                status,
+            })?;
+        eprintln!(
+            "fetch: GET {} -> HTTP {status} to {}",
+            shown(&url),
+            shown(&next)
+        );
+        url = next;
+    }
+    Err(FetchError::Redirects {
+        url: shown(&target.url),
+    })
+}
+
 /// One attempt: resume `<out>.part` when the server honours Range, stream into it while hashing, verify,
 /// rename. Returns the file size.
 fn download(
     agent: &ureq::Agent,
-    args: &FetchArgs,
+    target: &Target,
     expected: Option<&str>,
 ) -> Result<u64, FetchError> {
-    let url = &args.url;
-    let part = part_path(&args.out);
+    let part = part_path(&target.out);
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let mut req = agent.get(url);
-    if have > 0 {
-        req = req.header("Range", format!("bytes={have}-"));
-    }
-    let resp = req.call().map_err(|e| FetchError::Transport {
-        url: url.clone(),
-        source: Box::new(e),
-    })?;
+    let (resp, final_url) = get(agent, target, have)?;
+    let url = &shown(&final_url);
     let status = resp.status().as_u16();
     let length = resp
         .headers()
@@ -246,7 +407,7 @@ fn download(
         416 if have > 0 => {
             // The part already holds the whole file: verify and publish it.
             let (ctx, n) = sha256_of_file(&part)?;
-            return finish(args, expected, &part, ctx, n);
+            return finish(target, expected, &part, ctx, n);
         }
         s => {
             return Err(FetchError::Status {
@@ -268,7 +429,7 @@ fn download(
         let (progress, done, stall) = (
             Arc::clone(&progress),
             Arc::clone(&done),
-            args.stall_timeout.max(1),
+            target.stall_timeout.max(1),
         );
         let url = url.clone();
         std::thread::spawn(move || {
@@ -343,11 +504,11 @@ fn download(
             want: t,
         });
     }
-    finish(args, expected, &part, ctx, n)
+    finish(target, expected, &part, ctx, n)
 }
 
 fn finish(
-    args: &FetchArgs,
+    target: &Target,
     expected: Option<&str>,
     part: &Path,
     ctx: Sha256,
@@ -360,13 +521,13 @@ fn finish(
         // A corrupt part must not be resumed by the next attempt.
         let _ = std::fs::remove_file(part);
         return Err(FetchError::Checksum {
-            url: args.url.clone(),
+            url: shown(&target.url),
             expected: want.to_owned(),
             actual,
             bytes: n,
         });
     }
-    std::fs::rename(part, &args.out).map_err(io("renaming into place", &args.out))?;
+    std::fs::rename(part, &target.out).map_err(io("renaming into place", &target.out))?;
     Ok(n)
 }
 
@@ -384,6 +545,62 @@ mod tests {
         let err = parse_sha256("abc").expect_err("short").to_string();
         assert!(err.contains("64 hex digits"), "{err}");
         assert!(parse_sha256(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn secret_headers_are_bound_to_the_origin_and_locations_resolve_like_a_browser() {
+        assert_eq!(origin("https://HF.co:443/a/b?x"), "https://hf.co:443");
+        assert_eq!(origin("http://h/a"), "http://h");
+        assert_ne!(
+            origin("https://h/a"),
+            origin("http://h/a"),
+            "a downgrade is another origin"
+        );
+        assert_eq!(
+            shown("https://s3/x.gguf?X-Amz-Signature=zz"),
+            "https://s3/x.gguf?…"
+        );
+        assert_eq!(shown("https://h/x.gguf"), "https://h/x.gguf");
+        let base = "https://hub/org/repo/resolve/main/m.gguf?dl=1";
+        assert_eq!(
+            join(base, "https://cdn/x?sig=1").unwrap(),
+            "https://cdn/x?sig=1"
+        );
+        assert_eq!(join(base, "//cdn/x").unwrap(), "https://cdn/x");
+        assert_eq!(join(base, "/api/x").unwrap(), "https://hub/api/x");
+        assert_eq!(
+            join(base, "other.gguf").unwrap(),
+            "https://hub/org/repo/resolve/main/other.gguf"
+        );
+        assert_eq!(join("http://h", "x").unwrap(), "http://h/x");
+    }
+
+    #[test]
+    fn header_files_become_headers_and_bad_ones_are_named_without_their_value() {
+        let d = std::env::temp_dir().join(format!("fetch-headers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("Authorization"), "Bearer t0k\n").unwrap();
+        std::fs::write(d.join("X-Extra"), " v ").unwrap();
+        std::fs::write(d.join("..data"), "ignored").unwrap();
+        assert_eq!(
+            read_headers(&d).unwrap(),
+            [
+                ("Authorization".to_owned(), "Bearer t0k".to_owned()),
+                ("X-Extra".to_owned(), "v".to_owned())
+            ]
+        );
+        std::fs::write(d.join("Range"), "bytes=0-").unwrap();
+        let e = read_headers(&d).unwrap_err().to_string();
+        assert!(e.contains("header Range is set by fetch itself"), "{e}");
+        std::fs::remove_file(d.join("Range")).unwrap();
+        std::fs::write(d.join("Bad Name"), "x").unwrap();
+        let e = read_headers(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("\"Bad Name\" is not a valid HTTP header name"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

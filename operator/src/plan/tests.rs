@@ -536,3 +536,215 @@ fn pod_and_service_customization_is_applied_without_touching_what_the_operator_o
     assert!(pod.runtime_class_name.is_none() && pod.image_pull_secrets.is_none());
     assert!(plain.service.metadata.annotations.is_none());
 }
+
+fn pod_of(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod")
+}
+
+#[test]
+fn a_gated_url_mounts_the_headers_secret_into_the_fetch_container_only() {
+    let ld = llama(
+        "gated",
+        serde_json::json!({
+            "model": {"url": "hf://meta-llama/Llama-3.2-1B-Instruct-GGUF@v1/llama.Q4_K_M.gguf",
+                      "headersSecretRef": {"name": "hf-token"}, "sizeBytes": 800_000_000_i64},
+            "accelerator": "CPU",
+            "apiKeySecretRef": {"name": "llama-key", "key": "token"},
+            "env": [{"name": "HF_ENDPOINT", "value": "https://hf-mirror.internal"},
+                    {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        }),
+    );
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    let argv = command_of(&d, FETCH_CONTAINER);
+    let llama_server::app::Commands::Fetch(f) = parse_with_the_server(&argv) else {
+        panic!("the init container does not run `fetch`: {argv:?}");
+    };
+    assert_eq!(
+        f.headers_dir.as_deref(),
+        Some(std::path::Path::new(llama_contract::MODEL_HEADERS_DIR))
+    );
+    assert_eq!(
+        Some(f.url),
+        ld.spec.model.url.clone(),
+        "fetch resolves hf:// itself"
+    );
+    let pod = pod_of(&d);
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("hf-token"))
+        .expect("a volume of the headers Secret");
+    let mounted_in: Vec<&str> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .filter(|c| c.volume_mounts.iter().flatten().any(|m| m.name == vol.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        mounted_in,
+        [FETCH_CONTAINER],
+        "only the fetch container sees the Secret"
+    );
+    let fetch = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == FETCH_CONTAINER)
+        .unwrap();
+    let m = fetch
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == vol.name)
+        .unwrap();
+    assert_eq!(m.mount_path, llama_contract::MODEL_HEADERS_DIR);
+    assert_eq!(m.read_only, Some(true));
+    // The fetch container gets the spec's env (proxy, mirror), not the API key; nothing from the headers
+    // Secret is an environment variable anywhere.
+    let env: Vec<&str> = fetch
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(env, ["HF_ENDPOINT", "HTTPS_PROXY"]);
+    for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        for e in c.env.iter().flatten() {
+            let from = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            assert_ne!(from.map(|s| s.name.as_str()), Some("hf-token"), "{e:?}");
+        }
+    }
+    // The download's disk is requested from the declared size (800 MB + 10 % + 64 MiB).
+    let server = &pod.containers[0];
+    let requests = server
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap();
+    assert_eq!(requests["ephemeral-storage"], Quantity("903Mi".into()));
+    assert_eq!(
+        vol.secret.as_ref().and_then(|s| s.default_mode),
+        Some(0o440),
+        "readable by the pod's group only"
+    );
+    assert!(crate::hardware::fit(&ld.spec, &[]).is_ok());
+}
+
+#[test]
+fn a_malformed_hf_url_or_mirror_is_an_invalid_spec_naming_the_form() {
+    let mut ld = llama(
+        "bad",
+        serde_json::json!({"model": {"url": "hf://org/repo"}, "accelerator": "CPU"}),
+    );
+    let e = crate::hardware::fit(&ld.spec, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("model.url") && e.contains("hf://<org>/<repo>"),
+        "{e}"
+    );
+    ld.spec.model.url = Some("hf://org/repo/m.gguf".into());
+    ld.spec.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "HF_ENDPOINT".into(),
+        value: Some("mirror.internal".into()),
+        ..Default::default()
+    }];
+    let e = crate::hardware::fit(&ld.spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("HF_ENDPOINT"), "{e}");
+}
+
+/// The QoS class the kubelet would give a pod (`Guaranteed`, `Burstable` or `BestEffort`), from its containers.
+fn qos_class(pod: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
+    let cs: Vec<_> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .collect();
+    let any = cs.iter().any(|c| {
+        c.resources.as_ref().is_some_and(|r| {
+            r.requests
+                .as_ref()
+                .is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"))
+                || r.limits
+                    .as_ref()
+                    .is_some_and(|m| m.contains_key("cpu") || m.contains_key("memory"))
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = cs.iter().all(|c| {
+        let r = c.resources.clone().unwrap_or_default();
+        let (req, lim) = (r.requests.unwrap_or_default(), r.limits.unwrap_or_default());
+        ["cpu", "memory"]
+            .iter()
+            .all(|k| lim.contains_key(*k) && req.get(*k).is_none_or(|q| Some(q) == lim.get(*k)))
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+#[test]
+fn pods_without_sized_resources_get_default_requests_and_are_never_best_effort() {
+    let gpu = llama(
+        "bare-gpu",
+        serde_json::json!({"model": {"pvc": {"claimName": "m", "path": "a.gguf"}}, "tensorParallelSize": 2}),
+    );
+    let pod = pod_of(&children(&gpu, &PlanConfig::default()).deployment);
+    let r = pod.containers[0].resources.clone().expect("resources");
+    let req = r.requests.expect("requests");
+    assert_eq!(req["cpu"], Quantity("2".into()), "one core per GPU");
+    assert_eq!(req["memory"], Quantity("4Gi".into()), "2Gi per GPU");
+    assert_eq!(req["nvidia.com/gpu"], Quantity("2".into()));
+    let lim = r.limits.expect("limits");
+    assert_eq!(
+        lim.keys().collect::<Vec<_>>(),
+        ["nvidia.com/gpu"],
+        "no CPU/memory limit was asked for"
+    );
+    assert_eq!(qos_class(&pod), "Burstable");
+
+    let cpu = llama(
+        "bare-cpu",
+        serde_json::json!({"model": {"pvc": {"claimName": "m", "path": "a.gguf"}}, "accelerator": "CPU",
+                           "resources": {"memory": "1Gi"}}),
+    );
+    let pod = pod_of(&children(&cpu, &PlanConfig::default()).deployment);
+    let r = pod.containers[0].resources.clone().expect("resources");
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"], Quantity("100m".into()));
+    assert_eq!(
+        r.requests.as_ref().unwrap()["memory"],
+        Quantity("1Gi".into())
+    );
+    assert_eq!(
+        r.limits.as_ref().unwrap()["memory"],
+        Quantity("1Gi".into()),
+        "what is set stays a limit"
+    );
+    assert!(!r.limits.unwrap().contains_key("cpu"));
+
+    // Every golden spec, too: sized ones stay Guaranteed-or-Burstable as the user set them, none BestEffort.
+    for ld in [smollm_cpu(), llama_tp2_gpu(), gpu, cpu] {
+        let pod = pod_of(&children(&ld, &PlanConfig::default()).deployment);
+        assert_ne!(qos_class(&pod), "BestEffort", "{}", ld.name_any());
+    }
+    // Fully sized CPU pods keep requests = limits (the memory test on the real node relies on the limit).
+    assert_eq!(
+        qos_class(&pod_of(
+            &children(&smollm_cpu(), &PlanConfig::default()).deployment
+        )),
+        "Burstable",
+        "the fetch init container has no requests of its own, so the pod is Burstable"
+    );
+}

@@ -44,6 +44,7 @@ pub mod serve_flags {
     pub const DRAIN_TIMEOUT: &str = "drain-timeout";
     pub const THREADS: &str = "threads";
     pub const LOG_FORMAT: &str = "log-format";
+    pub const API_KEY_FILE: &str = "api-key-file";
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub const DEVICE: &str = "device";
 }
@@ -57,6 +58,9 @@ pub mod fetch_flags {
     /// value), the mounted `spec.model.headersSecretRef` Secret.
     pub const HEADERS_DIR: &str = "headers-dir";
 }
+
+/// Where the server container mounts the `spec.apiKeysSecretRef` Secret (`--api-key-file` on this directory).
+pub const API_KEYS_DIR: &str = "/var/run/secrets/llama-operator/api-keys";
 
 /// Where the fetch init container mounts the `spec.model.headersSecretRef` Secret.
 pub const MODEL_HEADERS_DIR: &str = "/var/run/secrets/llama-operator/model-headers";

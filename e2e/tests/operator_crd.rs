@@ -72,6 +72,11 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
             "spec.model.sha256 is only valid with spec.model.url",
         ),
         (
+            "two-key-sources",
+            json!({"model": url, "apiKeySecretRef": {"name": "a", "key": "k"}, "apiKeysSecretRef": {"name": "b"}}),
+            "spec.apiKeySecretRef and spec.apiKeysSecretRef are exclusive",
+        ),
+        (
             "headers-without-url",
             json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "headersSecretRef": {"name": "t"}}}),
             "spec.model.headersSecretRef is only valid with spec.model.url",

@@ -86,6 +86,7 @@ pub const GROUP: &str = "inference.llama-operator.dev";
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("spec.replicas must lie within [spec.autoscaling.minReplicas, spec.autoscaling.maxReplicas] when spec.autoscaling is set").field_path(".replicas"))]
 #[x_kube(validation = Rule::new("!has(self.model.contextLength) || self.maxSeqLen <= self.model.contextLength").message("spec.maxSeqLen must not exceed spec.model.contextLength").field_path(".maxSeqLen"))]
+#[x_kube(validation = Rule::new("!has(self.apiKeySecretRef) || !has(self.apiKeysSecretRef)").message("spec.apiKeySecretRef and spec.apiKeysSecretRef are exclusive: put every key in the apiKeysSecretRef Secret").field_path(".apiKeysSecretRef"))]
 #[x_kube(validation = Rule::new("self.accelerator == 'GPU' || self.tensorParallelSize == 1").message("spec.tensorParallelSize must be 1 when spec.accelerator is CPU").field_path(".tensorParallelSize"))]
 #[serde(rename_all = "camelCase")]
 pub struct LlamaDeploymentSpec {
@@ -258,6 +259,13 @@ pub struct LlamaDeploymentSpec {
     /// Default: unset (no authentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeySelector>,
+
+    /// A Secret whose every key holds an API key clients may send (`Authorization: Bearer <key>`). Mounted into
+    /// the server container (`--api-key-file` on the directory) and re-read while serving: adding a key, or
+    /// replacing one, takes effect when the kubelet updates the mounted Secret (about a minute), without a
+    /// restart. Exclusive with `apiKeySecretRef`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret_ref: Option<LocalObjectReference>,
 }
 
 /// Where the GGUF weights come from (exactly one of `url`, `pvc`, `image`), and what the model is.

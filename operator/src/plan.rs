@@ -212,6 +212,12 @@ pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
     if s.accelerator == crate::crd::Accelerator::Cpu {
         args.extend([flag(f::DEVICE), "cpu".to_owned()]);
     }
+    if s.api_keys_secret_ref.is_some() {
+        args.extend([
+            flag(f::API_KEY_FILE),
+            llama_contract::API_KEYS_DIR.to_owned(),
+        ]);
+    }
     args.extend(s.server_args.iter().cloned());
     args
 }
@@ -409,6 +415,19 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         mount("dshm", "/dev/shm", false),
         mount("tmp", "/tmp", false),
     ];
+    if let Some(secret) = &s.api_keys_secret_ref {
+        volumes.push(Volume {
+            name: "api-keys".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        // The whole directory, not a subPath: only a directory mount sees the kubelet's updates.
+        mounts.push(mount("api-keys", llama_contract::API_KEYS_DIR, true));
+    }
     let mut init_containers = Vec::new();
     let mut share_process_namespace = None;
     let m = &s.model;

@@ -99,8 +99,9 @@ pub struct ServeArgs {
     /// variable or --api-key-file: a key on the command line is visible to every user of the host (`ps`).
     #[arg(long, env = llama_contract::env::API_KEY, hide_env_values = true)]
     pub api_key: Option<String>,
-    /// File holding the API key (surrounding whitespace ignored), e.g. a mounted Secret.
-    #[arg(long, env = "LLAMA_API_KEY_FILE", conflicts_with = "api_key")]
+    /// File of API keys, one per line, or a directory with one key per file (a mounted Secret: every key of
+    /// the Secret is accepted); re-read while serving (at most every second), so keys rotate without a restart.
+    #[arg(long = flags::API_KEY_FILE, env = "LLAMA_API_KEY_FILE", conflicts_with = "api_key")]
     pub api_key_file: Option<PathBuf>,
     /// Threads that parse, template and tokenize requests (off the HTTP workers).
     #[arg(long, env = "LLAMA_PREP_THREADS", default_value_t = 2)]
@@ -389,16 +390,11 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new(&name)?;
     metrics.tensor_parallel_size.set(devices.len() as i64);
     memory.export(&metrics);
-    let api_key = match &args.api_key_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading --api-key-file {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => args.api_key.clone(),
+    let api_keys =
+        crate::api::keys::ApiKeys::new(args.api_key.as_deref(), args.api_key_file.as_deref())?;
+    if api_keys.required() {
+        tracing::info!(keys = api_keys.count(), "an API key is required on /v1");
     }
-    .filter(|k| !k.is_empty());
     let device_name = crate::device::describe(&device);
     metrics
         .device_info
@@ -422,7 +418,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
             default_max_tokens: args.default_max_tokens,
         },
         metrics: metrics.clone(),
-        api_key,
+        api_keys,
         ready: AtomicBool::new(false),
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -445,6 +441,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
             App::new()
                 .wrap_fn(middleware::close_connections_while_draining)
                 .wrap_fn(middleware::errors_as_json)
+                .wrap_fn(middleware::request_id)
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(middleware::MAX_BODY_BYTES))
                 .configure(handlers::routes)

@@ -26,6 +26,16 @@ fn openai_client_gets_the_engines_greedy_answers_and_bad_inputs_get_the_right_4x
         metrics.contains("llama_request_errors_total{code=\"invalid_value\""),
         "errors are counted"
     );
+    // openai_client.py sent `x-request-id: trace-abc-123`: the access line and the finished-request line name it.
+    let log = server.log_text();
+    for line in ["http", "request finished"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(line) && l.contains("trace-abc-123")),
+            "no {line:?} log line names the client's x-request-id:\n{}",
+            server.log_tail()
+        );
+    }
 }
 
 #[test]
@@ -44,4 +54,78 @@ fn api_key_guards_v1_but_not_health_ready_or_metrics() {
             .0,
         401
     );
+}
+
+/// Lays out `dir` as the kubelet writes a mounted Secret: the keys in a timestamped directory, `..data` pointing
+/// at it (swapped atomically by a rename), and each key a symlink through `..data`.
+fn write_secret(dir: &std::path::Path, generation: u32, keys: &[(&str, &str)]) {
+    let data = format!("..2026_12_06_{generation:02}");
+    std::fs::create_dir_all(dir.join(&data)).expect("secret data dir");
+    for (name, value) in keys {
+        std::fs::write(dir.join(&data).join(name), value).expect("key");
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).expect("key link");
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&data, &tmp).expect("..data_tmp");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+}
+
+#[test]
+fn api_keys_from_a_mounted_secret_rotate_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("llama-api-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    write_secret(
+        &dir,
+        1,
+        &[("primary", "key-one\n"), ("secondary", "key-two")],
+    );
+    let server = Server::start(&["--api-key-file", dir.to_str().expect("utf-8")]);
+    let status = |key: &str| {
+        http_get_with(
+            server.port,
+            "/v1/models",
+            &format!("Authorization: Bearer {key}"),
+        )
+        .expect("get")
+        .0
+    };
+    assert_eq!(
+        (status("key-one"), status("key-two"), status("key-three")),
+        (200, 200, 401)
+    );
+
+    // Rotate: primary becomes key-three, key-one is revoked; secondary stays valid throughout.
+    write_secret(
+        &dir,
+        2,
+        &[("primary", "key-three"), ("secondary", "key-two")],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert_eq!(
+            status("key-two"),
+            200,
+            "the unchanged key stopped working mid-rotation"
+        );
+        if status("key-three") == 200 && status("key-one") == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated keys were not picked up in 10 s:\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(server.log_text().contains("API keys reloaded"));
+    assert!(
+        !server.log_text().contains("key-three") && !server.log_text().contains("key-one"),
+        "a key reached the log"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -748,3 +748,48 @@ fn pods_without_sized_resources_get_default_requests_and_are_never_best_effort()
         "the fetch init container has no requests of its own, so the pod is Burstable"
     );
 }
+
+#[test]
+fn an_api_keys_secret_is_mounted_as_a_directory_the_server_rereads() {
+    let ld = llama(
+        "keys",
+        serde_json::json!({"model": {"pvc": {"claimName": "m", "path": "a.gguf"}}, "accelerator": "CPU",
+                           "apiKeysSecretRef": {"name": "client-keys"}}),
+    );
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    let argv = command_of(&d, "server");
+    let llama_server::app::Commands::Serve(a) = parse_with_the_server(&argv) else {
+        panic!("the server container does not run `serve`: {argv:?}");
+    };
+    assert_eq!(
+        a.api_key_file.as_deref(),
+        Some(std::path::Path::new(llama_contract::API_KEYS_DIR))
+    );
+    assert_eq!(a.api_key, None);
+    let pod = pod_of(&d);
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("client-keys"))
+        .expect("a volume of the keys Secret");
+    let m = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == vol.name)
+        .expect("mounted in the server");
+    assert_eq!(m.mount_path, llama_contract::API_KEYS_DIR);
+    assert_eq!(
+        m.sub_path, None,
+        "a subPath mount never sees the kubelet's updates"
+    );
+    assert!(
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != llama_contract::env::API_KEY),
+        "no single-key env var alongside"
+    );
+}

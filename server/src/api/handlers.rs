@@ -38,7 +38,7 @@ pub struct AppState {
     pub chat_template: Arc<ChatTemplate>,
     pub limits: Limits,
     pub metrics: Metrics,
-    pub api_key: Option<String>,
+    pub api_keys: super::keys::ApiKeys,
     /// False until the model is loaded; false again once draining.
     pub ready: AtomicBool,
     pub started: u64,
@@ -113,9 +113,9 @@ fn now_unix() -> u64 {
 impl AppState {
     /// `Authorization: Bearer KEY` (the scheme in any case, RFC 9110), the key compared in constant time.
     fn check_auth(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else {
+        if !self.api_keys.required() {
             return Ok(());
-        };
+        }
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -123,9 +123,10 @@ impl AppState {
             .and_then(|v| v.trim_start().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
-        match given {
-            Some(token) if same_secret(token.as_bytes(), key.as_bytes()) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
+        if self.api_keys.accepts(given, same_secret) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
         }
     }
 
@@ -259,6 +260,7 @@ async fn generate(
         id: format!("{prefix}-{id}"),
         created: now_unix(),
         model: valid.model.clone(),
+        request_id: super::middleware::RequestId::of(req),
     };
     let started = Instant::now();
     let mut col = Collector::new(&valid);
@@ -277,7 +279,7 @@ async fn generate(
                     if watch.as_ref().is_some_and(ConnWatch::closed) {
                         engine.abort(id, FinishReason::Abort);
                         state.metrics.client_disconnects.inc();
-                        tracing::info!(request_id = %meta.id, "client disconnected; request aborted");
+                        tracing::info!(request_id = %meta.id, x_request_id = %meta.request_id, "client disconnected; request aborted");
                         return Err(ApiError::ClientGone);
                     }
                     continue;
@@ -404,6 +406,7 @@ fn log_request(
         .collect();
     tracing::info!(
         request_id = %meta.id,
+        x_request_id = %meta.request_id,
         stream = valid.stream,
         n = valid.n,
         prompt_tokens = usage.prompt_tokens,

@@ -3,6 +3,7 @@
 pub mod conn;
 pub mod error;
 pub mod handlers;
+pub mod keys;
 pub mod middleware;
 pub mod prep;
 pub mod respond;

@@ -197,6 +197,8 @@ pub struct ResponseMeta {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// The request's `x-request-id` (logs only; not part of the body).
+    pub request_id: String,
 }
 
 /// Accumulates a non-streamed response.

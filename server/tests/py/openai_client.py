@@ -97,4 +97,22 @@ try:
 except openai.BadRequestError as e:
     check(e.body["param"] == "temperature", str(e.body))
 
+# x-request-id: the client's own id comes back (the SDK exposes it as `_request_id`) and names the server's log
+# lines; without one the server makes one up; errors carry it too
+raw = client.chat.completions.with_raw_response.create(
+    model=model, messages=[{"role": "user", "content": CHAT_PROMPT}], max_tokens=2, temperature=0,
+    extra_headers={"x-request-id": "trace-abc-123"},
+)
+check(raw.headers.get("x-request-id") == "trace-abc-123", f"echoed id {raw.headers.get('x-request-id')!r}")
+check(raw.parse()._request_id == "trace-abc-123", "the SDK's _request_id")
+own = client.completions.create(model=model, prompt="x", max_tokens=1)
+check((own._request_id or "").startswith("req-"), f"generated id {own._request_id!r}")
+try:
+    client.completions.create(
+        model="no-such-model", prompt="x", max_tokens=1, extra_headers={"x-request-id": "trace-err-9"}
+    )
+    raise AssertionError("unknown model accepted")
+except openai.NotFoundError as e:
+    check(e.request_id == "trace-err-9", f"error request_id {e.request_id!r}")
+
 print("openai client: all checks passed")

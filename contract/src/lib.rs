@@ -195,6 +195,33 @@ pub mod metrics {
     pub const DRAINING: &str = "llama_draining";
     /// Gauge: the server's `--tensor-parallel-size` (the operator sets it from `spec.tensorParallelSize`).
     pub const TENSOR_PARALLEL_SIZE: &str = "llama_tensor_parallel_size";
+
+    /// The chart's Grafana dashboard (`charts/llama-operator/dashboards/llama-serving.json`), for the tests that
+    /// check each of its queries against what the server and the operator export.
+    pub const DASHBOARD: &str = "charts/llama-operator/dashboards/llama-serving.json";
+
+    /// Every metric name under `llama_` that `text` (a dashboard's JSON, PromQL) mentions: identifiers of
+    /// `[A-Za-z0-9_:]` starting with `llama_` (label names and PromQL functions never do).
+    pub fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.starts_with("llama_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn names_in_finds_metric_names_and_nothing_else() {
+            let got = super::names_in(
+                r#"{"expr": "histogram_quantile(0.9, sum by (le) (rate(llama_x_seconds_bucket{model_name=~\"$m\"}[5m]))) / llama_y", "title": "llama-operator"}"#,
+            );
+            assert_eq!(
+                got.into_iter().collect::<Vec<_>>(),
+                ["llama_x_seconds_bucket", "llama_y"]
+            );
+        }
+    }
 }
 
 /// The arithmetic of a tensor-parallel split, applied by the server at start (to the GGUF's numbers) and by

@@ -132,12 +132,67 @@ async fn operator_chart_lints_renders_and_installs_with_least_privilege() -> Res
         "namespaced install stays in its namespace"
     );
 
+    // The chart's aggregated roles: a user with the built-in `view` reads LlamaDeployments and cannot write
+    // them; `edit` writes and scales them (the clusterrole-aggregation controller merges the rules).
+    for (user, role) in [("alice", "view"), ("bob", "edit")] {
+        run_tool(
+            "kubectl",
+            &[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                "-n",
+                &ns.name,
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+            ],
+        )?;
+    }
+    let ld = "llamadeployments.inference.llama-operator.dev";
+    let scale = "llamadeployments.inference.llama-operator.dev/scale";
+    wait_for(
+        "view and edit aggregate the LlamaDeployment rules",
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                (can_i("alice", &ns.name, "list", ld)? && can_i("bob", &ns.name, "create", ld)?)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    assert!(can_i("alice", &ns.name, "get", scale)?, "view reads /scale");
+    assert!(
+        !can_i("alice", &ns.name, "create", ld)?,
+        "view must not create"
+    );
+    assert!(
+        !can_i("alice", &ns.name, "update", scale)?,
+        "view must not scale"
+    );
+    assert!(can_i("bob", &ns.name, "delete", ld)?, "edit deletes");
+    assert!(can_i("bob", &ns.name, "update", scale)?, "edit scales");
+    assert!(
+        !can_i("bob", "default", "create", ld)?,
+        "a RoleBinding stays in its namespace"
+    );
+
     run_tool(
         "kubectl",
         &[
             "delete",
             "clusterrole,clusterrolebinding",
             &format!("{release}-llama-operator-nodes"),
+            "--ignore-not-found",
+        ],
+    )?;
+    run_tool(
+        "kubectl",
+        &[
+            "delete",
+            "clusterrole",
+            &format!("{release}-llama-operator-view"),
+            &format!("{release}-llama-operator-edit"),
             "--ignore-not-found",
         ],
     )?;

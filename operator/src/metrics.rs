@@ -182,6 +182,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_operator_metric_the_dashboard_queries_is_exported() {
+        let m = Metrics::new().expect("metrics");
+        // One sample in each labelled family, so the rendering lists it as /metrics would once it is used.
+        m.reconciles.with_label_values(&["ok"]).inc();
+        m.errors.with_label_values(&["kube"]).inc();
+        drop(m.time_reconcile());
+        m.scrape_duration.observe(0.01);
+        m.scrape_failures.with_label_values(&["ns", "x"]).inc();
+        m.desired_replicas.with_label_values(&["ns", "x"]).set(2);
+        m.current_replicas.with_label_values(&["ns", "x"]).set(1);
+        m.rescales.with_label_values(&["ns", "x", "up"]).inc();
+        let text = m.render();
+        let path = crate::plan::tests::package_dir()
+            .join("..")
+            .join(llama_contract::metrics::DASHBOARD);
+        let dashboard = std::fs::read_to_string(&path).expect("the chart's dashboard");
+        let wanted: Vec<String> = llama_contract::metrics::names_in(&dashboard)
+            .into_iter()
+            .filter(|n| n.starts_with("llama_operator_"))
+            .collect();
+        assert!(wanted.len() >= 4, "{wanted:?}");
+        for n in wanted {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+                "the dashboard queries {n}, which the operator does not export:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn reconcile_metrics_are_exposed_with_help_text() {
         let m = Metrics::new().expect("metrics");
         m.reconciles.with_label_values(&["ok"]).inc();

@@ -26,6 +26,32 @@ fn openai_client_gets_the_engines_greedy_answers_and_bad_inputs_get_the_right_4x
         metrics.contains("llama_request_errors_total{code=\"invalid_value\""),
         "errors are counted"
     );
+    // Every server metric the chart's Grafana dashboard queries is in this live /metrics (after the client's
+    // requests and errors above, so labelled series exist), histograms with their `_bucket` series.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(llama_contract::metrics::DASHBOARD),
+    )
+    .expect("the chart's dashboard");
+    let wanted: Vec<String> = llama_contract::metrics::names_in(&dashboard)
+        .into_iter()
+        .filter(|n| !n.starts_with("llama_operator_"))
+        .collect();
+    assert!(wanted.len() >= 10, "the dashboard queries only {wanted:?}");
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|n| {
+            !metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the server does not export: {missing:?}"
+    );
+
     // openai_client.py sent `x-request-id: trace-abc-123`: the access line and the finished-request line name it.
     let log = server.log_text();
     for line in ["http", "request finished"] {

@@ -148,10 +148,46 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
     create(&api, "no-token", spec(false)).await?;
     create(&api, "gated", spec(true)).await?;
 
-    // With the token: fetched through the redirect, Ready, and it answers.
+    // With the token: fetched through the redirect, Ready, and it answers. On the way `kubectl get llama`
+    // shows the phases the pod passes through (sampled, so a short one may be missed: logged, not asserted).
+    let mut phases: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let obj = api.get("gated").await?;
+        let phase = obj.data["status"]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !phase.is_empty() && phases.last() != Some(&phase) {
+            phases.push(phase.clone());
+        }
+        if phase == "Ready" {
+            break;
+        }
+        ensure!(
+            started.elapsed() < READY_TIMEOUT,
+            "gated not Ready after {READY_TIMEOUT:?} (phases {phases:?}):\n{}",
+            op.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     wait_ready(&api, "gated", "True", READY_TIMEOUT)
         .await
         .with_context(|| op.logs())?;
+    let obj = api.get("gated").await?;
+    let startup = &obj.data["status"]["startup"];
+    eprintln!("gated: phases {phases:?}; startup {startup}");
+    let secs = |k: &str| startup[k].as_f64();
+    ensure!(
+        matches!((secs("downloadSeconds"), secs("loadSeconds"), secs("totalSeconds")),
+            (Some(d), Some(l), Some(t)) if d >= 0.0 && l > 0.0 && t + 0.2 >= d + l),
+        "startup not measured: {startup}"
+    );
+    let table = run_tool("kubectl", &["get", "llama", "gated", "-n", &ns.name])?;
+    ensure!(
+        table.contains("PHASE") && table.contains("Ready"),
+        "kubectl get llama: {table}"
+    );
     let base = service_base(&client, &ns.name, "gated").await?;
     let answer = node.chat_once(&base, "smollm2")?;
     ensure!(!answer.trim().is_empty(), "gated: empty answer via {base}");

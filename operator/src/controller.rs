@@ -375,6 +375,7 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
         .list(&ListParams::default().labels(&plan::selector_string(&name)))
         .await?;
     let problems = status::pod_problems(&pods.items);
+    let progress = status::progress::progress(&pods.items);
     let now = wall_now();
     let next = status::derive(
         &ld,
@@ -382,6 +383,7 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
             validation: &validation,
             deployment: deployment.as_ref(),
             problems: &problems,
+            progress: &progress,
         },
         &now,
     );

@@ -56,6 +56,12 @@ pub const GROUP: &str = "inference.llama-operator.dev";
         description = "ready/desired replicas",
         json_path = ".status.readyOfDesired"
     ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        description = "Pending, Downloading, Loading, Ready (or Updating, ScaledToZero, Failed, Invalid)",
+        json_path = ".status.phase"
+    ),
     printcolumn(name = "Model", type_ = "string", json_path = ".status.model"),
     printcolumn(name = "Quant", type_ = "string", json_path = ".spec.quantization"),
     printcolumn(name = "TP", type_ = "integer", json_path = ".spec.tensorParallelSize"),
@@ -519,6 +525,16 @@ impl Default for ResourcesSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LlamaDeploymentStatus {
+    /// Where the pods are: `Pending` (scheduling, waiting for GPUs, pulling), `Downloading` (the `url` model's
+    /// fetch), `Loading` (the server loads the weights), `Ready`; `Updating` while a rollout replaces ready pods,
+    /// `ScaledToZero`, `Failed` (a pod-level failure: see `Degraded`), `Invalid` (see `Validated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+
+    /// The measured start-up of the pod that became ready most recently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupStatus>,
+
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -565,6 +581,23 @@ pub struct LlamaDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// How long a pod took to serve, from its creation to its Ready condition. Unit: seconds (0.1 s resolution).
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupStatus {
+    /// The pod.
+    pub pod: String,
+    /// The `url` model's download (the fetch init container's run); unset for other sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_seconds: Option<f64>,
+    /// From the server container's start to ready: loading the weights and sizing the KV cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_seconds: Option<f64>,
+    /// From the pod's creation to ready: scheduling, image pulls, download and load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_seconds: Option<f64>,
 }
 
 fn one() -> i32 {

@@ -148,6 +148,8 @@ pub struct Observed<'a> {
     /// The Deployment as read back after applying (None when it does not exist).
     pub deployment: Option<&'a Deployment>,
     pub problems: &'a [PodProblem],
+    /// Where the pods are on their way to serving.
+    pub progress: &'a progress::PodProgress,
 }
 
 /// A condition stamped with `now` (callers merge it with the previous one to keep its transition time).
@@ -379,6 +381,13 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
         ),
     };
 
+    let phase = match (obs.validation, first_problem) {
+        (Err(_), _) => "Invalid",
+        (Ok(_), Some(_)) if !rolled_out => "Failed",
+        _ => obs.progress.phase(rolled_out, desired),
+    };
+    // The last measured start-up stays when its pod is gone (scaled to zero, deleted).
+    let startup = obs.progress.startup.clone().or(previous.startup.clone());
     let conditions = merge_conditions(
         &previous.conditions,
         vec![ready_c, available_c, progressing, degraded, validated],
@@ -389,6 +398,8 @@ pub fn derive(ld: &LlamaDeployment, obs: &Observed<'_>, now: &Time) -> LlamaDepl
         ready_replicas: ready,
         updated_replicas: updated,
         ready_of_desired: Some(format!("{ready}/{desired}")),
+        phase: Some(phase.to_owned()),
+        startup,
         selector: Some(selector_string(&ld.name_any())),
         model: Some(served_model_name(ld)),
         endpoint: Some(endpoint(ld)),
@@ -426,6 +437,8 @@ pub fn controller_view(status: &LlamaDeploymentStatus) -> LlamaDeploymentStatus 
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
+
+pub mod progress;
 
 #[cfg(test)]
 mod tests;

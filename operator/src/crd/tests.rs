@@ -98,7 +98,7 @@ fn the_crd_has_scale_and_status_subresources_and_printer_columns() {
     assert_eq!(
         columns,
         [
-            "Ready", "Replicas", "Model", "Quant", "TP", "Queue", "KV", "Desired", "Age"
+            "Ready", "Replicas", "Phase", "Model", "Quant", "TP", "Queue", "KV", "Desired", "Age"
         ]
     );
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "llama");

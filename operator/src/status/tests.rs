@@ -3,6 +3,15 @@ use crate::hardware::{Fit, HardwareError};
 use crate::plan::tests::{assert_golden, llama};
 use k8s_openapi::jiff::Timestamp;
 
+/// No pods observed.
+static NO_PODS: progress::PodProgress = progress::PodProgress {
+    pending: 0,
+    downloading: 0,
+    loading: 0,
+    ready: 0,
+    startup: None,
+};
+
 fn at(secs: i64) -> Time {
     Time(Timestamp::from_second(1_800_000_000 + secs).expect("valid time"))
 }
@@ -44,6 +53,7 @@ fn all_replicas_ready_makes_the_deployment_ready_and_available() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -76,6 +86,7 @@ fn a_rollout_in_flight_is_progressing_and_not_ready() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -103,6 +114,7 @@ fn a_serving_deployment_stays_ready_while_it_scales() {
         validation: &fit(),
         deployment: Some(&d),
         problems: &[],
+        progress: &NO_PODS,
     };
     let s = derive(&ld, &obs, &at(0));
     assert_eq!(
@@ -158,6 +170,7 @@ fn failed_validation_is_not_ready_with_the_reason_and_arithmetic() {
             validation: &err,
             deployment: None,
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -183,6 +196,7 @@ fn last_transition_time_moves_only_when_the_status_changes() {
             validation: &fit(),
             deployment: Some(&rolling),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -193,6 +207,7 @@ fn last_transition_time_moves_only_when_the_status_changes() {
             validation: &fit(),
             deployment: Some(&rolling),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(60),
     );
@@ -208,6 +223,7 @@ fn last_transition_time_moves_only_when_the_status_changes() {
             validation: &fit(),
             deployment: Some(&done),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(120),
     );
@@ -257,6 +273,7 @@ fn pod_failures_surface_as_degraded_and_explain_not_ready() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &problems,
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -328,6 +345,7 @@ fn zero_replicas_is_ready_as_scaled_to_zero() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -347,6 +365,7 @@ fn a_deployment_not_yet_observed_by_its_controller_is_not_ready() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -360,6 +379,7 @@ fn the_controller_leaves_the_autoscalers_fields_and_conditions_alone() {
         validation: &fit(),
         deployment: None,
         problems: &[],
+        progress: &NO_PODS,
     };
     let mine = derive(&ld, &obs, &at(0));
     // What the autoscaler wrote beside the controller's status.
@@ -400,6 +420,7 @@ fn status_golden() {
             validation: &fit(),
             deployment: Some(&d),
             problems: &[],
+            progress: &NO_PODS,
         },
         &at(0),
     );
@@ -493,4 +514,159 @@ fn a_crash_loop_without_a_termination_message_still_gives_the_exit_code() {
         pod_problems(&[pod])[0].message,
         "container server: back-off 40s; exit code 139"
     );
+}
+
+/// A pod at `created` (seconds after [`at`]'s origin) with the given init/server container states and Ready time.
+fn starting_pod(
+    name: &str,
+    fetch: Option<serde_json::Value>,
+    server: Option<serde_json::Value>,
+    ready_at: Option<i64>,
+) -> k8s_openapi::api::core::v1::Pod {
+    let ts = |s: i64| serde_json::to_value(at(s)).expect("time");
+    let mut status = serde_json::json!({"phase": "Pending", "conditions": []});
+    if let Some(f) = fetch {
+        status["initContainerStatuses"] = serde_json::json!([{"name": "model-fetch", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": f}]);
+    }
+    if let Some(s) = server {
+        status["containerStatuses"] = serde_json::json!([{"name": "server", "image": "i", "imageID": "",
+            "ready": ready_at.is_some(), "restartCount": 0, "state": s}]);
+    }
+    if let Some(r) = ready_at {
+        status["conditions"] =
+            serde_json::json!([{"type": "Ready", "status": "True", "lastTransitionTime": ts(r)}]);
+    }
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "creationTimestamp": ts(0)},
+        "status": status,
+    }))
+    .expect("pod")
+}
+
+#[test]
+fn pods_are_sorted_into_pending_downloading_loading_ready_and_the_startup_is_measured() {
+    let ts = |s: i64| serde_json::to_value(at(s)).expect("time");
+    let pending = starting_pod("a-pending", None, None, None);
+    let downloading = starting_pod(
+        "b-downloading",
+        Some(serde_json::json!({"running": {"startedAt": ts(3)}})),
+        Some(serde_json::json!({"waiting": {"reason": "PodInitializing"}})),
+        None,
+    );
+    let loading = starting_pod(
+        "c-loading",
+        Some(
+            serde_json::json!({"terminated": {"exitCode": 0, "startedAt": ts(3), "finishedAt": ts(20)}}),
+        ),
+        Some(serde_json::json!({"running": {"startedAt": ts(21)}})),
+        None,
+    );
+    let ready = |name: &str, load_from: i64, ready_at: i64| {
+        starting_pod(
+            name,
+            Some(
+                serde_json::json!({"terminated": {"exitCode": 0, "startedAt": ts(2), "finishedAt": ts(14)}}),
+            ),
+            Some(serde_json::json!({"running": {"startedAt": ts(load_from)}})),
+            Some(ready_at),
+        )
+    };
+    let mut gone = ready("z-terminating", 1, 99);
+    gone.metadata.deletion_timestamp = Some(at(100));
+    let pods = [
+        pending,
+        downloading,
+        loading,
+        ready("d-ready-early", 15, 30),
+        ready("e-ready-late", 16, 41),
+        gone,
+    ];
+    let p = progress::progress(&pods);
+    assert_eq!(
+        (p.pending, p.downloading, p.loading, p.ready),
+        (1, 1, 1, 2),
+        "the terminating pod is not counted"
+    );
+    assert_eq!(
+        p.startup,
+        Some(crate::crd::StartupStatus {
+            pod: "e-ready-late".into(),
+            download_seconds: Some(12.0),
+            load_seconds: Some(25.0),
+            total_seconds: Some(41.0),
+        })
+    );
+    // The most advanced starting step is the phase until the rollout completes.
+    assert_eq!(p.phase(false, 4), "Loading");
+    assert_eq!(p.phase(true, 4), "Ready");
+    let only = |pods: &[k8s_openapi::api::core::v1::Pod]| progress::progress(pods).phase(false, 1);
+    assert_eq!(only(&pods[..2]), "Downloading");
+    assert_eq!(only(&pods[..1]), "Pending");
+    assert_eq!(only(&[]), "Pending");
+    assert_eq!(
+        only(&pods[3..5]),
+        "Updating",
+        "ready pods only, rollout not complete"
+    );
+    assert_eq!(progress::progress(&[]).phase(true, 0), "ScaledToZero");
+}
+
+#[test]
+fn the_phase_says_invalid_or_failed_before_progress_and_the_startup_outlives_its_pod() {
+    let ld = llama(
+        "m",
+        serde_json::json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}}}),
+    );
+    let d = deployment(1, 1, 0, 1);
+    let loading = progress::PodProgress {
+        loading: 1,
+        ..NO_PODS.clone()
+    };
+    let invalid: Result<Fit, HardwareError> = Err(HardwareError::InvalidSpec("bad".into()));
+    let problem = [PodProblem {
+        reason: "CrashLoopBackOff".into(),
+        pod: "m-1".into(),
+        message: "exit code 1".into(),
+    }];
+    let phase = |validation: &Result<Fit, HardwareError>, problems: &[PodProblem]| {
+        derive(
+            &ld,
+            &Observed {
+                validation,
+                deployment: Some(&d),
+                problems,
+                progress: &loading,
+            },
+            &at(0),
+        )
+        .phase
+    };
+    assert_eq!(phase(&invalid, &[]).as_deref(), Some("Invalid"));
+    assert_eq!(phase(&fit(), &problem).as_deref(), Some("Failed"));
+    assert_eq!(phase(&fit(), &[]).as_deref(), Some("Loading"));
+
+    // A start-up measured before stays when no ready pod is observed now.
+    let mut ld2 = ld.clone();
+    let before = crate::crd::StartupStatus {
+        pod: "m-0".into(),
+        download_seconds: None,
+        load_seconds: Some(4.2),
+        total_seconds: Some(9.9),
+    };
+    ld2.status = Some(crate::crd::LlamaDeploymentStatus {
+        startup: Some(before.clone()),
+        ..Default::default()
+    });
+    let s = derive(
+        &ld2,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(&d),
+            problems: &[],
+            progress: &NO_PODS,
+        },
+        &at(0),
+    );
+    assert_eq!(s.startup, Some(before));
 }

@@ -126,7 +126,7 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
     assert_eq!(
         header,
         [
-            "NAME", "READY", "REPLICAS", "MODEL", "QUANT", "TP", "QUEUE", "KV", "AGE"
+            "NAME", "READY", "REPLICAS", "PHASE", "MODEL", "QUANT", "TP", "QUEUE", "KV", "AGE"
         ],
         "{table}"
     );
@@ -137,8 +137,8 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
         .to_owned();
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
-        &cols[1..6],
-        ["True", "2/2", "llama-3.1-8b-instruct", "Q4_K", "2"],
+        &cols[1..7],
+        ["True", "2/2", "Ready", "llama-3.1-8b-instruct", "Q4_K", "2"],
         "{table}"
     );
 

@@ -11,6 +11,7 @@ use e2e::operator::{
 use e2e::{TestNamespace, client, existing_cluster, repo_root, run_tool, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -216,6 +217,49 @@ async fn operator_examples_are_scheduled_on_the_right_nodes_and_become_ready() -
         "{scale}"
     );
     assert_eq!(scale["status"]["replicas"], 3);
+
+    // spec.networkPolicy: the real apiserver accepts the planned NetworkPolicy; unsetting it deletes it.
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns.name);
+    let set = |v: Value| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "smollm2-cpu",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"networkPolicy": v}})),
+            )
+            .await
+        }
+    };
+    set(json!({"from": [{"namespaceSelector": {"matchLabels": {"team": "gateway"}}}]})).await?;
+    let np = wait_for("the NetworkPolicy", Duration::from_secs(30), || async {
+        Ok(policies.get_opt("smollm2-cpu").await?)
+    })
+    .await?;
+    let from = np
+        .spec
+        .and_then(|s| s.ingress)
+        .and_then(|i| i.into_iter().next())
+        .and_then(|r| r.from)
+        .unwrap_or_default();
+    assert_eq!(
+        from.len(),
+        1,
+        "the listed peer (the operator runs outside a pod here): {from:?}"
+    );
+    set(Value::Null).await?;
+    wait_for(
+        "the NetworkPolicy deleted",
+        Duration::from_secs(30),
+        || async {
+            Ok(policies
+                .get_opt("smollm2-cpu")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
 
     finish(op, &client, ns).await?;
     run_tool("kubectl", &["delete", "pv", &pv, "--wait=false"])?;

@@ -107,6 +107,8 @@ async fn operator_chart_lints_renders_and_installs_with_least_privilege() -> Res
         ),
         ("create", "deployments.apps"),
         ("delete", "poddisruptionbudgets.policy"),
+        ("watch", "networkpolicies.networking.k8s.io"),
+        ("patch", "networkpolicies.networking.k8s.io"),
         ("list", "nodes"),
         ("create", "events.events.k8s.io"),
         ("update", "leases.coordination.k8s.io"),

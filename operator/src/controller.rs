@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -172,6 +173,7 @@ pub async fn run(
         .owns(scoped::<Deployment>(client, ns), managed())
         .owns(scoped::<Service>(client, ns), managed())
         .owns(scoped::<PodDisruptionBudget>(client, ns), managed())
+        .owns(scoped::<NetworkPolicy>(client, ns), managed())
         .watches(scoped::<Pod>(client, ns), managed(), |pod: Pod| {
             let name = pod.labels().get(SELECTOR_LABEL)?.clone();
             Some(ObjectRef::<LlamaDeployment>::new(&name).within(&pod.namespace()?))
@@ -365,6 +367,11 @@ async fn apply(ld: Arc<LlamaDeployment>, ctx: &Context) -> Result<Action, Error>
                 Some(pdb) => drop(ssa(&pdbs, pdb).await?),
                 None => delete_if_present(&pdbs, &name).await?,
             }
+            let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+            match &children.network_policy {
+                Some(np) => drop(ssa(&policies, np).await?),
+                None => delete_if_present(&policies, &name).await?,
+            }
             Some(dep)
         }
         // Never create children that can never schedule; whatever ran before stays as it was.
@@ -440,6 +447,11 @@ async fn cleanup(ld: &LlamaDeployment, ctx: &Context) -> Result<(), Error> {
     delete_if_present(&Api::<Service>::namespaced(client.clone(), &ns), &name).await?;
     delete_if_present(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        &name,
+    )
+    .await?;
+    delete_if_present(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
         &name,
     )
     .await?;

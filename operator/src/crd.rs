@@ -272,6 +272,23 @@ pub struct LlamaDeploymentSpec {
     /// restart. Exclusive with `apiKeySecretRef`. Default: unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys_secret_ref: Option<LocalObjectReference>,
+
+    /// Create a NetworkPolicy for the serving pods: ingress to the API port only from `from` and from the
+    /// operator (its namespace and pods, for the autoscaler's metrics reads). Needs a CNI that enforces
+    /// NetworkPolicy; kubelet probes come from the node and are not affected on common CNIs. Default: unset (no
+    /// policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
+}
+
+/// `spec.networkPolicy`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// Who may call the API (NetworkPolicy peers: `podSelector`, `namespaceSelector`, `ipBlock`), e.g. the
+    /// gateway's namespace and Prometheus. Empty: only the operator.
+    #[serde(default)]
+    pub from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }
 
 /// Where the GGUF weights come from (exactly one of `url`, `pvc`, `image`), and what the model is.

@@ -162,6 +162,9 @@ async fn main() -> Result<()> {
         plan.default_image = i;
     }
     plan.fetch_image = args.fetch_image.filter(|i| !i.is_empty());
+    plan.operator_namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty());
     plan.image_pull_policy = args.server_image_pull_policy;
     plan.image_pull_secrets = args
         .server_image_pull_secrets

@@ -54,6 +54,8 @@ pub struct PlanConfig {
     pub image_pull_policy: Option<String>,
     /// Secrets (names, in the LlamaDeployment's namespace) every serving pod pulls its images with.
     pub image_pull_secrets: Vec<String>,
+    /// The operator's own namespace (`POD_NAMESPACE`), so a NetworkPolicy lets its metrics reads in.
+    pub operator_namespace: Option<String>,
 }
 
 impl Default for PlanConfig {
@@ -66,6 +68,7 @@ impl Default for PlanConfig {
             fetch_image: None,
             image_pull_policy: None,
             image_pull_secrets: Vec::new(),
+            operator_namespace: None,
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct Children {
     pub service: Service,
     /// `None` means: delete the PDB if one exists.
     pub pdb: Option<PodDisruptionBudget>,
+    /// `None` means: delete the NetworkPolicy if one exists.
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 /// Labels on every child (the selector label included).
@@ -142,6 +147,7 @@ pub fn children(ld: &LlamaDeployment, cfg: &PlanConfig) -> Children {
         deployment: deployment(ld, cfg),
         service: service(ld),
         pdb: pdb(ld),
+        network_policy: network::network_policy(ld, cfg),
     }
 }
 
@@ -720,6 +726,8 @@ fn pdb(ld: &LlamaDeployment) -> Option<PodDisruptionBudget> {
         status: None,
     })
 }
+
+pub mod network;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -793,3 +793,47 @@ fn an_api_keys_secret_is_mounted_as_a_directory_the_server_rereads() {
         "no single-key env var alongside"
     );
 }
+
+#[test]
+fn a_network_policy_admits_the_listed_peers_and_the_operator_and_never_everyone() {
+    let ld = llama(
+        "guarded",
+        serde_json::json!({"model": {"pvc": {"claimName": "m", "path": "a.gguf"}}, "accelerator": "CPU",
+                           "networkPolicy": {"from": [
+                               {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+                               {"podSelector": {"matchLabels": {"app": "prometheus"}}}]}}),
+    );
+    let cfg = PlanConfig {
+        operator_namespace: Some("llama-system".into()),
+        ..PlanConfig::default()
+    };
+    let np = children(&ld, &cfg).network_policy.expect("a NetworkPolicy");
+    assert_golden("guarded-networkpolicy.yaml", &np);
+    let spec = np.spec.clone().expect("spec");
+    assert_eq!(
+        spec.pod_selector,
+        children(&ld, &cfg).deployment.spec.map(|s| s.selector),
+        "it selects exactly the Deployment's pods"
+    );
+    let rules = spec.ingress.expect("ingress");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].from.as_ref().map(Vec::len),
+        Some(3),
+        "two listed peers and the operator"
+    );
+
+    // Nobody listed and the operator's namespace unknown: no rule at all (deny), never a rule with an empty
+    // `from`, which would admit every source.
+    let alone = llama(
+        "alone",
+        serde_json::json!({"model": {"pvc": {"claimName": "m", "path": "a.gguf"}}, "accelerator": "CPU",
+                           "networkPolicy": {}}),
+    );
+    let np = children(&alone, &PlanConfig::default())
+        .network_policy
+        .expect("a NetworkPolicy");
+    assert_eq!(np.spec.and_then(|s| s.ingress), Some(vec![]));
+    // Unset: none planned (the controller deletes one left from before).
+    assert!(children(&smollm_cpu(), &cfg).network_policy.is_none());
+}

@@ -15,6 +15,7 @@ use e2e::operator::{Operator, create, finish, install_crd, lds, pods_of, wait_re
 use e2e::real_node::{RealNode, service_base};
 use e2e::{TestNamespace, client, run_tool, wait_for};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -138,10 +139,21 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
             "url": format!("hf://org/gated-repo/{}", node.model_file),
             "sha256": node.model_sha256,
         });
-        if with_token {
+        let mut s = if with_token {
             model["headersSecretRef"] = json!({"name": "hf-token"});
-        }
-        let mut s = node.spec(model);
+            let mut s = node.spec(model);
+            // The pod-template overlay on a real pod: an annotation, a host alias and an extra env var.
+            s["podTemplate"] = json!({
+                "metadata": {"annotations": {"e2e.llama-operator.dev/overlay": "applied"}},
+                "spec": {
+                    "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["overlay.e2e.test"]}],
+                    "containers": [{"name": "server", "env": [{"name": "OVERLAY_MARK", "value": "1"}]}],
+                },
+            });
+            s
+        } else {
+            node.spec(model)
+        };
         s["env"] = json!([{"name": "HF_ENDPOINT", "value": hub}]);
         s
     };
@@ -237,6 +249,35 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
         .next()
         .context("gated has no pod")?;
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    ensure!(
+        pod.annotations()
+            .get("e2e.llama-operator.dev/overlay")
+            .map(String::as_str)
+            == Some("applied"),
+        "the overlay's annotation is missing: {:?}",
+        pod.annotations()
+    );
+    let spec = pod.spec.clone().unwrap_or_default();
+    ensure!(
+        spec.host_aliases
+            .iter()
+            .flatten()
+            .any(|h| h.ip == "127.0.0.1"),
+        "the overlay's hostAliases are missing"
+    );
+    ensure!(
+        spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "OVERLAY_MARK")
+            && spec.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "HF_ENDPOINT"),
+        "the server's env lost the overlay's or the spec's variable"
+    );
     let log = run_tool(
         "kubectl",
         &["logs", "-n", &ns.name, &pod_name, "-c", "model-fetch"],

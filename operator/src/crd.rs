@@ -279,6 +279,25 @@ pub struct LlamaDeploymentSpec {
     /// policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySettings>,
+
+    /// A strategic-merge overlay on the planned pod template (`{metadata: {labels, annotations}, spec: {…}}`),
+    /// applied last, for what the spec has no field for: sidecars (`containers` merge by name), extra volumes
+    /// and mounts, `hostAliases`, security settings, `topologySpreadConstraints`… `null` deletes a field, an
+    /// item with `"$patch": "delete"` a list entry. It may not change what the operator owns — the server
+    /// container's command, args, image, ports, probes and lifecycle, the model's init containers and volumes
+    /// and their mounts, the operator's labels — or the spec is `Ready=False` (`InvalidSpec`) naming what.
+    /// Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+/// An object whose fields the apiserver keeps as given (the pod template overlay: a partial PodTemplateSpec).
+fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// `spec.networkPolicy`.

@@ -261,6 +261,14 @@ pub fn fit(spec: &LlamaDeploymentSpec, nodes: &[NodeFacts]) -> Result<Fit, Hardw
             "kvCacheMemory {size:?} is not a size like 4Gi"
         )));
     }
+    if spec.pod_template.is_some()
+        && let Some(e) = crate::plan::overlay_error(&crate::crd::LlamaDeployment::new(
+            "overlay-check",
+            spec.clone(),
+        ))
+    {
+        return Err(HardwareError::InvalidSpec(e));
+    }
     if let Some(url) = spec.model.url.as_deref() {
         let endpoint = spec
             .env

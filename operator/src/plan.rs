@@ -632,24 +632,64 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         ..Default::default()
     };
 
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(with_own(&s.pod_labels, labels(&name))),
+            annotations: (!s.pod_annotations.is_empty()).then(|| s.pod_annotations.clone()),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    if let Some(o) = &s.pod_template {
+        // Validation refuses an overlay that fails here (`overlay_error`), so no Deployment is applied with it.
+        if let Ok(t) = apply_overlay(&template, o, &name) {
+            template = t;
+        }
+    }
     Deployment {
         metadata: meta(ld),
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
             selector: selector(&name),
             strategy: Some(strategy(s)),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(with_own(&s.pod_labels, labels(&name))),
-                    annotations: (!s.pod_annotations.is_empty()).then(|| s.pod_annotations.clone()),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
+            template,
             ..Default::default()
         }),
         status: None,
     }
+}
+
+fn apply_overlay(
+    template: &PodTemplateSpec,
+    overlay: &serde_json::Value,
+    name: &str,
+) -> Result<PodTemplateSpec, String> {
+    let volumes: Vec<String> = template
+        .spec
+        .iter()
+        .flat_map(|p| p.volumes.iter().flatten())
+        .map(|v| v.name.clone())
+        .collect();
+    let owned_labels: Vec<String> = labels(name).into_keys().collect();
+    overlay::apply(template, overlay, &volumes, &owned_labels)
+}
+
+/// Why `spec.podTemplate` cannot be applied (it changes what the operator owns, or is not a pod template);
+/// `None` when it is unset or applies.
+pub fn overlay_error(ld: &LlamaDeployment) -> Option<String> {
+    let o = ld.spec.pod_template.as_ref()?;
+    let planned = deployment(
+        &LlamaDeployment {
+            spec: LlamaDeploymentSpec {
+                pod_template: None,
+                ..ld.spec.clone()
+            },
+            ..ld.clone()
+        },
+        &PlanConfig::default(),
+    );
+    let template = planned.spec.map(|s| s.template).unwrap_or_default();
+    apply_overlay(&template, o, &ld.name_any()).err()
 }
 
 /// `Deployment.spec.strategy` from `spec.rolloutStrategy`, filling what it leaves out with the accelerator's
@@ -728,6 +768,7 @@ fn pdb(ld: &LlamaDeployment) -> Option<PodDisruptionBudget> {
 }
 
 pub mod network;
+pub mod overlay;
 
 #[cfg(test)]
 pub(crate) mod tests;

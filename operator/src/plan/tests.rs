@@ -837,3 +837,101 @@ fn a_network_policy_admits_the_listed_peers_and_the_operator_and_never_everyone(
     // Unset: none planned (the controller deletes one left from before).
     assert!(children(&smollm_cpu(), &cfg).network_policy.is_none());
 }
+
+#[test]
+fn a_pod_template_overlay_adds_a_sidecar_and_volumes_but_cannot_touch_what_the_operator_owns() {
+    let overlaid = |overlay: serde_json::Value| {
+        let mut ld = smollm_cpu();
+        ld.spec.pod_template = Some(overlay);
+        ld
+    };
+    let ld = overlaid(serde_json::json!({
+        "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}, "labels": {"team": "search"}},
+        "spec": {
+            "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["models.internal"]}],
+            "terminationGracePeriodSeconds": 120,
+            "volumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+            "containers": [
+                {"name": "server",
+                 "env": [{"name": "SSL_CERT_DIR", "value": "/etc/corp-ca"}],
+                 "volumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca", "readOnly": true}]},
+                {"name": "log-shipper", "image": "fluent-bit:3", "args": ["-i", "dummy"]}
+            ]
+        }
+    }));
+    assert_eq!(crate::plan::overlay_error(&ld), None);
+    assert!(crate::hardware::fit(&ld.spec, &[]).is_ok());
+    let d = children(&ld, &PlanConfig::default()).deployment;
+    assert_golden("overlay-deployment.yaml", &d);
+    let pod = pod_of(&d);
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["server", "log-shipper"]);
+    let server = &pod.containers[0];
+    assert!(
+        server
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/etc/corp-ca")
+    );
+    assert!(
+        server
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "model"),
+        "the planned mounts stay"
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(120));
+    // The server still runs what the spec says (parsed with the server's own CLI).
+    let argv = command_of(&d, "server");
+    assert!(matches!(
+        parse_with_the_server(&argv),
+        llama_server::app::Commands::Serve(_)
+    ));
+
+    for (overlay, says) in [
+        (
+            serde_json::json!({"spec": {"containers": [{"name": "server", "args": ["serve", "--model", "/x"]}]}}),
+            "the server container's args",
+        ),
+        (
+            serde_json::json!({"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}),
+            "the server container's image",
+        ),
+        (
+            serde_json::json!({"spec": {"volumes": [{"name": "model", "hostPath": {"path": "/"}}]}}),
+            "volume model",
+        ),
+        (
+            serde_json::json!({"spec": {"volumes": [{"name": "model", "$patch": "delete"}]}}),
+            "volume model",
+        ),
+        (
+            serde_json::json!({"spec": {"initContainers": [{"name": "model-fetch", "args": ["fetch"]}]}}),
+            "init container model-fetch",
+        ),
+        (
+            serde_json::json!({"metadata": {"labels": {"inference.llama-operator.dev/deployment": "other"}}}),
+            "label inference.llama-operator.dev/deployment",
+        ),
+        (
+            serde_json::json!({"spec": {"containers": [{"name": "server", "$patch": "delete"}]}}),
+            "removes the server container",
+        ),
+        (serde_json::json!({"kind": "Pod"}), "only metadata and spec"),
+        (
+            serde_json::json!({"spec": {"terminationGracePeriodSeconds": "long"}}),
+            "spec.podTemplate: invalid type",
+        ),
+    ] {
+        let ld = overlaid(overlay.clone());
+        let e = crate::hardware::fit(&ld.spec, &[])
+            .expect_err(&format!("accepted {overlay}"))
+            .to_string();
+        assert!(e.contains(says), "{overlay}: {e}");
+        // Never applied: the plan stays as without the overlay.
+        let plain = children(&smollm_cpu(), &PlanConfig::default()).deployment;
+        assert_eq!(children(&ld, &PlanConfig::default()).deployment, plain);
+    }
+}

@@ -130,9 +130,43 @@ pub mod model_url {
         Ok(format!("{endpoint}/{org}/{repo}/resolve/{revision}/{path}"))
     }
 
+    /// The directory a `url` model gets inside a shared model cache (`spec.model.cache`): `sha256-<16 hex>` from
+    /// the declared digest (so the same file under two URLs is stored once), else `url-<16 hex>` from a 64-bit
+    /// FNV-1a hash of the URL.
+    pub fn cache_key(url: &str, sha256: Option<&str>) -> String {
+        if let Some(sha) = sha256.filter(|s| s.len() >= 16) {
+            return format!("sha256-{}", &sha[..16]);
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("url-{h:016x}")
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn cache_keys_follow_the_digest_else_the_url() {
+            let sha = "0123456789abcdef".repeat(4);
+            assert_eq!(
+                cache_key("https://a/x.gguf", Some(&sha)),
+                "sha256-0123456789abcdef"
+            );
+            assert_eq!(
+                cache_key("https://b/y.gguf", Some(&sha)),
+                "sha256-0123456789abcdef"
+            );
+            // FNV-1a 64 of "a": 0xaf63dc4c8601ec8c (the published test vector).
+            assert_eq!(cache_key("a", None), "url-af63dc4c8601ec8c");
+            assert_ne!(
+                cache_key("https://a/x.gguf", None),
+                cache_key("https://a/y.gguf", None)
+            );
+        }
 
         #[test]
         fn http_urls_pass_through_and_hf_expands_to_a_resolve_url() {

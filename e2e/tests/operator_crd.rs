@@ -77,6 +77,21 @@ async fn operator_crd_rejects_invalid_objects_naming_the_field() -> Result<()> {
             "spec.apiKeySecretRef and spec.apiKeysSecretRef are exclusive",
         ),
         (
+            "cache-without-url",
+            json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "cache": {"claimName": "x"}}}),
+            "spec.model.cache is only valid with spec.model.url",
+        ),
+        (
+            "cache-both",
+            json!({"model": {"url": "https://x/m.gguf", "cache": {"claimName": "x", "hostPath": "/c"}}}),
+            "spec.model.cache must set exactly one of hostPath or claimName",
+        ),
+        (
+            "cache-relative",
+            json!({"model": {"url": "https://x/m.gguf", "cache": {"hostPath": "models/../etc"}}}),
+            "spec.model.cache.hostPath must be an absolute path without '..'",
+        ),
+        (
             "headers-without-url",
             json!({"model": {"pvc": {"claimName": "c", "path": "m.gguf"}, "headersSecretRef": {"name": "t"}}}),
             "spec.model.headersSecretRef is only valid with spec.model.url",

@@ -3,6 +3,8 @@
 //! `hf://` model with `HF_ENDPOINT` pointing at the hub and `headersSecretRef` naming a Secret with the token is
 //! fetched and serves; without the Secret the LlamaDeployment says `ModelFetchFailed` with the 401. The token
 //! reaches the hub only: not the CDN, not the fetch log, not the pod spec, not the LlamaDeployment's status.
+//! The gated deployment also runs two replicas on a node model cache (one download between them) and carries a
+//! pod-template overlay.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -134,6 +136,10 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
         .create(&PostParams::default(), &secret)
         .await?;
 
+    // The node cache directory, writable by the pods' uid (65532), as a node's setup would prepare it.
+    let cache_dir = std::env::temp_dir().join(format!("llama-e2e-cache-{}", ns.name));
+    std::fs::create_dir_all(&cache_dir)?;
+    std::os::unix::fs::chown(&cache_dir, Some(65532), Some(65532))?;
     let spec = |with_token: bool| {
         let mut model = json!({
             "url": format!("hf://org/gated-repo/{}", node.model_file),
@@ -141,7 +147,10 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
         });
         let mut s = if with_token {
             model["headersSecretRef"] = json!({"name": "hf-token"});
+            // Two replicas share a node cache: one download between them.
+            model["cache"] = json!({"hostPath": cache_dir.to_string_lossy()});
             let mut s = node.spec(model);
+            s["replicas"] = json!(2);
             // The pod-template overlay on a real pod: an annotation, a host alias and an extra env var.
             s["podTemplate"] = json!({
                 "metadata": {"annotations": {"e2e.llama-operator.dev/overlay": "applied"}},
@@ -236,7 +245,11 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
         hub_seen.iter().any(|(_, a)| a.is_none()),
         "the no-token pod never asked the hub: {hub_seen:?}"
     );
-    ensure!(!cdn_seen.is_empty(), "nothing was downloaded from the CDN");
+    ensure!(
+        cdn_seen.len() == 1,
+        "two replicas sharing a node cache downloaded {} time(s): {cdn_seen:?}",
+        cdn_seen.len()
+    );
     ensure!(
         cdn_seen.iter().all(|(_, a)| a.is_none()),
         "the token followed the redirect to the CDN: {cdn_seen:?}"
@@ -307,5 +320,7 @@ async fn real_node_a_gated_hf_model_is_fetched_with_the_secret_token_which_goes_
             "the signed CDN query is in {what}"
         );
     }
-    finish(op, &client, ns).await
+    finish(op, &client, ns).await?;
+    std::fs::remove_dir_all(&cache_dir)?;
+    Ok(())
 }

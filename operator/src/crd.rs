@@ -314,6 +314,7 @@ pub struct NetworkPolicySettings {
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[x_kube(validation = Rule::new("[has(self.url), has(self.pvc), has(self.image)].filter(x, x).size() == 1").message("spec.model must set exactly one of url, pvc or image"))]
 #[x_kube(validation = Rule::new("!has(self.sha256) || has(self.url)").message("spec.model.sha256 is only valid with spec.model.url").field_path(".sha256"))]
+#[x_kube(validation = Rule::new("!has(self.cache) || has(self.url)").message("spec.model.cache is only valid with spec.model.url").field_path(".cache"))]
 #[x_kube(validation = Rule::new("!has(self.headersSecretRef) || has(self.url)").message("spec.model.headersSecretRef is only valid with spec.model.url").field_path(".headersSecretRef"))]
 #[x_kube(validation = Rule::new("!has(self.file) || has(self.image)").message("spec.model.file is only valid with spec.model.image").field_path(".file"))]
 #[serde(rename_all = "camelCase")]
@@ -337,6 +338,14 @@ pub struct ModelSpec {
     /// own origin, not across a redirect to another host, and are never logged. Default: no headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_secret_ref: Option<LocalObjectReference>,
+
+    /// Keep `url` downloads in a cache shared by pods instead of a pod-local volume, so replicas do not download
+    /// the same file twice: `hostPath` (a node directory, writable by uid 65532; one download per node) or
+    /// `claimName` (a ReadWriteMany PVC; one download for the whole cluster). Files live under
+    /// `<cache>/<sha256-… or url-…>/model.gguf`; concurrent fetches of one file take turns (a lock file), and a
+    /// present file with the right `sha256` is used as is. Default: unset (an emptyDir per pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ModelCache>,
 
     /// Expected SHA-256 of the file at `url` (64 lowercase hex digits); the fetch fails on a mismatch.
     /// Default: unset (not verified).
@@ -398,6 +407,20 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("spec.model.contextLength must be positive"))]
     pub context_length: Option<i32>,
+}
+
+/// Where `url` downloads are kept (exactly one of the two).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.hostPath) != has(self.claimName)").message("spec.model.cache must set exactly one of hostPath or claimName"))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCache {
+    /// Absolute directory on each node (created if missing; must be writable by uid 65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..')").message("spec.model.cache.hostPath must be an absolute path without '..'"))]
+    pub host_path: Option<String>,
+    /// A ReadWriteMany PersistentVolumeClaim in the LlamaDeployment's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
 }
 
 /// A claim and the path of the GGUF file inside it.

@@ -161,6 +161,12 @@ pub fn model_path(spec: &LlamaDeploymentSpec) -> String {
             "{MODELCAR_DIR}/models/{}",
             m.file.as_deref().unwrap_or("model.gguf")
         )
+    } else if m.cache.is_some() {
+        let key = llama_contract::model_url::cache_key(
+            m.url.as_deref().unwrap_or_default(),
+            m.sha256.as_deref(),
+        );
+        format!("{MODEL_DIR}/{key}/model.gguf")
     } else {
         format!("{MODEL_DIR}/model.gguf")
     }
@@ -278,6 +284,7 @@ pub fn server_resources(s: &LlamaDeploymentSpec) -> ResourceRequirements {
         limits.insert(s.resources.gpu_resource_name.clone(), n);
     }
     if s.model.url.is_some()
+        && s.model.cache.is_none()
         && let Some(size) = model_volume_size(s)
     {
         requests.insert("ephemeral-storage".to_owned(), size);
@@ -291,7 +298,7 @@ pub fn server_resources(s: &LlamaDeploymentSpec) -> ResourceRequirements {
 
 /// Arguments of the `model-fetch` init container (`llama-server fetch ...`); `headers`: the
 /// `headersSecretRef` Secret is mounted at [`llama_contract::MODEL_HEADERS_DIR`].
-pub fn fetch_args(url: &str, sha256: Option<&str>, headers: bool) -> Vec<String> {
+pub fn fetch_args(url: &str, sha256: Option<&str>, headers: bool, out: &str) -> Vec<String> {
     use llama_contract::fetch_flags as f;
     let mut args = vec![
         llama_contract::cmd::FETCH.to_owned(),
@@ -307,7 +314,7 @@ pub fn fetch_args(url: &str, sha256: Option<&str>, headers: bool) -> Vec<String>
             llama_contract::MODEL_HEADERS_DIR.to_owned(),
         ]);
     }
-    args.extend([flag(f::OUT), format!("{MODEL_DIR}/model.gguf")]);
+    args.extend([flag(f::OUT), out.to_owned()]);
     args
 }
 
@@ -438,7 +445,31 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let mut share_process_namespace = None;
     let m = &s.model;
     if let Some(url) = &m.url {
-        volumes.push(empty_dir("model", None, model_volume_size(s)));
+        volumes.push(match &m.cache {
+            Some(crate::crd::ModelCache {
+                host_path: Some(path),
+                ..
+            }) => Volume {
+                name: "model".to_owned(),
+                host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                    path: path.clone(),
+                    type_: Some("DirectoryOrCreate".to_owned()),
+                }),
+                ..Default::default()
+            },
+            Some(crate::crd::ModelCache {
+                claim_name: Some(claim),
+                ..
+            }) => Volume {
+                name: "model".to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            },
+            _ => empty_dir("model", None, model_volume_size(s)),
+        });
         mounts.push(mount("model", MODEL_DIR, true));
         let mut fetch_mounts = vec![
             mount("model", MODEL_DIR, false),
@@ -473,6 +504,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
                 url,
                 m.sha256.as_deref(),
                 m.headers_secret_ref.is_some(),
+                &model_path(s),
             )),
             // Proxies and `HF_ENDPOINT` apply to the download too; the API key does not.
             env: (!s.env.is_empty()).then(|| s.env.clone()),

@@ -168,6 +168,25 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
         stall_timeout: args.stall_timeout,
     };
     let out = &args.out;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    // In a shared cache (a hostPath or RWX volume) replicas fetch the same file at once: they take turns, and
+    // whoever comes second finds the file in place (the lock is released when the process exits).
+    let lock_path = PathBuf::from(format!("{}.lock", out.display()));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("opening", &lock_path))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "fetch: another fetch of {} is running; waiting for it",
+            out.display()
+        );
+        lock.lock().map_err(io("locking", &lock_path))?;
+    }
     if out.is_file() {
         match &expected {
             Some(want) => {
@@ -194,9 +213,6 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-    }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -395,3 +395,45 @@ fn a_header_file_with_a_line_break_is_refused_without_echoing_it() {
     assert!(!err.contains("X-Injected"), "{err}");
     assert!(srv.seen().is_empty());
 }
+
+#[test]
+fn two_fetches_into_one_shared_cache_download_the_file_once() {
+    let body = body();
+    let srv = FileServer::start(body.clone());
+    let dir = tmp("shared");
+    let sha = reference_digest(&body, &dir);
+    let out = dir.join("cache/sha256-x/model.gguf");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_llama-server"))
+            .args([
+                "fetch",
+                "--url",
+                &srv.url("/model.gguf"),
+                "--sha256",
+                &sha,
+                "--out",
+            ])
+            .arg(&out)
+            .env_remove("MODEL_URL")
+            .env_remove("MODEL_SHA256")
+            .env_remove("MODEL_HEADERS_DIR")
+            .env_remove("HF_ENDPOINT")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fetch")
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (
+        a.wait_with_output().expect("fetch a"),
+        b.wait_with_output().expect("fetch b"),
+    );
+    let logs = format!(
+        "{}\n---\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert!(a.status.success() && b.status.success(), "{logs}");
+    assert_eq!(std::fs::read(&out).expect("output"), body);
+    assert_eq!(srv.seen().len(), 1, "downloaded more than once:\n{logs}");
+    assert!(logs.contains("already present"), "{logs}");
+}

@@ -935,3 +935,71 @@ fn a_pod_template_overlay_adds_a_sidecar_and_volumes_but_cannot_touch_what_the_o
         assert_eq!(children(&ld, &PlanConfig::default()).deployment, plain);
     }
 }
+
+#[test]
+fn a_model_cache_keeps_url_downloads_in_a_shared_volume_where_fetch_and_serve_agree() {
+    for (cache, host) in [
+        (
+            serde_json::json!({"hostPath": "/var/lib/llama-models"}),
+            true,
+        ),
+        (serde_json::json!({"claimName": "model-cache"}), false),
+    ] {
+        let mut ld = smollm_cpu();
+        ld.spec.model.cache = Some(serde_json::from_value(cache).expect("cache"));
+        let d = children(&ld, &PlanConfig::default()).deployment;
+        let llama_server::app::Commands::Fetch(f) =
+            parse_with_the_server(&command_of(&d, FETCH_CONTAINER))
+        else {
+            panic!("no fetch");
+        };
+        let llama_server::app::Commands::Serve(a) =
+            parse_with_the_server(&command_of(&d, "server"))
+        else {
+            panic!("no serve");
+        };
+        let key = llama_contract::model_url::cache_key(
+            ld.spec.model.url.as_deref().unwrap(),
+            ld.spec.model.sha256.as_deref(),
+        );
+        assert_eq!(
+            f.out,
+            std::path::PathBuf::from(format!("/models/{key}/model.gguf"))
+        );
+        assert_eq!(
+            a.model.as_deref(),
+            Some(f.out.as_path()),
+            "serve reads what fetch wrote"
+        );
+        let pod = pod_of(&d);
+        let vol = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "model")
+            .expect("model volume");
+        if host {
+            let hp = vol.host_path.as_ref().expect("hostPath");
+            assert_eq!(
+                (hp.path.as_str(), hp.type_.as_deref()),
+                ("/var/lib/llama-models", Some("DirectoryOrCreate"))
+            );
+        } else {
+            assert_eq!(
+                vol.persistent_volume_claim
+                    .as_ref()
+                    .map(|c| c.claim_name.as_str()),
+                Some("model-cache")
+            );
+        }
+        let requests = pod.containers[0]
+            .resources
+            .clone()
+            .and_then(|r| r.requests)
+            .unwrap();
+        assert!(
+            !requests.contains_key("ephemeral-storage"),
+            "the download is not pod-local"
+        );
+    }
+}

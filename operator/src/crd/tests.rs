@@ -183,3 +183,75 @@ fn the_keda_example_targets_the_scale_subresource_and_a_metric_the_server_export
         "the server does not export {metric} as the queue: {rendered}"
     );
 }
+
+/// The PVC-populating example: its Job runs a `fetch` the server accepts, with the server image the operator
+/// plans, and the LlamaDeployment beside it serves exactly the file the Job writes, from the same claim.
+#[test]
+fn the_populate_pvc_example_writes_the_file_its_llama_deployment_serves() {
+    use serde::Deserialize;
+    let root = crate::plan::tests::package_dir().join("..");
+    let text = std::fs::read_to_string(root.join("manifests/examples/populate-model-pvc.yaml"))
+        .expect("example");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["PersistentVolumeClaim", "Job", "LlamaDeployment"]);
+    let job: k8s_openapi::api::batch::v1::Job =
+        serde_json::from_value(docs[1].clone()).expect("a Job");
+    let pod = job.spec.expect("spec").template.spec.expect("pod");
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(crate::plan::PlanConfig::default().default_image.as_str()),
+        "the Job uses the server image the operator plans"
+    );
+    let mut argv = c.command.clone().expect("command");
+    argv.extend(c.args.clone().unwrap_or_default());
+    use clap::Parser;
+    let cli = llama_server::app::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("llama-server rejects {argv:?}:\n{e}"));
+    let llama_server::app::Commands::Fetch(f) = cli.command else {
+        panic!("the Job does not run fetch: {argv:?}");
+    };
+    assert!(llama_contract::model_url::resolve(&f.url, None).is_ok());
+    let claim_of = |volumes: &[k8s_openapi::api::core::v1::Volume],
+                    mount: &str,
+                    mounts: &[k8s_openapi::api::core::v1::VolumeMount]| {
+        let m = mounts
+            .iter()
+            .find(|m| m.mount_path == mount)
+            .expect("mount");
+        volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .and_then(|v| v.persistent_volume_claim.as_ref())
+            .map(|c| c.claim_name.clone())
+            .expect("a claim")
+    };
+    let job_claim = claim_of(
+        pod.volumes.as_deref().unwrap_or_default(),
+        "/models",
+        c.volume_mounts.as_deref().unwrap_or_default(),
+    );
+    assert_eq!(
+        Some(job_claim.as_str()),
+        docs[0]["metadata"]["name"].as_str()
+    );
+
+    let ld = crate::plan::tests::llama("smollm2-from-pvc", docs[2]["spec"].clone());
+    let d = crate::plan::children(&ld, &crate::plan::PlanConfig::default()).deployment;
+    let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+    let server = &pod.containers[0];
+    let served_claim = claim_of(
+        pod.volumes.as_deref().unwrap_or_default(),
+        "/models",
+        server.volume_mounts.as_deref().unwrap_or_default(),
+    );
+    assert_eq!(served_claim, job_claim);
+    assert_eq!(
+        std::path::PathBuf::from(crate::plan::model_path(&ld.spec)),
+        f.out,
+        "the server reads what the Job wrote"
+    );
+}

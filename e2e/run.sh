@@ -64,7 +64,7 @@ fi
 # Real pods load the 2 cores: these tests run one at a time, after the kwok ones.
 # shellcheck disable=SC2086
 real_env && cargo test --locked --no-fail-fast -p e2e --test real_node --test real_node_autoscale --test real_node_memory \
-  --test real_node_credentials -- \
+  --test real_node_credentials --test real_node_rollout -- \
   --ignored --test-threads=1 --nocapture ${E2E_REAL_FILTER:-}
 rc3=$?
 if [ "$rc3" != 0 ] && [ -n "${E2E_REAL_NODE:-}" ]; then

@@ -56,8 +56,8 @@ async fn rollouts_on_a_full_gpu_node_wait_with_max_unavailable_0_and_progress_by
             {"key": TAINT, "value": ns.name, "effect": "NoSchedule"},
         ]},
         "status": {
-            "capacity": {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "2"},
-            "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "2"},
+            "capacity": {"cpu": "16", "memory": "64Gi", "ephemeral-storage": "200Gi", "pods": "110", "nvidia.com/gpu": "2"},
+            "allocatable": {"cpu": "16", "memory": "64Gi", "ephemeral-storage": "200Gi", "pods": "110", "nvidia.com/gpu": "2"},
         },
     }))?;
     let nodes: Api<Node> = Api::all(client.clone());

@@ -642,7 +642,7 @@ pub struct LlamaDeploymentStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// How long a pod took to serve, from its creation to its Ready condition. Unit: seconds (0.1 s resolution).
+/// How long a pod took to serve, from its creation to its Ready condition. Unit: seconds (whole seconds in practice: the kubelet stamps times to the second).
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StartupStatus {

@@ -77,7 +77,10 @@ async fn real_node_recreate_replaces_gpu_pods_on_a_full_node_where_a_surge_would
 
     // Recreate: both old pods go, two new ones take the GPUs.
     let t0 = Instant::now();
-    patch(json!({"rolloutStrategy": {"type": "Recreate"}})).await?;
+    patch(
+        json!({"rolloutStrategy": {"type": "Recreate", "maxSurge": null, "maxUnavailable": null}}),
+    )
+    .await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
     wait_for("the Recreate rollout", READY_TIMEOUT, || async {
         let d = deployments.get("gpus").await?;

@@ -364,6 +364,19 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
+/// A Secret as a volume, readable by the pod's group only (`fsGroup`), never world-readable.
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn empty_dir(name: &str, medium: Option<&str>, size: Option<Quantity>) -> Volume {
     Volume {
         name: name.to_owned(),
@@ -429,15 +442,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         mount("tmp", "/tmp", false),
     ];
     if let Some(secret) = &s.api_keys_secret_ref {
-        volumes.push(Volume {
-            name: "api-keys".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(secret_volume("api-keys", &secret.name));
         // The whole directory, not a subPath: only a directory mount sees the kubelet's updates.
         mounts.push(mount("api-keys", llama_contract::API_KEYS_DIR, true));
     }
@@ -476,15 +481,7 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
             mount("tmp", "/tmp", false),
         ];
         if let Some(secret) = &m.headers_secret_ref {
-            volumes.push(Volume {
-                name: "model-headers".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.name.clone()),
-                    default_mode: Some(0o440),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
+            volumes.push(secret_volume("model-headers", &secret.name));
             fetch_mounts.push(mount(
                 "model-headers",
                 llama_contract::MODEL_HEADERS_DIR,

@@ -3,6 +3,20 @@ use crate::hardware::{Fit, HardwareError};
 use crate::plan::tests::{assert_golden, llama};
 use k8s_openapi::jiff::Timestamp;
 
+/// `derive` with a fitting spec, no pod problems and no pods observed, at `at(secs)`.
+fn derive_fit(ld: &LlamaDeployment, d: &Deployment, secs: i64) -> LlamaDeploymentStatus {
+    derive(
+        ld,
+        &Observed {
+            validation: &fit(),
+            deployment: Some(d),
+            problems: &[],
+            progress: &NO_PODS,
+        },
+        &at(secs),
+    )
+}
+
 /// No pods observed.
 static NO_PODS: progress::PodProgress = progress::PodProgress {
     pending: 0,
@@ -190,43 +204,16 @@ fn failed_validation_is_not_ready_with_the_reason_and_arithmetic() {
 fn last_transition_time_moves_only_when_the_status_changes() {
     let mut ld = two_replicas();
     let rolling = deployment(1, 2, 1, 1);
-    let first = derive(
-        &ld,
-        &Observed {
-            validation: &fit(),
-            deployment: Some(&rolling),
-            problems: &[],
-            progress: &NO_PODS,
-        },
-        &at(0),
-    );
+    let first = derive_fit(&ld, &rolling, 0);
     ld.status = Some(first.clone());
-    let again = derive(
-        &ld,
-        &Observed {
-            validation: &fit(),
-            deployment: Some(&rolling),
-            problems: &[],
-            progress: &NO_PODS,
-        },
-        &at(60),
-    );
+    let again = derive_fit(&ld, &rolling, 60);
     assert_eq!(
         again, first,
         "nothing changed, so nothing moves (and no status patch is needed)"
     );
     ld.status = Some(again);
     let done = deployment(1, 2, 2, 2);
-    let later = derive(
-        &ld,
-        &Observed {
-            validation: &fit(),
-            deployment: Some(&done),
-            problems: &[],
-            progress: &NO_PODS,
-        },
-        &at(120),
-    );
+    let later = derive_fit(&ld, &done, 120);
     assert_eq!(
         find(&later.conditions, READY).map(|c| c.last_transition_time.clone()),
         Some(at(120))
@@ -339,16 +326,7 @@ fn zero_replicas_is_ready_as_scaled_to_zero() {
     let mut ld = two_replicas();
     ld.spec.replicas = 0;
     let d = deployment(1, 0, 0, 0);
-    let s = derive(
-        &ld,
-        &Observed {
-            validation: &fit(),
-            deployment: Some(&d),
-            problems: &[],
-            progress: &NO_PODS,
-        },
-        &at(0),
-    );
+    let s = derive_fit(&ld, &d, 0);
     assert_eq!(
         status_of(&s.conditions, READY),
         ("True".into(), "ScaledToZero".into())
@@ -658,15 +636,6 @@ fn the_phase_says_invalid_or_failed_before_progress_and_the_startup_outlives_its
         startup: Some(before.clone()),
         ..Default::default()
     });
-    let s = derive(
-        &ld2,
-        &Observed {
-            validation: &fit(),
-            deployment: Some(&d),
-            problems: &[],
-            progress: &NO_PODS,
-        },
-        &at(0),
-    );
+    let s = derive_fit(&ld2, &d, 0);
     assert_eq!(s.startup, Some(before));
 }

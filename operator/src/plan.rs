@@ -7,11 +7,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, SleepAction, Toleration, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -151,27 +151,6 @@ pub fn children(ld: &LlamaDeployment, cfg: &PlanConfig) -> Children {
     }
 }
 
-/// Path of the GGUF file as the server sees it.
-pub fn model_path(spec: &LlamaDeploymentSpec) -> String {
-    let m = &spec.model;
-    if let Some(pvc) = &m.pvc {
-        format!("{MODEL_DIR}/{}", pvc.path)
-    } else if m.image.is_some() {
-        format!(
-            "{MODELCAR_DIR}/models/{}",
-            m.file.as_deref().unwrap_or("model.gguf")
-        )
-    } else if m.cache.is_some() {
-        let key = llama_contract::model_url::cache_key(
-            m.url.as_deref().unwrap_or_default(),
-            m.sha256.as_deref(),
-        );
-        format!("{MODEL_DIR}/{key}/model.gguf")
-    } else {
-        format!("{MODEL_DIR}/model.gguf")
-    }
-}
-
 /// `--<name>` of a contract flag.
 fn flag(name: &str) -> String {
     format!("--{name}")
@@ -234,15 +213,6 @@ pub fn server_args(ld: &LlamaDeployment) -> Vec<String> {
     args
 }
 
-/// Size limit of the `url` model's volume: the declared file size + 10 % + 64 MiB; `None` when undeclared.
-fn model_volume_size(s: &LlamaDeploymentSpec) -> Option<Quantity> {
-    let b = s.model.size_bytes?;
-    Some(Quantity(format!(
-        "{}Mi",
-        (b + b / 10).div_euclid(1 << 20) + 64
-    )))
-}
-
 /// Default requests of a server container whose spec leaves `resources.cpu`/`memory` unset: enough that the
 /// pod is Burstable (never BestEffort, the first evicted) without claiming what the user did not size.
 pub fn default_requests(s: &LlamaDeploymentSpec) -> (Quantity, Quantity) {
@@ -285,7 +255,7 @@ pub fn server_resources(s: &LlamaDeploymentSpec) -> ResourceRequirements {
     }
     if s.model.url.is_some()
         && s.model.cache.is_none()
-        && let Some(size) = model_volume_size(s)
+        && let Some(size) = model::model_volume_size(s)
     {
         requests.insert("ephemeral-storage".to_owned(), size);
     }
@@ -294,28 +264,6 @@ pub fn server_resources(s: &LlamaDeploymentSpec) -> ResourceRequirements {
         limits: (!limits.is_empty()).then_some(limits),
         ..Default::default()
     }
-}
-
-/// Arguments of the `model-fetch` init container (`llama-server fetch ...`); `headers`: the
-/// `headersSecretRef` Secret is mounted at [`llama_contract::MODEL_HEADERS_DIR`].
-pub fn fetch_args(url: &str, sha256: Option<&str>, headers: bool, out: &str) -> Vec<String> {
-    use llama_contract::fetch_flags as f;
-    let mut args = vec![
-        llama_contract::cmd::FETCH.to_owned(),
-        flag(f::URL),
-        url.to_owned(),
-    ];
-    if let Some(sha) = sha256 {
-        args.extend([flag(f::SHA256), sha.to_owned()]);
-    }
-    if headers {
-        args.extend([
-            flag(f::HEADERS_DIR),
-            llama_contract::MODEL_HEADERS_DIR.to_owned(),
-        ]);
-    }
-    args.extend([flag(f::OUT), out.to_owned()]);
-    args
 }
 
 fn http_probe(path: &str, period: i32, failures: i32, timeout: i32) -> Probe {
@@ -388,17 +336,6 @@ fn empty_dir(name: &str, medium: Option<&str>, size: Option<Quantity>) -> Volume
     }
 }
 
-/// Shell of the modelcar sidecar: publish a link to this process's root `/models` (reachable by the server
-/// through the shared process namespace as `/proc/<pid>/root/models`) in the shared `/modelcar` volume, then
-/// wait for SIGTERM. `$$` is the sidecar shell's own pid as the pod's other containers see it, so no pid search
-/// is needed; the sidecar's startup probe holds the server back until the link resolves. The kubelet expands
-/// `$(VAR)` in commands and turns `$$` into `$`, so the shell's `$$` is written `$$$$` here (found on a real node:
-/// with `$$` the link pointed at `/proc/$/root/models`).
-const MODELCAR_SCRIPT: &str = r#"ln -sfn "/proc/$$$$/root/models" /modelcar/models
-trap 'exit 0' TERM INT
-while true; do sleep 3600 & wait $!; done
-"#;
-
 fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
     let s = &ld.spec;
     let name = ld.name_any();
@@ -446,128 +383,14 @@ fn deployment(ld: &LlamaDeployment, cfg: &PlanConfig) -> Deployment {
         // The whole directory, not a subPath: only a directory mount sees the kubelet's updates.
         mounts.push(mount("api-keys", llama_contract::API_KEYS_DIR, true));
     }
-    let mut init_containers = Vec::new();
-    let mut share_process_namespace = None;
-    let m = &s.model;
-    if let Some(url) = &m.url {
-        volumes.push(match &m.cache {
-            Some(crate::crd::ModelCache {
-                host_path: Some(path),
-                ..
-            }) => Volume {
-                name: "model".to_owned(),
-                host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
-                    path: path.clone(),
-                    type_: Some("DirectoryOrCreate".to_owned()),
-                }),
-                ..Default::default()
-            },
-            Some(crate::crd::ModelCache {
-                claim_name: Some(claim),
-                ..
-            }) => Volume {
-                name: "model".to_owned(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: None,
-                }),
-                ..Default::default()
-            },
-            _ => empty_dir("model", None, model_volume_size(s)),
-        });
-        mounts.push(mount("model", MODEL_DIR, true));
-        let mut fetch_mounts = vec![
-            mount("model", MODEL_DIR, false),
-            mount("tmp", "/tmp", false),
-        ];
-        if let Some(secret) = &m.headers_secret_ref {
-            volumes.push(secret_volume("model-headers", &secret.name));
-            fetch_mounts.push(mount(
-                "model-headers",
-                llama_contract::MODEL_HEADERS_DIR,
-                true,
-            ));
-        }
-        init_containers.push(Container {
-            name: FETCH_CONTAINER.to_owned(),
-            image: Some(
-                cfg.fetch_image
-                    .clone()
-                    .unwrap_or_else(|| server_image.clone()),
-            ),
-            image_pull_policy: pull_policy.clone(),
-            command: Some(vec![llama_contract::cmd::BINARY.to_owned()]),
-            args: Some(fetch_args(
-                url,
-                m.sha256.as_deref(),
-                m.headers_secret_ref.is_some(),
-                &model_path(s),
-            )),
-            // Proxies and `HF_ENDPOINT` apply to the download too; the API key does not.
-            env: (!s.env.is_empty()).then(|| s.env.clone()),
-            env_from: (!s.env_from.is_empty()).then(|| s.env_from.clone()),
-            volume_mounts: Some(fetch_mounts),
-            security_context: Some(restricted_container_security()),
-            // A failed fetch's last log lines (status, URL, checksum) become the termination message.
-            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-            ..Default::default()
-        });
-    } else if let Some(pvc) = &m.pvc {
-        volumes.push(Volume {
-            name: "model".to_owned(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: pvc.claim_name.clone(),
-                read_only: Some(true),
-            }),
-            ..Default::default()
-        });
-        mounts.push(mount("model", MODEL_DIR, true));
-    } else if let Some(image) = &m.image {
-        share_process_namespace = Some(true);
-        volumes.push(empty_dir(
-            "modelcar",
-            None,
-            Some(Quantity("1Mi".to_owned())),
-        ));
-        mounts.push(mount("modelcar", MODELCAR_DIR, true));
-        init_containers.push(Container {
-            name: "modelcar".to_owned(),
-            image: Some(image.trim_start_matches("oci://").to_owned()),
-            // A native sidecar: started before, and stopped after, the server.
-            restart_policy: Some("Always".to_owned()),
-            command: Some(vec![
-                "sh".to_owned(),
-                "-c".to_owned(),
-                MODELCAR_SCRIPT.to_owned(),
-            ]),
-            volume_mounts: Some(vec![mount("modelcar", MODELCAR_DIR, false)]),
-            startup_probe: Some(Probe {
-                exec: Some(ExecAction {
-                    command: Some(vec![
-                        "test".into(),
-                        "-e".into(),
-                        format!("{MODELCAR_DIR}/models/"),
-                    ]),
-                }),
-                period_seconds: Some(1),
-                failure_threshold: Some(300),
-                ..Default::default()
-            }),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity("10m".to_owned())),
-                    ("memory".to_owned(), Quantity("16Mi".to_owned())),
-                ])),
-                limits: Some(BTreeMap::from([(
-                    "memory".to_owned(),
-                    Quantity("64Mi".to_owned()),
-                )])),
-                ..Default::default()
-            }),
-            security_context: Some(restricted_container_security()),
-            ..Default::default()
-        });
-    }
+    let (init_containers, share_process_namespace) = model::model_source(
+        s,
+        cfg,
+        &server_image,
+        &pull_policy,
+        &mut volumes,
+        &mut mounts,
+    );
 
     let startup_period = 10;
     let server = Container {
@@ -796,7 +619,9 @@ fn pdb(ld: &LlamaDeployment) -> Option<PodDisruptionBudget> {
     })
 }
 
+pub mod model;
 pub mod network;
+pub use model::{fetch_args, model_path};
 pub mod overlay;
 
 #[cfg(test)]

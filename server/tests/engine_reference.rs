@@ -92,8 +92,12 @@ fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 }
 
 fn check(name: &str, tol: f64) {
+    check_with(name, tol, LoadOptions::default());
+}
+
+fn check_with(name: &str, tol: f64, opts: LoadOptions) {
     let path = engine_common::test_models("tiny").join(format!("{name}.gguf"));
-    let model = Model::load(&path, &Device::Cpu, LoadOptions::default()).expect("load");
+    let model = Model::load(&path, &Device::Cpu, opts).expect("load");
     let reference = reference_logits(&path, &TOKENS);
     let ours = rust_logits(&model, AttentionImpl::Host, KvDType::F32);
     for (step, row) in ours.iter().enumerate() {
@@ -135,9 +139,21 @@ fn f16_matches_the_numpy_reference() {
     check("tiny-f16", 1e-3);
 }
 
+/// With `exact_bf16` the f32 activations meet the stored bf16 weights: f32 math, like the other dense types.
+/// By default, CPUs with AVX-512 BF16 round the activations to bf16 for `vdpbf16ps` (llama.cpp's route):
+/// 3.2e-3 was measured on the tiny model, so the bound is 1e-2 there (the default equals the exact path
+/// elsewhere).
 #[test]
 fn bf16_matches_the_numpy_reference() {
-    check("tiny-bf16", 1e-3);
+    check_with(
+        "tiny-bf16",
+        1e-3,
+        LoadOptions {
+            exact_bf16: true,
+            ..LoadOptions::default()
+        },
+    );
+    check("tiny-bf16", 1e-2);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::kernels::{Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q8_0Matrix};
+use super::kernels::{HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q8_0Matrix};
 
 /// Options applied while turning GGUF tensors into layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,13 +25,20 @@ pub struct LoadOptions {
     /// With tensor parallelism, keep the whole LM head on every rank instead of splitting the vocabulary
     /// (measured against the vocab-parallel default by `bench --replicate-lm-head`).
     pub replicate_lm_head: bool,
+    /// BF16 weights on the CPU multiply f32 activations even where AVX-512 BF16 could take bf16-rounded
+    /// ones (the faster default, llama.cpp's numerics): see [`super::kernels::HalfMatrix`].
+    pub exact_bf16: bool,
 }
 
 /// A weight matrix `[out, in]` and how it is multiplied.
 #[derive(Debug, Clone)]
 pub enum Linear {
-    /// A dense f32 matrix (F32 GGUF tensors; F16/BF16 ones too on the CPU, where they are widened at load).
+    /// A dense f32 matrix (F32 GGUF tensors; F16/BF16 ones of mixed types or odd widths on the CPU, widened at
+    /// load).
     Dense(Tensor),
+    /// An F16 or BF16 matrix on the CPU, kept in its own precision (the file's bytes) and multiplied by our
+    /// own register-blocked kernel with f32 activations and accumulation (see [`super::kernels`]).
+    Half(HalfMatrix),
     /// A dense F16 or BF16 matrix kept in its own precision on a GPU (half the memory and bandwidth of f32):
     /// activations are rounded to it for the matmul, which accumulates in f32 (cuBLAS), and come back as f32.
     DenseHalf(Tensor),
@@ -138,6 +145,17 @@ impl Linear {
                         rows,
                         cols,
                     )?));
+                }
+                GgmlDType::F16 | GgmlDType::BF16 if cols.is_multiple_of(32) => {
+                    let kind = if dtype == GgmlDType::F16 {
+                        HalfType::F16
+                    } else {
+                        HalfType::Bf16
+                    };
+                    return Ok(Self::Half(
+                        HalfMatrix::from_bytes(kind, &bytes(&parts)?, rows, cols)?
+                            .with_bf16_activations(!opts.exact_bf16),
+                    ));
                 }
                 _ => {}
             }
@@ -260,6 +278,7 @@ impl Linear {
             Self::Dense(w) => x.matmul(&w.t()?),
             Self::DenseHalf(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
             Self::Quantized(q) => q.forward(x),
+            Self::Half(h) => h.forward(x),
             Self::Q8_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
@@ -289,6 +308,7 @@ impl Linear {
             Self::Dense(w) | Self::DenseHalf(w) => w.dim(0),
             Self::Quantized(QMatMul::QTensor(q)) => q.shape().dims2().map(|(r, _)| r),
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
+            Self::Half(h) => Ok(h.rows()),
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
@@ -306,6 +326,7 @@ impl Linear {
             Self::DenseHalf(w) => format!("dense {:?}", w.dtype()),
             Self::Quantized(QMatMul::QTensor(q)) => crate::gguf::ggml_name(q.dtype()).into(),
             Self::Quantized(_) => "dequantized".into(),
+            Self::Half(h) => format!("{} (half kernel)", h.kind().name()),
             Self::Q8_0(q) => q.source().into(),
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),

@@ -237,7 +237,9 @@ pub struct Model {
     /// What this rank computes (heads, KV heads, MLP width); equal to `config` for one rank.
     rank_config: ModelConfig,
     tp: TensorParallel,
-    token_embd: QTensor,
+    /// The token embedding table, or `None` when it is tied to a replicated half-precision LM head, whose rows
+    /// are gathered instead (one copy of the matrix in memory, not two).
+    token_embd: Option<QTensor>,
     blocks: Vec<Block>,
     output_norm: RmsNorm,
     output: LmHead,
@@ -256,9 +258,10 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// Bytes the weights of `file` take on the compute device once loaded. Norm vectors and F32 matrices are f32,
-/// so are F16/BF16 matrices on the CPU (widened at load; a GPU keeps them half); the token embedding table
-/// stays in host memory (rows are gathered per step) unless it doubles as the LM head. On the CPU our kernels
+/// Bytes the weights of `file` take on the compute device once loaded. Norm vectors and F32 matrices are f32;
+/// F16/BF16 matrices stay half (on the CPU only when their rows are whole 32-value blocks, else they are
+/// widened); the token embedding table stays in host memory (rows are gathered per step) unless it doubles as
+/// the LM head. On the CPU our kernels
 /// hold Q4_K, Q5_0, Q5_1 and Q5_K re-laid out in wider blocks (24, 36, 40 and 40 bytes per 32 values; IQ4_NL
 /// is Q8_0 already in the directory).
 pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> u64 {
@@ -270,7 +273,9 @@ pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> 
             let elems: usize = dims.iter().product();
             let widened = dims.len() == 1
                 || dtype == GgmlDType::F32
-                || (on_cpu && matches!(dtype, GgmlDType::F16 | GgmlDType::BF16));
+                || (on_cpu
+                    && matches!(dtype, GgmlDType::F16 | GgmlDType::BF16)
+                    && !dims.last().is_some_and(|c| c.is_multiple_of(32)));
             if widened {
                 return elems as u64 * 4;
             }
@@ -360,6 +365,11 @@ impl Model {
                 ..opts
             };
             l.lm_head("token_embd.weight", cfg.vocab_size, e, opts)?
+        };
+        // a tied half-precision head serves the embedding lookups too
+        let token_embd = match &output {
+            LmHead::Replicated(Linear::Half(_)) if !l.file.has_tensor("output.weight") => None,
+            _ => Some(token_embd),
         };
         let rope = Rope::new(&cfg, device).map_err(|source| LoadError::Build {
             name: "rope tables".into(),
@@ -452,7 +462,18 @@ impl Model {
         if batch.num_tokens() == 0 {
             return Tensor::zeros((0, cfg.vocab_size), DType::F32, &self.device);
         }
-        let mut x = gather_rows(&self.token_embd, &batch.token_ids, &self.device)?;
+        let mut x = match (&self.token_embd, &self.output) {
+            (Some(table), _) => gather_rows(table, &batch.token_ids, &self.device)?,
+            (None, LmHead::Replicated(Linear::Half(head))) => {
+                let rows = head.gather(&batch.token_ids)?;
+                Tensor::from_vec(
+                    rows,
+                    (batch.token_ids.len(), cfg.embedding_length),
+                    &self.device,
+                )?
+            }
+            (None, _) => candle_core::bail!("no token embedding table"),
+        };
         let positions = Tensor::from_slice(&batch.positions, batch.num_tokens(), &self.device)?;
         let (cos, sin) = self.rope.tables(&positions)?;
         for (i, block) in self.blocks.iter().enumerate() {

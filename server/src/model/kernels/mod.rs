@@ -12,6 +12,7 @@
 //! into the `[tokens, rows]` output.
 #![allow(unsafe_code)]
 
+mod dense_half;
 mod q4_0;
 mod q4_1;
 mod q5;
@@ -25,6 +26,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::k_quants::{BlockQ4_0, GgmlType};
 use candle_core::{Result, Tensor};
 
+pub use dense_half::{HalfMatrix, HalfType};
 pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
 pub use q5::Q5Matrix;

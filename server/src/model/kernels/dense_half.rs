@@ -1,0 +1,745 @@
+//! F16 and BF16 weights kept in half precision (the file's own bytes: resident size ≈ file size), multiplied
+//! by a register-blocked kernel that widens each weight vector in registers (F16C / AVX-512 conversions, a
+//! 16-bit shift for BF16) and accumulates `w · x` in f32 with FMA. Activations stay f32: nothing is rounded
+//! but the stored weights, so the result is the f32 math on the file's values (llama.cpp rounds activations
+//! to the weight's half type first).
+//!
+//! BF16 weights on CPUs with AVX-512 BF16 take llama.cpp's route instead: activations rounded to bf16 once
+//! per matmul (nearest-even) and `vdpbf16ps` (pairs of bf16 products into f32), twice the FMA path's rate.
+//!
+//! A tile is `R` rows × `N` tokens: each loaded weight vector serves `N` tokens and each activation vector
+//! `R` rows, with `R · N` independent accumulators. Every output element is one accumulator run over the
+//! columns in order and reduced the same way, whatever the tile: a token gets the same bits alone or in a
+//! batch. Rows are stored in groups of four interleaved per 32 columns, so a tile reads one sequential
+//! stream (four separate row streams decoded at about half the bandwidth on the 1B shape), in memory
+//! advised to transparent huge pages.
+
+use std::sync::OnceLock;
+
+use candle_core::{Result, Tensor};
+
+use super::matmul_rows;
+
+/// Which half-precision format the weights are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfType {
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the top 16 bits of an f32).
+    Bf16,
+}
+
+impl HalfType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+        }
+    }
+
+    fn widen(self, v: u16) -> f32 {
+        match self {
+            Self::F16 => half::f16::from_bits(v).to_f32(),
+            Self::Bf16 => f32::from_bits(u32::from(v) << 16),
+        }
+    }
+}
+
+/// The instruction set the half kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfIsa {
+    Scalar,
+    /// AVX2 + FMA + F16C (8 lanes).
+    Avx2,
+    /// AVX-512F + VL (16 lanes).
+    Avx512,
+    /// AVX-512F + VL + BF16: BF16 weights by `vdpbf16ps` on bf16-rounded activations; F16 as `Avx512`.
+    Avx512Bf16,
+}
+
+impl HalfIsa {
+    /// The fastest this CPU runs, detected once. `LLAMA_SERVER_SCALAR_KERNELS` forces the portable code,
+    /// `LLAMA_SERVER_NO_AVX512` the AVX2 kernel.
+    pub fn detect() -> Self {
+        static ISA: OnceLock<HalfIsa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let off = |var: &str| std::env::var_os(var).is_some();
+            if off("LLAMA_SERVER_SCALAR_KERNELS") {
+                return Self::Scalar;
+            }
+            Self::available()
+                .into_iter()
+                .rev()
+                .find(|isa| match isa {
+                    Self::Avx512 | Self::Avx512Bf16 => !off("LLAMA_SERVER_NO_AVX512"),
+                    _ => true,
+                })
+                .unwrap_or(Self::Scalar)
+        })
+    }
+
+    /// Every instruction set this CPU can run the kernel with, the portable one first.
+    pub fn available() -> Vec<Self> {
+        let mut v = vec![Self::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                v.push(Self::Avx2);
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                    v.push(Self::Avx512);
+                    if is_x86_feature_detected!("avx512bf16") {
+                        v.push(Self::Avx512Bf16);
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// A `[rows, cols]` matrix of F16 or BF16 values as stored in the GGUF file, rows interleaved (see [`dot`]).
+#[derive(Debug, Clone)]
+pub struct HalfMatrix {
+    w: Vec<u16>,
+    rows: usize,
+    cols: usize,
+    kind: HalfType,
+    /// BF16 weights may round the activations to bf16 for `vdpbf16ps` (where the CPU has it).
+    bf16_activations: bool,
+}
+
+/// Rows per tile when `rows` allows it (a multiple of four), else one.
+const ROWS: usize = 4;
+/// Columns per interleaved block of a row group.
+const BLOCK: usize = 32;
+
+impl HalfMatrix {
+    /// From the raw little-endian GGUF bytes of a `[rows, cols]` tensor (`cols` a multiple of 32).
+    pub fn from_bytes(kind: HalfType, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(32) {
+            candle_core::bail!("{} matrix with {cols} columns", kind.name());
+        }
+        if bytes.len() != rows * cols * 2 {
+            candle_core::bail!(
+                "{} matrix [{rows}, {cols}] needs {} bytes, got {}",
+                kind.name(),
+                rows * cols * 2,
+                bytes.len()
+            );
+        }
+        let group = if rows.is_multiple_of(ROWS) { ROWS } else { 1 };
+        debug_assert!(group == ROWS || group == 1);
+        let value = |r: usize, c: usize| {
+            let i = 2 * (r * cols + c);
+            u16::from_le_bytes([bytes[i], bytes[i + 1]])
+        };
+        // Each group of rows interleaved per 32 columns (row-major when `group` is 1): a tile's rows are
+        // one sequential stream.
+        let mut w = huge_page_vec(rows * cols);
+        for g in (0..rows).step_by(group) {
+            for c0 in (0..cols).step_by(BLOCK) {
+                for r in g..g + group {
+                    w.extend((c0..c0 + BLOCK).map(|c| value(r, c)));
+                }
+            }
+        }
+        Ok(Self {
+            w,
+            rows,
+            cols,
+            kind,
+            bf16_activations: true,
+        })
+    }
+
+    /// Whether BF16 weights may multiply bf16-rounded activations on AVX-512 BF16 CPUs (the default) or
+    /// always take f32 ones.
+    pub fn with_bf16_activations(mut self, on: bool) -> Self {
+        self.bf16_activations = on;
+        self
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The stored format.
+    pub fn kind(&self) -> HalfType {
+        self.kind
+    }
+
+    /// Bytes held (the weights themselves).
+    pub fn bytes(&self) -> usize {
+        self.w.len() * 2
+    }
+
+    /// Rows `ids` widened to f32, one after the other (embedding lookups from a tied LM head).
+    pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let (k, group) = (self.cols, self.group());
+        let mut out = Vec::with_capacity(ids.len() * k);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("token id {id} is outside the vocabulary ({})", self.rows);
+            }
+            let (g, i) = (r / group * group, r % group);
+            let rows = &self.w[g * k..][..group * k];
+            out.extend((0..k).map(|c| {
+                let at = (c / BLOCK) * BLOCK * group + i * BLOCK + c % BLOCK;
+                self.kind.widen(rows[at])
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Rows per interleaved group.
+    fn group(&self) -> usize {
+        if self.rows.is_multiple_of(ROWS) {
+            ROWS
+        } else {
+            1
+        }
+    }
+
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(HalfIsa::detect(), x)
+    }
+
+    pub(super) fn forward_with(&self, isa: HalfIsa, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            candle_core::bail!(
+                "{} matmul: input has {k} features, weight {}",
+                self.kind.name(),
+                self.cols
+            );
+        }
+        let lhs = x.flatten_all()?.to_vec1::<f32>()?;
+        let group = [16, ROWS, 1]
+            .into_iter()
+            .find(|g| self.rows.is_multiple_of(*g))
+            .unwrap_or(1);
+        // Tokens per block: one block's activations (about 128 KiB) and the chunk's rows stay in L2 while
+        // every row group of the chunk runs over them (streaming all of a long prompt's activations past each
+        // row group instead ran at two thirds of the speed).
+        let block = (32768 / k).clamp(4, 64) / 4 * 4;
+        let bf16_dot =
+            isa == HalfIsa::Avx512Bf16 && self.kind == HalfType::Bf16 && self.bf16_activations;
+        let ctx = Ctx {
+            isa,
+            kind: self.kind,
+            k,
+            lhs_bf16: if bf16_dot {
+                round_to_bf16(&lhs)
+            } else {
+                Vec::new()
+            },
+            lhs: &lhs,
+        };
+        matmul_rows(self.rows, m, group, x, |r0, out| {
+            for t0 in (0..m).step_by(block) {
+                let tokens = t0..(t0 + block).min(m);
+                if group >= ROWS {
+                    for g0 in (0..group).step_by(ROWS) {
+                        let w = &self.w[(r0 + g0) * k..][..ROWS * k];
+                        ctx.tiles::<ROWS>(w, tokens.clone(), g0, group, out);
+                    }
+                } else {
+                    ctx.tiles::<1>(&self.w[r0 * k..][..k], tokens.clone(), 0, group, out);
+                }
+            }
+        })
+    }
+}
+
+/// An empty vector with room for `len` values whose memory the kernel is asked to back with transparent
+/// huge pages before it is first written (Linux `madvise(MADV_HUGEPAGE)`, which THP's default `madvise` mode
+/// honours): streaming a weight matrix then takes one TLB entry per 2 MiB instead of per 4 KiB.
+fn huge_page_vec(len: usize) -> Vec<u16> {
+    let v = Vec::<u16>::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let begin = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + len * 2) & !(HUGE - 1);
+        if end > begin {
+            // SAFETY: `begin..end` lies inside `v`'s allocation (page-aligned, whole pages); the advice only
+            // changes how the kernel backs those pages, never their contents or validity. A refusal (THP off)
+            // is harmless and ignored.
+            unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
+/// `x` rounded to bf16, nearest-even (what `vcvtne2ps2bf16` does; NaN stays NaN).
+fn round_to_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|v| {
+            let b = v.to_bits();
+            if v.is_nan() {
+                ((b >> 16) | 0x40) as u16
+            } else {
+                ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+            }
+        })
+        .collect()
+}
+
+/// What every tile of one matmul shares.
+struct Ctx<'a> {
+    isa: HalfIsa,
+    kind: HalfType,
+    k: usize,
+    lhs: &'a [f32],
+    /// The activations rounded to bf16 (BF16 weights on `Avx512Bf16` only; empty otherwise).
+    lhs_bf16: Vec<u16>,
+}
+
+impl Ctx<'_> {
+    /// Rows `g0..g0 + R` of a `group`-row chunk for `tokens`, in tiles of `N` tokens (4 with AVX-512, 2
+    /// with AVX2, then 1), writing `out[t * group + g0 + i]` (token `t`, row `g0 + i`).
+    #[allow(clippy::int_plus_one)] // `t + N <= end` reads the same for every tile width
+    fn tiles<const R: usize>(
+        &self,
+        w: &[u16],
+        tokens: std::ops::Range<usize>,
+        g0: usize,
+        group: usize,
+        out: &mut [f32],
+    ) {
+        let tok = |t: usize| &self.lhs[t * self.k..][..self.k];
+        let mut put = |t: usize, vals: &[[f32; R]]| {
+            for (j, v) in vals.iter().enumerate() {
+                out[(t + j) * group + g0..][..R].copy_from_slice(v);
+            }
+        };
+        let tok_bf16 = |t: usize| &self.lhs_bf16[t * self.k..][..self.k];
+        let mut t = tokens.start;
+        macro_rules! tiles_of {
+            ($n:literal) => {
+                while t + $n <= tokens.end {
+                    let vals = if self.lhs_bf16.is_empty() {
+                        let x: [&[f32]; $n] = std::array::from_fn(|j| tok(t + j));
+                        dot::<R, $n>(self.isa, self.kind, w, x)
+                    } else {
+                        dot_bf16::<R, $n>(self.isa, w, std::array::from_fn(|j| tok_bf16(t + j)))
+                    };
+                    put(t, &vals);
+                    t += $n;
+                }
+            };
+        }
+        match self.isa {
+            HalfIsa::Avx512 | HalfIsa::Avx512Bf16 => tiles_of!(4),
+            HalfIsa::Avx2 => tiles_of!(2),
+            HalfIsa::Scalar => {}
+        }
+        tiles_of!(1);
+    }
+}
+
+/// `R` weight rows (interleaved per 32 columns: column `c` of row `i` at `(c / 32) · 32R + 32i + c % 32`)
+/// dotted with `N` tokens (`[token][row]`). Panics unless every token has `k` values, a multiple of 32, and
+/// `w` has `R · k`.
+fn dot<const R: usize, const N: usize>(
+    isa: HalfIsa,
+    kind: HalfType,
+    w: &[u16],
+    x: [&[f32]; N],
+) -> [[f32; R]; N] {
+    let k = x[0].len();
+    assert!(
+        k.is_multiple_of(32) && w.len() == R * k && x.iter().all(|t| t.len() == k),
+        "half dot: lengths differ"
+    );
+    match (isa, kind) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `HalfIsa::Avx512` is only detected with AVX-512F and VL; lengths checked above.
+        (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, HalfType::F16) => unsafe {
+            dot_avx512::<R, N, false>(w, x)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, HalfType::Bf16) => unsafe {
+            dot_avx512::<R, N, true>(w, x)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `HalfIsa::Avx2` is only detected with AVX2, FMA and F16C; lengths checked above.
+        (HalfIsa::Avx2, HalfType::F16) => unsafe { dot_avx2::<R, N, false>(w, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (HalfIsa::Avx2, HalfType::Bf16) => unsafe { dot_avx2::<R, N, true>(w, x) },
+        _ => std::array::from_fn(|t| {
+            std::array::from_fn(|i| {
+                let mut lanes = [0f32; 8];
+                for (c, xc) in x[t].chunks_exact(8).enumerate() {
+                    let wc = &w[(c / 4) * BLOCK * R + i * BLOCK + (c % 4) * 8..][..8];
+                    for l in 0..8 {
+                        lanes[l] += kind.widen(wc[l]) * xc[l];
+                    }
+                }
+                lanes.iter().sum()
+            })
+        }),
+    }
+}
+
+/// Where column `c` of row `i` of an `R`-row group is stored.
+#[inline(always)]
+fn at<const R: usize>(c: usize, i: usize) -> usize {
+    (c / BLOCK) * BLOCK * R + i * BLOCK + c % BLOCK
+}
+
+/// `R` BF16 weight rows dotted with `N` tokens' bf16-rounded activations by `vdpbf16ps`. Panics as [`dot`].
+fn dot_bf16<const R: usize, const N: usize>(
+    isa: HalfIsa,
+    w: &[u16],
+    x: [&[u16]; N],
+) -> [[f32; R]; N] {
+    let k = x[0].len();
+    assert!(
+        k.is_multiple_of(32) && w.len() == R * k && x.iter().all(|t| t.len() == k),
+        "half dot: lengths differ"
+    );
+    assert_eq!(
+        isa,
+        HalfIsa::Avx512Bf16,
+        "bf16 activations need AVX-512 BF16"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `HalfIsa::Avx512Bf16` is only detected with AVX-512F, VL and BF16; lengths checked above.
+        unsafe { dot_avx512_bf16::<R, N>(w, x) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        unreachable!("AVX-512 BF16 is x86_64 only")
+    }
+}
+
+/// # Safety
+/// AVX-512F, VL and BF16; every token has `k` values, a multiple of 32, and `w` has `R · k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+unsafe fn dot_avx512_bf16<const R: usize, const N: usize>(
+    w: &[u16],
+    x: [&[u16]; N],
+) -> [[f32; R]; N] {
+    use std::arch::x86_64::*;
+    let k = x[0].len();
+    let mut acc = [[_mm512_setzero_ps(); R]; N];
+    let mut c = 0;
+    while c < k {
+        let wv: [__m512bh; R] = std::array::from_fn(|i| {
+            // SAFETY: `c + 32 <= k` (a multiple of 32) and `w.len() == R * k`: row `i`'s 32 values of this
+            // column block, a 512-bit load; `__m512bh` is 32 bf16 bit patterns, like the 16-bit integers.
+            unsafe {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    w.as_ptr().add(at::<R>(c, i)).cast(),
+                ))
+            }
+        });
+        for t in 0..N {
+            // SAFETY: `c + 32 <= k == x[t].len()`: a 512-bit load of 32 bf16 values.
+            let xv = unsafe {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    x[t].as_ptr().add(c).cast(),
+                ))
+            };
+            for i in 0..R {
+                acc[t][i] = _mm512_dpbf16_ps(acc[t][i], wv[i], xv);
+            }
+        }
+        c += 32;
+    }
+    std::array::from_fn(|t| std::array::from_fn(|i| _mm512_reduce_add_ps(acc[t][i])))
+}
+
+/// # Safety
+/// AVX-512F and VL (VL gives the register allocator all 32 vector registers for 256-bit loads: without it
+/// a 4 × 4 tile spilled its accumulators); every row and token has the same length, a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn dot_avx512<const R: usize, const N: usize, const BF16: bool>(
+    w: &[u16],
+    x: [&[f32]; N],
+) -> [[f32; R]; N] {
+    use std::arch::x86_64::*;
+    let k = x[0].len();
+    let mut acc = [[_mm512_setzero_ps(); R]; N];
+    let mut c = 0;
+    while c < k {
+        let wv: [__m512; R] = std::array::from_fn(|i| {
+            // SAFETY: `c + 16 <= k` (a multiple of 16) and `w.len() == R * k`: row `i`'s 16 values of this
+            // column block, a 256-bit load.
+            let h = unsafe { _mm256_loadu_si256(w.as_ptr().add(at::<R>(c, i)).cast()) };
+            if BF16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            } else {
+                _mm512_cvtph_ps(h)
+            }
+        });
+        for t in 0..N {
+            // SAFETY: `c + 16 <= k == x[t].len()`: a 512-bit load.
+            let xv = unsafe { _mm512_loadu_ps(x[t].as_ptr().add(c)) };
+            for i in 0..R {
+                acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
+            }
+        }
+        c += 16;
+    }
+    std::array::from_fn(|t| std::array::from_fn(|i| _mm512_reduce_add_ps(acc[t][i])))
+}
+
+/// # Safety
+/// AVX2, FMA and F16C; every token has `k` values, a multiple of 16, and `w` has `R · k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2<const R: usize, const N: usize, const BF16: bool>(
+    w: &[u16],
+    x: [&[f32]; N],
+) -> [[f32; R]; N] {
+    use std::arch::x86_64::*;
+    let k = x[0].len();
+    let mut acc = [[_mm256_setzero_ps(); R]; N];
+    let mut c = 0;
+    while c < k {
+        let wv: [__m256; R] = std::array::from_fn(|i| {
+            // SAFETY: `c + 8 <= k` (a multiple of 16) and `w.len() == R * k`: eight of row `i`'s values in
+            // this column block, a 128-bit load.
+            let h = unsafe { _mm_loadu_si128(w.as_ptr().add(at::<R>(c, i)).cast()) };
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            } else {
+                _mm256_cvtph_ps(h)
+            }
+        });
+        for t in 0..N {
+            // SAFETY: `c + 8 <= k == x[t].len()`: a 256-bit load.
+            let xv = unsafe { _mm256_loadu_ps(x[t].as_ptr().add(c)) };
+            for i in 0..R {
+                acc[t][i] = _mm256_fmadd_ps(wv[i], xv, acc[t][i]);
+            }
+        }
+        c += 8;
+    }
+    std::array::from_fn(|t| std::array::from_fn(|i| super::hsum(acc[t][i])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Deterministic values in [-1, 1) (xorshift).
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn encode(kind: HalfType, w: &[f32]) -> Vec<u8> {
+        w.iter()
+            .flat_map(|&v| match kind {
+                HalfType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                HalfType::Bf16 => half::bf16::from_f32(v).to_le_bytes(),
+            })
+            .collect()
+    }
+
+    fn run(mat: &HalfMatrix, isa: HalfIsa, x: &[f32], m: usize) -> Vec<f32> {
+        let x = Tensor::from_vec(x.to_vec(), (m, mat.cols), &Device::Cpu).expect("x");
+        mat.forward_with(isa, &x)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("forward")
+    }
+
+    /// Every row-group shape (16-row chunks, groups of four, single rows), token counts that exercise the
+    /// 4/2/1 tiles and two token blocks, both formats, at every instruction set: within f32 rounding of
+    /// exact f64 math on the stored weights (within bf16 rounding of the activations on the `vdpbf16ps`
+    /// path), and the weights held at two bytes each.
+    #[test]
+    fn half_matmuls_match_f64_math_on_the_stored_weights_at_every_isa() {
+        let cols = 96;
+        for (rows, kind) in [
+            (48, HalfType::F16),
+            (40, HalfType::Bf16),
+            (37, HalfType::F16),
+            (48, HalfType::Bf16),
+        ] {
+            let bytes = encode(kind, &values(rows as u32, rows * cols));
+            let mat = HalfMatrix::from_bytes(kind, &bytes, rows, cols).expect("matrix");
+            assert_eq!(mat.bytes(), bytes.len(), "held in half precision");
+            let stored: Vec<f64> = bytes
+                .chunks_exact(2)
+                .map(|b| f64::from(kind.widen(u16::from_le_bytes([b[0], b[1]]))))
+                .collect();
+            for m in [1usize, 2, 3, 5, 8, 13, 345] {
+                let x = values(7 + m as u32, m * cols);
+                for isa in HalfIsa::available() {
+                    let got = run(&mat, isa, &x, m);
+                    let lossy = isa == HalfIsa::Avx512Bf16 && kind == HalfType::Bf16;
+                    for t in 0..m {
+                        for r in 0..rows {
+                            let terms = (0..cols)
+                                .map(|c| stored[r * cols + c] * f64::from(x[t * cols + c]));
+                            let exact: f64 = terms.clone().sum();
+                            let mass: f64 = terms.map(f64::abs).sum();
+                            let bound = if lossy { mass / 128.0 } else { mass * 1e-6 };
+                            let g = f64::from(got[t * rows + r]);
+                            assert!(
+                                (g - exact).abs() <= bound,
+                                "{kind:?} {rows}x{cols} {isa:?} m={m} token {t} row {r}: {g} vs exact {exact}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A token gets, bit for bit, in a batch of 13 (tiles of 4/2/1) what it gets alone, at every instruction
+    /// set, for both formats and every row-group shape.
+    #[test]
+    fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
+        let (cols, m) = (64, 13);
+        for (rows, kind) in [
+            (32, HalfType::F16),
+            (12, HalfType::Bf16),
+            (7, HalfType::Bf16),
+            (7, HalfType::F16),
+        ] {
+            let mat =
+                HalfMatrix::from_bytes(kind, &encode(kind, &values(3, rows * cols)), rows, cols)
+                    .expect("matrix");
+            let x = values(11, m * cols);
+            for isa in HalfIsa::available() {
+                let all = run(&mat, isa, &x, m);
+                for t in 0..m {
+                    let one = run(&mat, isa, &x[t * cols..(t + 1) * cols], 1);
+                    assert_eq!(
+                        one,
+                        all[t * rows..(t + 1) * rows],
+                        "{kind:?} {rows} rows {isa:?} token {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gathered rows are the stored values of those rows, widened (every row-group shape).
+    #[test]
+    fn gathered_rows_are_the_stored_rows() {
+        let cols = 64;
+        for rows in [8, 7] {
+            let vals = values(5, rows * cols);
+            let mat =
+                HalfMatrix::from_bytes(HalfType::F16, &encode(HalfType::F16, &vals), rows, cols)
+                    .expect("matrix");
+            let ids = [3u32, 0, (rows - 1) as u32, 3];
+            let got = mat.gather(&ids).expect("gather");
+            for (j, &id) in ids.iter().enumerate() {
+                let want: Vec<f32> = vals[id as usize * cols..][..cols]
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect();
+                assert_eq!(
+                    got[j * cols..(j + 1) * cols],
+                    want[..],
+                    "{rows} rows, id {id}"
+                );
+            }
+            let e = mat.gather(&[rows as u32]).expect_err("outside");
+            assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even_like_the_instruction() {
+        let cases = [
+            (1.0f32, 0x3F80u16),
+            (f32::from_bits(0x3F80_8000), 0x3F80), // halfway, even stays
+            (f32::from_bits(0x3F81_8000), 0x3F82), // halfway, odd rounds up
+            (f32::from_bits(0x3F80_8001), 0x3F81),
+            (-2.5, 0xC020),
+            (f32::INFINITY, 0x7F80),
+        ];
+        for (v, want) in cases {
+            assert_eq!(round_to_bf16(&[v]), vec![want], "{v:e}");
+            assert_eq!(
+                half::bf16::from_f32(v).to_bits(),
+                want,
+                "half agrees for {v:e}"
+            );
+        }
+        assert!(f32::from_bits(u32::from(round_to_bf16(&[f32::NAN])[0]) << 16).is_nan());
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let e =
+            HalfMatrix::from_bytes(HalfType::F16, &[0; 2 * 4 * 48], 4, 48).expect_err("48 columns");
+        assert!(e.to_string().contains("48 columns"), "{e}");
+        let e = HalfMatrix::from_bytes(HalfType::Bf16, &[0; 10], 4, 32).expect_err("short");
+        assert!(e.to_string().contains("needs 256 bytes, got 10"), "{e}");
+        let mat = HalfMatrix::from_bytes(HalfType::F16, &[0; 2 * 4 * 32], 4, 32).expect("ok");
+        let x = Tensor::zeros((1, 64), candle_core::DType::F32, &Device::Cpu).expect("x");
+        assert!(
+            mat.forward(&x).is_err(),
+            "64 features into a 32-column matrix"
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn speed() {
+        let (rows, cols) = (
+            std::env::var("ROWS").map_or(2048, |v| v.parse().unwrap()),
+            std::env::var("COLS").map_or(2048, |v| v.parse().unwrap()),
+        );
+        let bytes: Vec<u8> = (0..rows * cols)
+            .flat_map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 640.0).to_le_bytes())
+            .collect();
+        let mat = HalfMatrix::from_bytes(HalfType::F16, &bytes, rows, cols).unwrap();
+        for m in std::env::var("MS").map_or(vec![1usize, 4, 16, 128], |v| {
+            v.split(',').map(|x| x.parse().unwrap()).collect()
+        }) {
+            let x = Tensor::from_vec(
+                (0..m * cols)
+                    .map(|i| (i as f32 * 0.01).sin())
+                    .collect::<Vec<_>>(),
+                (m, cols),
+                &Device::Cpu,
+            )
+            .unwrap();
+            for isa in HalfIsa::available() {
+                let _ = mat.forward_with(isa, &x).unwrap();
+                let n = if m == 1 { 50 } else { 5 };
+                let t0 = std::time::Instant::now();
+                for _ in 0..n {
+                    let _ = mat.forward_with(isa, &x).unwrap();
+                }
+                let s = t0.elapsed().as_secs_f64() / n as f64;
+                println!(
+                    "m={m} {isa:?}: {:.2} ms, {:.1} GFLOP/s, {:.1} GB/s weights",
+                    s * 1e3,
+                    2.0 * (rows * cols * m) as f64 / s / 1e9,
+                    (rows * cols * 2) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}

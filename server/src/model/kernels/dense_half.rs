@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Result, Tensor};
 
-use super::matmul_rows;
+use super::{huge_page_vec, matmul_rows};
 
 /// Which half-precision format the weights are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,26 +255,6 @@ impl HalfMatrix {
             }
         })
     }
-}
-
-/// An empty vector with room for `len` values whose memory the kernel is asked to back with transparent
-/// huge pages before it is first written (Linux `madvise(MADV_HUGEPAGE)`, which THP's default `madvise` mode
-/// honours): streaming a weight matrix then takes one TLB entry per 2 MiB instead of per 4 KiB.
-fn huge_page_vec(len: usize) -> Vec<u16> {
-    let v = Vec::<u16>::with_capacity(len);
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let begin = (v.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (v.as_ptr() as usize + len * 2) & !(HUGE - 1);
-        if end > begin {
-            // SAFETY: `begin..end` lies inside `v`'s allocation (page-aligned, whole pages); the advice only
-            // changes how the kernel backs those pages, never their contents or validity. A refusal (THP off)
-            // is harmless and ignored.
-            unsafe { libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE) };
-        }
-    }
-    v
 }
 
 /// `x` rounded to bf16, nearest-even (what `vcvtne2ps2bf16` does; NaN stays NaN).

@@ -130,8 +130,7 @@ impl HalfMatrix {
                 bytes.len()
             );
         }
-        let group = if rows.is_multiple_of(ROWS) { ROWS } else { 1 };
-        debug_assert!(group == ROWS || group == 1);
+        let group = group_of(rows);
         let value = |r: usize, c: usize| {
             let i = 2 * (r * cols + c);
             u16::from_le_bytes([bytes[i], bytes[i + 1]])
@@ -179,7 +178,7 @@ impl HalfMatrix {
 
     /// Rows `ids` widened to f32, one after the other (embedding lookups from a tied LM head).
     pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (k, group) = (self.cols, self.group());
+        let (k, group) = (self.cols, group_of(self.rows));
         let mut out = Vec::with_capacity(ids.len() * k);
         for &id in ids {
             let r = id as usize;
@@ -188,21 +187,9 @@ impl HalfMatrix {
             }
             let (g, i) = (r / group * group, r % group);
             let rows = &self.w[g * k..][..group * k];
-            out.extend((0..k).map(|c| {
-                let at = (c / BLOCK) * BLOCK * group + i * BLOCK + c % BLOCK;
-                self.kind.widen(rows[at])
-            }));
+            out.extend((0..k).map(|c| self.kind.widen(rows[index(group, c, i)])));
         }
         Ok(out)
-    }
-
-    /// Rows per interleaved group.
-    fn group(&self) -> usize {
-        if self.rows.is_multiple_of(ROWS) {
-            ROWS
-        } else {
-            1
-        }
     }
 
     /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
@@ -361,7 +348,7 @@ fn dot<const R: usize, const N: usize>(
             std::array::from_fn(|i| {
                 let mut lanes = [0f32; 8];
                 for (c, xc) in x[t].chunks_exact(8).enumerate() {
-                    let wc = &w[(c / 4) * BLOCK * R + i * BLOCK + (c % 4) * 8..][..8];
+                    let wc = &w[at::<R>(8 * c, i)..][..8];
                     for l in 0..8 {
                         lanes[l] += kind.widen(wc[l]) * xc[l];
                     }
@@ -372,10 +359,21 @@ fn dot<const R: usize, const N: usize>(
     }
 }
 
-/// Where column `c` of row `i` of an `R`-row group is stored.
+/// Rows per interleaved group of a matrix of `rows` rows.
+fn group_of(rows: usize) -> usize {
+    if rows.is_multiple_of(ROWS) { ROWS } else { 1 }
+}
+
+/// Where column `c` of row `i` of a `group`-row group is stored, from the group's start.
+#[inline(always)]
+fn index(group: usize, c: usize, i: usize) -> usize {
+    (c / BLOCK) * BLOCK * group + i * BLOCK + c % BLOCK
+}
+
+/// [`index`] for a tile of `R` rows.
 #[inline(always)]
 fn at<const R: usize>(c: usize, i: usize) -> usize {
-    (c / BLOCK) * BLOCK * R + i * BLOCK + c % BLOCK
+    index(R, c, i)
 }
 
 /// `R` BF16 weight rows dotted with `N` tokens' bf16-rounded activations by `vdpbf16ps`. Panics as [`dot`].

@@ -302,6 +302,25 @@ impl Linear {
         }
     }
 
+    /// Whether [`Linear::gather`] can give this layer's rows (a tied LM head then serves the embedding
+    /// lookups, and the table is not held twice).
+    pub fn can_gather(&self) -> bool {
+        match self {
+            Self::Half(_) => true,
+            Self::Q8_0(q) => q.can_gather(),
+            _ => false,
+        }
+    }
+
+    /// Rows `ids` of the weight as f32 (`[ids.len(), in]` flattened), exactly the stored values.
+    pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Half(h) => h.gather(ids),
+            Self::Q8_0(q) => q.gather(ids),
+            other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
+        }
+    }
+
     /// Output features (rows of the weight).
     pub fn out_features(&self) -> Result<usize> {
         match self {

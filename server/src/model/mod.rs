@@ -237,8 +237,8 @@ pub struct Model {
     /// What this rank computes (heads, KV heads, MLP width); equal to `config` for one rank.
     rank_config: ModelConfig,
     tp: TensorParallel,
-    /// The token embedding table, or `None` when it is tied to a replicated half-precision LM head, whose rows
-    /// are gathered instead (one copy of the matrix in memory, not two).
+    /// The token embedding table, or `None` when it is tied to a replicated LM head that gives its rows exactly
+    /// (half precision, Q8_0), whose rows are gathered instead (one copy of the matrix in memory, not two).
     token_embd: Option<QTensor>,
     blocks: Vec<Block>,
     output_norm: RmsNorm,
@@ -366,9 +366,14 @@ impl Model {
             };
             l.lm_head("token_embd.weight", cfg.vocab_size, e, opts)?
         };
-        // a tied half-precision head serves the embedding lookups too
+        // a tied head that can give its rows exactly (half precision, Q8_0 on our kernel) serves the
+        // embedding lookups too: the matrix is held once
         let token_embd = match &output {
-            LmHead::Replicated(Linear::Half(_)) if !l.file.has_tensor("output.weight") => None,
+            LmHead::Replicated(head)
+                if !l.file.has_tensor("output.weight") && head.can_gather() =>
+            {
+                None
+            }
             _ => Some(token_embd),
         };
         let rope = Rope::new(&cfg, device).map_err(|source| LoadError::Build {
@@ -464,7 +469,7 @@ impl Model {
         }
         let mut x = match (&self.token_embd, &self.output) {
             (Some(table), _) => gather_rows(table, &batch.token_ids, &self.device)?,
-            (None, LmHead::Replicated(Linear::Half(head))) => {
+            (None, LmHead::Replicated(head)) => {
                 let rows = head.gather(&batch.token_ids)?;
                 Tensor::from_vec(
                     rows,

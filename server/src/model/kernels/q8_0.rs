@@ -60,6 +60,18 @@ impl QuantType for Q8_0 {
         dot_scalar(w, a)
     }
 
+    fn values(b: &BlockQ8) -> Option<[f32; 32]> {
+        // `q · d` in f32, as GGML's (and candle's) Q8_0 dequantization computes it
+        Some(std::array::from_fn(|j| f32::from(b.qs[j]) * b.d))
+    }
+
+    fn tile_values(t: &Tile8, i: usize) -> Option<[f32; 32]> {
+        Some(std::array::from_fn(|j| {
+            let q = i16::from(t.qs[j / 4][4 * i + j % 4]) - 128;
+            f32::from(q) * t.d[i]
+        }))
+    }
+
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_x86<const N: usize, const VNNI: bool>(
         w: &[BlockQ8],

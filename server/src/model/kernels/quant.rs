@@ -24,6 +24,15 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
     fn tile(rows: [&Self::Block; 8]) -> Self::Tile;
     /// One row dotted with one token's activations, portable reference code.
     fn dot_scalar(w: &[Self::Block], a: &[BlockQ8_1]) -> f32;
+    /// A block's 32 values, exactly as the file's dequantization gives them, where the type can say
+    /// (embedding lookups from a tied LM head); `None` otherwise.
+    fn values(_block: &Self::Block) -> Option<[f32; 32]> {
+        None
+    }
+    /// Row `i`'s 32 values of a tile, as [`QuantType::values`].
+    fn tile_values(_tile: &Self::Tile, _i: usize) -> Option<[f32; 32]> {
+        None
+    }
     /// One row dotted with `N` tokens with AVX2 (+ AVX-512 VNNI when `VNNI`).
     ///
     /// # Safety
@@ -169,6 +178,38 @@ impl<Q: QuantType> QuantMatrix<Q> {
     /// Output features.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Whether [`QuantMatrix::gather`] can give this type's values.
+    pub fn can_gather(&self) -> bool {
+        match &self.layout {
+            Layout::Blocks(b) => b.first().is_none_or(|b| Q::values(b).is_some()),
+            Layout::Tiles(t) => t.first().is_none_or(|t| Q::tile_values(t, 0).is_some()),
+        }
+    }
+
+    /// Rows `ids` dequantized to f32, one after the other (embedding lookups from a tied LM head): the same
+    /// values the file's dequantization gives, whatever the layout.
+    pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let kb = self.cols / 32;
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let r = id as usize;
+            if r >= self.rows {
+                candle_core::bail!("token id {id} is outside the vocabulary ({})", self.rows);
+            }
+            for b in 0..kb {
+                let vals = match &self.layout {
+                    Layout::Blocks(blocks) => Q::values(&blocks[r * kb + b]),
+                    Layout::Tiles(tiles) => Q::tile_values(&tiles[r / 8 * kb + b], r % 8),
+                };
+                let Some(vals) = vals else {
+                    candle_core::bail!("{} rows cannot be gathered", Q::NAME);
+                };
+                out.extend_from_slice(&vals);
+            }
+        }
+        Ok(out)
     }
 
     /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.

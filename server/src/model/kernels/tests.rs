@@ -480,3 +480,60 @@ fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
     assert_eq!(blocks[0].qs[17], -127);
     assert_eq!(blocks[9].qs[12], -127);
 }
+
+/// Rows gathered from a Q8_0 matrix (both layouts, and Q5_0 re-laid out onto it) are, bit for bit, the rows
+/// candle's dequantization of the file's blocks gives: a tied head can serve the embedding lookups.
+#[test]
+fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    let mut rng = Rng(777);
+    let (rows, cols) = (24, 3 * 32);
+    let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
+    let q50 = QTensor::quantize(
+        &Tensor::from_vec(
+            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .expect("w"),
+        GgmlDType::Q5_0,
+    )
+    .expect("q5_0");
+    let q50_bytes = q50.data().expect("bytes").to_vec();
+    let dequant = |bytes: &[u8], dtype| -> Vec<f32> {
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)
+            .expect("storage");
+        QTensor::new(storage, (rows, cols))
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("dequantize")
+    };
+    let ids = [5u32, 0, 23, 5, 16];
+    for (name, bytes, dtype) in [
+        ("Q8_0", &q80, GgmlDType::Q8_0),
+        ("Q5_0", &q50_bytes, GgmlDType::Q5_0),
+    ] {
+        let want = dequant(bytes, dtype);
+        for isa in isas() {
+            let m = if dtype == GgmlDType::Q8_0 {
+                Q8_0Matrix::from_bytes_for(isa, bytes, rows, cols)
+            } else {
+                Q8_0Matrix::from_q5_0_for(isa, bytes, rows, cols)
+            }
+            .expect("matrix");
+            assert!(m.can_gather());
+            let got = m.gather(&ids).expect("gather");
+            for (j, &id) in ids.iter().enumerate() {
+                let row = &want[id as usize * cols..(id as usize + 1) * cols];
+                let g = &got[j * cols..(j + 1) * cols];
+                assert!(
+                    g.iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} {isa:?} row {id}"
+                );
+            }
+            let e = m.gather(&[rows as u32]).expect_err("outside");
+            assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        }
+    }
+}

@@ -439,6 +439,15 @@ impl Model {
     /// `[number of seqs with wants_logits, vocab]`, in `batch.seqs` order. With tensor parallelism every rank
     /// runs the same step on its own cache (sized from [`Model::rank_config`]) and gets the same logits.
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Result<Tensor> {
+        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            // The whole step runs on a worker of the pool: called from the engine's own thread, the steps
+            // between matmuls ran there while the pool's idle workers yield-spun on the same cores.
+            return rayon::scope(|_| self.forward_in_pool(batch, cache));
+        }
+        self.forward_in_pool(batch, cache)
+    }
+
+    fn forward_in_pool(&self, batch: &BatchInput, cache: &mut KvCache) -> Result<Tensor> {
         cache.check_batch(batch)?;
         if cache.n_kv_heads() != self.rank_config.n_kv_heads {
             candle_core::bail!(

@@ -13,7 +13,9 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::kernels::{HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q8_0Matrix};
+use super::kernels::{
+    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q6Matrix, Q8_0Matrix,
+};
 
 /// Options applied while turning GGUF tensors into layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +57,9 @@ pub enum Linear {
     /// A Q5_1 or Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by
     /// our own multi-token kernel with Q8_1 activations.
     Q5(Q5Matrix),
+    /// A Q6_K matrix on the CPU, multiplied by our own multi-token kernel with Q8_K activations (the six-bit
+    /// values unpacked in registers on VNNI CPUs).
+    Q6(Q6Matrix),
     /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
     /// own type and multiplied by its own kernel; the outputs are concatenated.
     Parts(Vec<Linear>),
@@ -131,6 +136,9 @@ impl Linear {
                 }
                 GgmlDType::Q5K => {
                     return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
+                }
+                GgmlDType::Q6K => {
+                    return Ok(Self::Q6(Q6Matrix::from_q6k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q5_0 => {
                     return Ok(Self::Q8_0(Q8_0Matrix::from_q5_0(
@@ -283,6 +291,7 @@ impl Linear {
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
             Self::Q5(q) => q.forward(x),
+            Self::Q6(q) => q.forward(x),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 // parts of one fused layer in turn; row chunks in parallel on the rayon pool
                 let outs = if matches!(self, Self::RowChunks(_)) {
@@ -308,6 +317,7 @@ impl Linear {
         match self {
             Self::Half(_) => true,
             Self::Q8_0(q) => q.can_gather(),
+            Self::Q6(q) => q.can_gather(),
             _ => false,
         }
     }
@@ -317,6 +327,7 @@ impl Linear {
         match self {
             Self::Half(h) => h.gather(ids),
             Self::Q8_0(q) => q.gather(ids),
+            Self::Q6(q) => q.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
         }
     }
@@ -332,6 +343,7 @@ impl Linear {
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
             Self::Q5(q) => Ok(q.rows()),
+            Self::Q6(q) => Ok(q.rows()),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 parts.iter().map(Linear::out_features).sum()
             }
@@ -350,6 +362,7 @@ impl Linear {
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Q5(q) => q.source().into(),
+            Self::Q6(q) => q.source().into(),
             Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
             Self::RowChunks(chunks) => match chunks.first() {
                 Some(c) => format!("{} ×{} threads", c.kind(), chunks.len()),
@@ -408,12 +421,7 @@ mod tests {
             .and_then(|t| t.cos())
             .and_then(|t| t.reshape((m, cols)))
             .expect("x");
-        for dtype in [
-            GgmlDType::Q6K,
-            GgmlDType::Q2K,
-            GgmlDType::Q3K,
-            GgmlDType::F32,
-        ] {
+        for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::F32] {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
             let whole =
                 Linear::fused(vec![q], &Device::Cpu, LoadOptions::default()).expect("layer");

@@ -263,7 +263,7 @@ impl std::fmt::Debug for Model {
 /// widened); the token embedding table stays in host memory (rows are gathered per step) unless it doubles as
 /// the LM head. On the CPU our kernels
 /// hold Q4_K, Q5_0, Q5_1 and Q5_K re-laid out in wider blocks (24, 36, 40 and 40 bytes per 32 values; IQ4_NL
-/// is Q8_0 already in the directory).
+/// is Q8_0 already in the directory), and Q6_K in 32 bytes per 32 values on VNNI CPUs, 40 elsewhere.
 pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> u64 {
     let tied = !file.has_tensor("output.weight");
     file.tensor_names()
@@ -284,6 +284,8 @@ pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> 
                 GgmlDType::Q5_0 if on_cpu => 36,
                 GgmlDType::Q5_1 if on_cpu => 40,
                 GgmlDType::Q5K if on_cpu => 40 * 8,
+                GgmlDType::Q6K if on_cpu && kernels::Isa::detect() == kernels::Isa::Vnni => 32 * 8,
+                GgmlDType::Q6K if on_cpu => 40 * 8,
                 d => d.type_size(),
             };
             (elems / dtype.block_size() * per_block) as u64

@@ -16,6 +16,7 @@ mod dense_half;
 mod q4_0;
 mod q4_1;
 mod q5;
+mod q6k;
 mod q8_0;
 mod quant;
 mod relayout;
@@ -30,6 +31,7 @@ pub use dense_half::{HalfMatrix, HalfType};
 pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
 pub use q5::Q5Matrix;
+pub use q6k::Q6Matrix;
 pub use q8_0::Q8_0Matrix;
 
 pub(crate) use vec_ops::VecOps;
@@ -70,12 +72,14 @@ impl Isa {
 
 /// One activation block quantized as GGML's Q8_1 (also used as Q8_0: same `d` and `qs`): `x_j ≈ d · qs_j`,
 /// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term);
-/// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction).
+/// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction), `sum_lo` the same over `qs[..16]` (Q6_K's
+/// two scales per 32 values).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlockQ8_1 {
     pub(crate) d: f32,
     pub(crate) s: f32,
     pub(crate) sum: i32,
+    pub(crate) sum_lo: i32,
     pub(crate) qs: [i8; 32],
 }
 
@@ -109,8 +113,14 @@ fn quantize_block(x: &[f32], isa: Isa) -> BlockQ8_1 {
         d: half::f16::from_f32(d).to_f32(),
         s: half::f16::from_f32(d * sum as f32).to_f32(),
         sum,
+        sum_lo: sum_lo(&qs),
         qs,
     }
+}
+
+/// `Σ qs[..16]`.
+fn sum_lo(qs: &[i8; 32]) -> i32 {
+    qs[..16].iter().map(|&q| i32::from(q)).sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -130,13 +140,13 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     // round half to even (the default MXCSR mode of cvtps2dq), as llama.cpp's _mm256_round_ps(NEAREST)
     let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
-    let total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-    let t = _mm_add_epi32(
-        _mm256_castsi256_si128(total),
-        _mm256_extracti128_si256(total, 1),
-    );
-    let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)));
+    let hsum8 = |v: __m256i| {
+        let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+        _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)))
+    };
+    let sum_lo = hsum8(_mm256_add_epi32(i[0], i[1]));
+    let sum = sum_lo + hsum8(_mm256_add_epi32(i[2], i[3]));
     // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
     let p = _mm256_packs_epi16(
         _mm256_packs_epi32(i[0], i[1]),
@@ -150,6 +160,7 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
         d: half::f16::from_f32(d).to_f32(),
         s: half::f16::from_f32(d * sum as f32).to_f32(),
         sum,
+        sum_lo,
         qs,
     }
 }
@@ -193,6 +204,7 @@ fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
                 d,
                 s: d * sum as f32,
                 sum,
+                sum_lo: sum_lo(&qs),
                 qs,
             });
         }

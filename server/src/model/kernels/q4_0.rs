@@ -4,7 +4,7 @@
 use candle_core::quantized::k_quants::BlockQ4_0;
 use candle_core::{Result, Tensor};
 
-use super::quant::{QuantMatrix, QuantType};
+use super::quant::{GgufBlocks, QuantMatrix, QuantType};
 use super::{BlockMatrix, BlockQ8_1, Isa};
 
 /// A `[rows, cols]` Q4_0 matrix (value `j` of a block is `d · (q_j − 8)`, nibbles in GGML's layout).
@@ -70,12 +70,8 @@ pub struct Tile8 {
 #[derive(Debug, Clone)]
 pub struct Q4_0;
 
-impl QuantType for Q4_0 {
-    const NAME: &'static str = "Q4_0";
+impl GgufBlocks for Q4_0 {
     const BYTES: usize = 18;
-    type Block = Block;
-    type Tile = Tile8;
-
     fn parse(b: &[u8]) -> Block {
         let mut qs = [0u8; 16];
         qs.copy_from_slice(&b[2..18]);
@@ -84,6 +80,12 @@ impl QuantType for Q4_0 {
             qs,
         }
     }
+}
+
+impl QuantType for Q4_0 {
+    const NAME: &'static str = "Q4_0";
+    type Block = Block;
+    type Tile = Tile8;
 
     fn tile(rows: [&Block; 8]) -> Tile8 {
         let mut t = Tile8::default();

@@ -1,7 +1,7 @@
 //! Q4_1 weights × Q8_1 activations, with llama.cpp's numerics (the default model's layers).
 
 use super::BlockQ8_1;
-use super::quant::{QuantMatrix, QuantType};
+use super::quant::{GgufBlocks, QuantMatrix, QuantType};
 
 /// One Q4_1 weight block with its scales widened to f32: value `j` is `d * q_j + m`, `q_j` the low nibble
 /// of `qs[j]` for `j < 16` and the high nibble of `qs[j - 16]` otherwise (GGML's layout).
@@ -31,12 +31,8 @@ pub struct Q4_1;
 /// A `[rows, cols]` Q4_1 matrix.
 pub type Q4_1Matrix = QuantMatrix<Q4_1>;
 
-impl QuantType for Q4_1 {
-    const NAME: &'static str = "Q4_1";
+impl GgufBlocks for Q4_1 {
     const BYTES: usize = 20;
-    type Block = BlockQ4_1;
-    type Tile = Tile8;
-
     fn parse(b: &[u8]) -> BlockQ4_1 {
         let mut qs = [0u8; 16];
         qs.copy_from_slice(&b[4..20]);
@@ -46,6 +42,12 @@ impl QuantType for Q4_1 {
             qs,
         }
     }
+}
+
+impl QuantType for Q4_1 {
+    const NAME: &'static str = "Q4_1";
+    type Block = BlockQ4_1;
+    type Tile = Tile8;
 
     fn tile(rows: [&BlockQ4_1; 8]) -> Tile8 {
         let mut t = Tile8::default();

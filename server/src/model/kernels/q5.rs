@@ -6,7 +6,7 @@
 //! `d·sc·q − dmin·m`; each becomes a block with scale `d·sc` and minimum `−dmin·m` (exact in f32).
 
 use super::BlockQ8_1;
-use super::quant::{QuantMatrix, QuantType};
+use super::quant::{GgufBlocks, QuantMatrix, QuantType};
 
 /// One 32-value block: value `j` is `d * qs[j] + m`.
 #[derive(Debug, Clone, Copy)]
@@ -43,12 +43,8 @@ pub struct Q5;
 /// A `[rows, cols]` matrix of 5-bit blocks.
 pub type Q5Matrix = QuantMatrix<Q5>;
 
-impl QuantType for Q5 {
-    const NAME: &'static str = "Q5_1";
+impl GgufBlocks for Q5 {
     const BYTES: usize = 24;
-    type Block = BlockQ5;
-    type Tile = Tile8;
-
     /// A GGUF Q5_1 block: f16 `d`, f16 `m`, 32 high bits, 16 bytes of low nibbles.
     fn parse(b: &[u8]) -> BlockQ5 {
         let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -64,6 +60,12 @@ impl QuantType for Q5 {
             qs,
         }
     }
+}
+
+impl QuantType for Q5 {
+    const NAME: &'static str = "Q5_1";
+    type Block = BlockQ5;
+    type Tile = Tile8;
 
     fn tile(rows: [&BlockQ5; 8]) -> Tile8 {
         let mut t = Tile8::default();

@@ -1,7 +1,7 @@
 //! Q8_0 weights × Q8_0 activations, with llama.cpp's numerics (the tied LM head of the default model).
 
 use super::BlockQ8_1;
-use super::quant::{QuantMatrix, QuantType};
+use super::quant::{GgufBlocks, QuantMatrix, QuantType};
 
 /// One Q8_0 weight block: value `j` is `d * qs_j`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,12 +26,8 @@ pub struct Q8_0;
 /// A `[rows, cols]` Q8_0 matrix.
 pub type Q8_0Matrix = QuantMatrix<Q8_0>;
 
-impl QuantType for Q8_0 {
-    const NAME: &'static str = "Q8_0";
+impl GgufBlocks for Q8_0 {
     const BYTES: usize = 34;
-    type Block = BlockQ8;
-    type Tile = Tile8;
-
     fn parse(b: &[u8]) -> BlockQ8 {
         let mut qs = [0i8; 32];
         for (q, &byte) in qs.iter_mut().zip(&b[2..]) {
@@ -42,6 +38,12 @@ impl QuantType for Q8_0 {
             qs,
         }
     }
+}
+
+impl QuantType for Q8_0 {
+    const NAME: &'static str = "Q8_0";
+    type Block = BlockQ8;
+    type Tile = Tile8;
 
     fn tile(rows: [&BlockQ8; 8]) -> Tile8 {
         let mut t = Tile8::default();

@@ -12,14 +12,10 @@ use super::{
 pub trait QuantType: Clone + std::fmt::Debug + 'static {
     /// The GGUF type's name (for errors).
     const NAME: &'static str;
-    /// GGUF bytes per block of 32 weights.
-    const BYTES: usize;
     /// A block in the row-major layout.
     type Block: Copy + Send + Sync + std::fmt::Debug;
     /// Eight rows × one block column in the VNNI layout.
     type Tile: Copy + Send + Sync + std::fmt::Debug + VnniTile;
-    /// Parses one block from its `BYTES` GGUF bytes.
-    fn parse(bytes: &[u8]) -> Self::Block;
     /// Interleaves the same block column of eight consecutive rows.
     fn tile(rows: [&Self::Block; 8]) -> Self::Tile;
     /// One row dotted with one token's activations, portable reference code.
@@ -57,6 +53,14 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
             _ => a.map(|a| Self::dot_scalar(w, a)),
         }
     }
+}
+
+/// A kernel type whose blocks are a GGUF type's own blocks of 32 values (not re-laid out from another's).
+pub trait GgufBlocks: QuantType {
+    /// GGUF bytes per block of 32 weights.
+    const BYTES: usize;
+    /// Parses one block from its `BYTES` GGUF bytes.
+    fn parse(bytes: &[u8]) -> Self::Block;
 }
 
 /// Eight rows dotted with `N` tokens on the tile layout (`[token][row]`). Panics unless every `a[t]` has
@@ -105,7 +109,7 @@ enum Layout<Q: QuantType> {
     Tiles(Vec<Q::Tile>),
 }
 
-impl<Q: QuantType> QuantMatrix<Q> {
+impl<Q: GgufBlocks> QuantMatrix<Q> {
     /// From the raw GGUF bytes of a `[rows, cols]` tensor, laid out for this CPU's kernel.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
         Self::from_bytes_for(Isa::detect(), bytes, rows, cols)
@@ -129,7 +133,9 @@ impl<Q: QuantType> QuantMatrix<Q> {
         let blocks: Vec<Q::Block> = bytes.chunks_exact(Q::BYTES).map(Q::parse).collect();
         Self::from_blocks_for(isa, blocks, rows, cols, Q::NAME, Acts::Per32)
     }
+}
 
+impl<Q: QuantType> QuantMatrix<Q> {
     /// From parsed row-major blocks (another GGUF type re-laid out exactly into this one: see
     /// [`super::relayout`]), laid out for the kernel of `isa`; `source` names the file's type.
     pub(super) fn from_blocks_for(
@@ -266,6 +272,9 @@ pub trait VnniTile {
     const OFFSET: i32;
     /// Whether the rows have a minimum term (`m · s`, Q4_1).
     const HAS_MIN: bool;
+    /// Whether values 0..16 and 16..32 have scales of their own (Q6_K: the third register of
+    /// [`TileRegs`] is then the second half's scales, not minimums, and the offset comes off each half).
+    const SPLIT: bool = false;
     /// # Safety
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
@@ -314,6 +323,14 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
             for k in 0..4 {
                 s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
                 s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            if T::SPLIT {
+                let da = _mm256_set1_ps(ab.d);
+                let lo = _mm256_sub_epi32(s0, _mm256_set1_epi32(T::OFFSET * ab.sum_lo));
+                let hi = _mm256_sub_epi32(s1, _mm256_set1_epi32(T::OFFSET * (ab.sum - ab.sum_lo)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(dv, da), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(mv, da), acc[t]);
+                continue;
             }
             let mut isum = _mm256_add_epi32(s0, s1);
             if T::OFFSET != 0 {

@@ -157,6 +157,7 @@ mod tests {
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
 
+    use super::super::q6k::Q6Matrix;
     use super::super::tests::isas;
     use super::*;
 
@@ -248,12 +249,28 @@ mod tests {
         let want = candle_values(&q51, GgmlDType::Q5_1, rows, cols);
         let parsed: Vec<BlockQ5> = q51
             .chunks_exact(24)
-            .map(<super::super::q5::Q5 as super::super::quant::QuantType>::parse)
+            .map(<super::super::q5::Q5 as super::super::quant::GgufBlocks>::parse)
             .collect();
         for (i, (g, w)) in five(parsed).iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
                 "Q5_1 value {i}: {g} vs {w}"
+            );
+        }
+        // Q6_K: bit for bit, from the row-major blocks and from the VNNI tiles (gather reads either)
+        let (rows8, q6k) = (8, random(9, 8 * cols / 256, 210, &[208]));
+        let want: Vec<f32> = candle_values(&q6k, GgmlDType::Q6K, rows8, cols)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let ids: Vec<u32> = (0..rows8 as u32).collect();
+        for isa in isas() {
+            let m = Q6Matrix::from_q6k_for(isa, &q6k, rows8, cols).expect("q6_k");
+            assert!(m.can_gather());
+            assert_eq!(
+                m.gather(&ids).expect("gather"),
+                want,
+                "Q6_K values at {isa:?}"
             );
         }
     }
@@ -267,6 +284,10 @@ mod tests {
         let q50 = random(4, rows * cols / 32, 22, &[0]);
         let q5k = random(7, rows * cols / 256, 176, &[0, 2]);
         let q51 = random(8, rows * cols / 32, 24, &[0, 2]);
+        let q6k = random(10, rows * cols / 256, 210, &[208]);
+        let q6k_odd = random(11, 13 * cols / 256, 210, &[208]);
+        let w6k = candle_values(&q6k, GgmlDType::Q6K, rows, cols);
+        let w6k_odd = candle_values(&q6k_odd, GgmlDType::Q6K, 13, cols);
         let w4k = candle_values(&q4k, GgmlDType::Q4K, rows, cols);
         let w50 = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
         let w5k = candle_values(&q5k, GgmlDType::Q5K, rows, cols);
@@ -304,6 +325,20 @@ mod tests {
                     }),
                 ),
                 (
+                    "Q6_K",
+                    &w6k,
+                    Box::new(|x: &Tensor| {
+                        Q6Matrix::from_q6k_for(isa, &q6k, rows, cols)?.forward_with(isa, x)
+                    }),
+                ),
+                (
+                    "Q6_K, 13 rows (blocks, not tiles)",
+                    &w6k_odd,
+                    Box::new(|x: &Tensor| {
+                        Q6Matrix::from_q6k_for(isa, &q6k_odd, 13, cols)?.forward_with(isa, x)
+                    }),
+                ),
+                (
                     "Q5_1",
                     &w51,
                     Box::new(|x: &Tensor| {
@@ -313,7 +348,7 @@ mod tests {
             ] {
                 let got = run(&x).and_then(|y| y.to_vec2::<f32>()).expect("forward");
                 for t in 0..m {
-                    let want: Vec<f64> = (0..rows)
+                    let want: Vec<f64> = (0..w.len() / cols)
                         .map(|r| {
                             (0..cols)
                                 .map(|c| w[r * cols + c] * f64::from(xs[t * cols + c]))
@@ -321,6 +356,7 @@ mod tests {
                         })
                         .collect();
                     let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                    assert_eq!(got[t].len(), want.len(), "{name}: rows");
                     for (r, (g, e)) in got[t].iter().zip(&want).enumerate() {
                         assert!(
                             (f64::from(*g) - e).abs() < 2e-2 * scale,
@@ -338,6 +374,52 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Q6_K: our kernel against candle's (`ROWS`, `COLS`, `MS` token counts; rayon's threads). Run with
+    /// `cargo test --release -p llama-server --lib q6k_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn q6k_speed() {
+        use candle_core::Module;
+        use candle_core::quantized::QMatMul;
+        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().expect(k));
+        let (rows, cols) = (env("ROWS", 2048), env("COLS", 8192));
+        let bytes = random(12, rows * cols / 256, 210, &[208]);
+        let ours = Q6Matrix::from_q6k(&bytes, rows, cols).expect("ours");
+        let storage =
+            QStorage::from_data(Cow::Borrowed(&bytes), &Device::Cpu, GgmlDType::Q6K).expect("st");
+        let candle = QMatMul::from_qtensor(QTensor::new(storage, (rows, cols)).expect("qt"))
+            .expect("candle");
+        let ms = std::env::var("MS").unwrap_or_else(|_| "1,4,16,128".into());
+        for m in ms.split(',').map(|v| v.parse::<usize>().expect("MS")) {
+            let x = Tensor::from_vec(
+                (0..m * cols)
+                    .map(|i| (i as f32 * 0.01).sin())
+                    .collect::<Vec<_>>(),
+                (m, cols),
+                &Device::Cpu,
+            )
+            .expect("x");
+            let time = |f: &dyn Fn() -> Tensor| {
+                let _ = f();
+                let n = if m == 1 { 50 } else { 5 };
+                let t0 = std::time::Instant::now();
+                for _ in 0..n {
+                    let _ = f();
+                }
+                t0.elapsed().as_secs_f64() / n as f64
+            };
+            let a = time(&|| ours.forward(&x).expect("ours"));
+            let b = time(&|| candle.forward(&x).expect("candle"));
+            println!(
+                "m={m}: ours {:.2} ms ({:.1} GB/s of file bytes), candle {:.2} ms; candle/ours {:.2}",
+                a * 1e3,
+                bytes.len() as f64 / a / 1e9,
+                b * 1e3,
+                b / a
+            );
         }
     }
 }

@@ -390,6 +390,10 @@ fn activation_quantizer_rounds_half_to_even_like_llama_cpp_on_every_isa() {
         let want: Vec<i8> = x.iter().map(|v| (v * id).round_ties_even() as i8).collect();
         assert_eq!(got.qs.to_vec(), want);
         assert_eq!(got.sum, want.iter().map(|&q| i32::from(q)).sum::<i32>());
+        assert_eq!(
+            got.sum_lo,
+            want[..16].iter().map(|&q| i32::from(q)).sum::<i32>()
+        );
         assert_eq!(got.d, half::f16::from_f32(amax / 127.0).to_f32());
     }
     let tie = quantize_q8_1(&blocks[200]);
@@ -466,6 +470,10 @@ fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
         assert_eq!(d, 1.0 / (-127.0 / max), "d = max / -127 unrounded");
         for (i, b) in chunk.iter().enumerate() {
             assert_eq!(b.sum, b.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
+            assert_eq!(
+                b.sum_lo,
+                b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()
+            );
             assert_eq!(b.s, d * b.sum as f32);
             for (j, &q) in b.qs.iter().enumerate() {
                 let v = xs[c * 256 + i * 32 + j];

@@ -1,0 +1,244 @@
+//! Q6_K weights × Q8_K activations (a Q4_K_M file's LM head, value projections and half of its down
+//! projections; all of a Q6_K file), re-laid out at load into 32-value blocks of our own.
+//!
+//! A Q6_K super-block is 256 six-bit values `q` (0..63) in sixteen runs of 16, each with an int8 scale, and
+//! one f16 `d`: value = `d · sc · (q − 32)`. Our block is 32 of those values with the two runs' scales
+//! widened to f32 (`d · sc` is exact in f32: an f16 times an int8 needs 19 bits), so each block's dot with a
+//! Q8_K activation block is two exact integer dots (`Σ q·a − 32 · Σ a` over each run of 16), scaled.
+//!
+//! The VNNI tile keeps the six bits packed as the file does (four bits in a nibble plane, two in a plane of
+//! bit pairs) and unpacks them in registers: 32 bytes per 32 values with the scales, against the file's
+//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 40 bytes).
+
+use candle_core::Result;
+
+use super::quant::{QuantMatrix, QuantType};
+use super::{Acts, BlockQ8_1, Isa};
+
+const Q6K_BYTES: usize = 210;
+
+/// 32 Q6_K values: value `j` is `d[j / 16] · (q_j − 32)`, `q_j` in 0..63.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockQ6 {
+    pub(super) d: [f32; 2],
+    pub(super) qs: [u8; 32],
+}
+
+/// Eight rows × one 32-value block for the VNNI kernel. Lane `i` (bytes `4i..4i+4`) of each register is row
+/// `i`: `lo[k]` holds its values `4k..4k+4` in the low nibbles and `16+4k..16+4k+4` in the high nibbles
+/// (low four bits each); `hi[h]` holds the top two bits of values `16h + 4k + c` at bits `2k, 2k+1` of
+/// byte `4i + c`. `d0`/`d1` are the rows' scales of values 0..16 and 16..32.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
+pub struct Tile8 {
+    d0: [f32; 8],
+    d1: [f32; 8],
+    lo: [[u8; 32]; 4],
+    hi: [[u8; 32]; 2],
+}
+
+/// Q6_K, run on blocks of 32 with Q8_K activations (per 256, as llama.cpp quantizes them for K-quants).
+#[derive(Debug, Clone)]
+pub struct Q6;
+
+/// A `[rows, cols]` Q6_K matrix.
+pub type Q6Matrix = QuantMatrix<Q6>;
+
+impl QuantType for Q6 {
+    const NAME: &'static str = "Q6_K";
+    type Block = BlockQ6;
+    type Tile = Tile8;
+
+    fn tile(rows: [&BlockQ6; 8]) -> Tile8 {
+        let mut t = Tile8::default();
+        for (i, blk) in rows.iter().enumerate() {
+            t.d0[i] = blk.d[0];
+            t.d1[i] = blk.d[1];
+            for k in 0..4 {
+                for c in 0..4 {
+                    let (v0, v1) = (blk.qs[4 * k + c], blk.qs[16 + 4 * k + c]);
+                    t.lo[k][4 * i + c] = (v0 & 15) | ((v1 & 15) << 4);
+                    t.hi[0][4 * i + c] |= (v0 >> 4) << (2 * k);
+                    t.hi[1][4 * i + c] |= (v1 >> 4) << (2 * k);
+                }
+            }
+        }
+        t
+    }
+
+    fn dot_scalar(w: &[BlockQ6], a: &[BlockQ8_1]) -> f32 {
+        let mut acc = 0f32;
+        for (w, a) in w.iter().zip(a) {
+            for (h, d) in w.d.iter().enumerate() {
+                let isum: i32 = (16 * h..16 * h + 16)
+                    .map(|j| (i32::from(w.qs[j]) - 32) * i32::from(a.qs[j]))
+                    .sum();
+                acc += isum as f32 * (d * a.d);
+            }
+        }
+        acc
+    }
+
+    fn values(b: &BlockQ6) -> Option<[f32; 32]> {
+        // `(d · sc) · q` in f32, as GGML's (and candle's) Q6_K dequantization computes it
+        Some(std::array::from_fn(|j| {
+            b.d[j / 16] * f32::from(i16::from(b.qs[j]) - 32)
+        }))
+    }
+
+    fn tile_values(t: &Tile8, i: usize) -> Option<[f32; 32]> {
+        Some(std::array::from_fn(|j| {
+            let (h, k, c) = (j / 16, j % 16 / 4, j % 4);
+            let nib = t.lo[k][4 * i + c] >> (4 * h) & 15;
+            let top = (t.hi[h][4 * i + c] >> (2 * k)) & 3;
+            let d = if h == 0 { t.d0[i] } else { t.d1[i] };
+            d * f32::from(i16::from(nib | (top << 4)) - 32)
+        }))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86<const N: usize, const VNNI: bool>(
+        w: &[BlockQ6],
+        a: [&[BlockQ8_1]; N],
+    ) -> [f32; N] {
+        if VNNI {
+            // SAFETY: forwarded from the caller.
+            unsafe { dot_vnni::<N>(w, a) }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { dot_avx2::<N>(w, a) }
+        }
+    }
+}
+
+impl super::quant::VnniTile for Tile8 {
+    const OFFSET: i32 = 32;
+    const HAS_MIN: bool = false;
+    const SPLIT: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(&self) -> super::quant::TileRegs {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `d0` and `d1` eight floats.
+        unsafe {
+            let nib = super::quant::unpack_nibbles(&self.lo);
+            let h = [0, 1].map(|r| _mm256_loadu_si256(self.hi[r].as_ptr().cast()));
+            let mask = _mm256_set1_epi8(0x30);
+            // bits 2k, 2k+1 of each byte moved to bits 4, 5 (16-bit shifts: what crosses a byte lands
+            // outside the mask)
+            let top = |h: __m256i, k: usize| match k {
+                0 => _mm256_and_si256(_mm256_slli_epi16(h, 4), mask),
+                1 => _mm256_and_si256(_mm256_slli_epi16(h, 2), mask),
+                2 => _mm256_and_si256(h, mask),
+                _ => _mm256_and_si256(_mm256_srli_epi16(h, 2), mask),
+            };
+            (
+                std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
+                _mm256_loadu_ps(self.d0.as_ptr()),
+                _mm256_loadu_ps(self.d1.as_ptr()),
+            )
+        }
+    }
+}
+
+/// The 256 six-bit values (0..63) and sixteen scales of one Q6_K super-block (GGML's `block_q6_K`: `ql`
+/// 128 bytes of low nibbles, `qh` 64 of bit pairs, `scales` 16 int8, `d` f16).
+fn q6k_super_block(sb: &[u8]) -> ([u8; 256], [i8; 16], f32) {
+    let (ql, qh, sc) = (&sb[0..128], &sb[128..192], &sb[192..208]);
+    let d = half::f16::from_le_bytes([sb[208], sb[209]]).to_f32();
+    let mut q = [0u8; 256];
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        let q = &mut q[128 * half..];
+        for l in 0..32 {
+            q[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
+            q[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
+            q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    (q, std::array::from_fn(|i| sc[i] as i8), d)
+}
+
+/// Q6_K super-blocks as our blocks (eight per super-block, in order).
+pub(super) fn q6k_blocks(bytes: &[u8]) -> Vec<BlockQ6> {
+    let mut out = Vec::with_capacity(bytes.len() / Q6K_BYTES * 8);
+    for sb in bytes.chunks_exact(Q6K_BYTES) {
+        let (q, sc, d) = q6k_super_block(sb);
+        for j in 0..8 {
+            let mut qs = [0u8; 32];
+            qs.copy_from_slice(&q[32 * j..32 * j + 32]);
+            out.push(BlockQ6 {
+                d: [d * f32::from(sc[2 * j]), d * f32::from(sc[2 * j + 1])],
+                qs,
+            });
+        }
+    }
+    out
+}
+
+impl Q6Matrix {
+    /// A `[rows, cols]` Q6_K tensor's GGUF bytes.
+    pub fn from_q6k(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_q6k_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    pub(super) fn from_q6k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q6K_BYTES {
+            candle_core::bail!("Q6_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
+        }
+        Self::from_blocks_for(isa, q6k_blocks(bytes), rows, cols, "Q6_K", Acts::Per256)
+    }
+}
+
+// Row-major blocks: `q` (0..63, u8) times the activations (i8) summed in pairs, then in fours: lanes 0–3
+// are values 0..16, lanes 4–7 values 16..32; `32 · Σ a` of each half comes off exactly before scaling.
+macro_rules! q6_dot_body {
+    ($w:ident, $a:ident, $n:ident, |$qw:ident, $qa:ident| $dot:expr) => {{
+        use std::arch::x86_64::*;
+        let mut acc = [_mm256_setzero_ps(); $n];
+        for (b, wb) in $w.iter().enumerate() {
+            // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit load.
+            let $qw = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) };
+            let (d0, d1) = (_mm_set1_ps(wb.d[0]), _mm_set1_ps(wb.d[1]));
+            let dw = _mm256_set_m128(d1, d0);
+            for t in 0..$n {
+                // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
+                let ab = unsafe { $a[t].get_unchecked(b) };
+                // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit load.
+                let $qa = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast()) };
+                // once per half (lanes 0 and 4), since the lanes are summed at the end
+                let (lo, hi) = (32 * ab.sum_lo, 32 * (ab.sum - ab.sum_lo));
+                let offset = _mm256_setr_epi32(lo, 0, 0, 0, hi, 0, 0, 0);
+                let dot = _mm256_sub_epi32($dot, offset);
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(dot),
+                    _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)),
+                    acc[t],
+                );
+            }
+        }
+        std::array::from_fn(|t| super::hsum(acc[t]))
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32; N] {
+    let ones = std::arch::x86_64::_mm256_set1_epi16(1);
+    // u8 (0..63) × i8 pairs summed to i16 (|·| ≤ 2·63·128, no saturation), then to i32
+    q6_dot_body!(w, a, N, |qw, qa| _mm256_madd_epi16(
+        _mm256_maddubs_epi16(qw, qa),
+        ones
+    ))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32; N] {
+    q6_dot_body!(w, a, N, |qw, qa| _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        qw,
+        qa
+    ))
+}

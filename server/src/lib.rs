@@ -14,6 +14,7 @@ pub mod device;
 pub mod engine;
 pub mod fetch;
 pub mod gguf;
+pub mod guided;
 pub mod kv_cache;
 pub mod metrics;
 pub mod model;

@@ -59,6 +59,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0,
 ];
+/// Seconds, 10 µs to 100 ms.
+const MASK_BUCKETS: &[f64] = &[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1];
 const STEP_TOKEN_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
@@ -94,6 +96,10 @@ pub struct Metrics {
     pub e2e_request_latency: Histogram,
     pub request_queue_time: Histogram,
     pub tokens_per_step: Histogram,
+    /// Requests with an output constraint, by kind (json_object, json_schema, regex, choice, grammar).
+    pub guided_requests: IntCounterVec,
+    /// Time to compute one constrained sequence's token mask (on the engine thread, per step).
+    pub guided_mask_seconds: Histogram,
     /// 1 while draining.
     pub draining: IntGauge,
     /// 1 for the device the engine computes on (`device` = `cpu` or `cuda:N`).
@@ -233,6 +239,20 @@ impl Metrics {
                 m,
                 STEP_TOKEN_BUCKETS,
             ))?,
+            guided_requests: IntCounterVec::new(
+                opts(
+                    "llama_guided_requests_total",
+                    "Admitted requests with an output constraint (response_format JSON modes, guided_*).",
+                    m,
+                ),
+                &["kind"],
+            )?,
+            guided_mask_seconds: Histogram::with_opts(hist(
+                "llama_guided_mask_seconds",
+                "Time to compute one constrained sequence's token mask.",
+                m,
+                MASK_BUCKETS,
+            ))?,
             draining: IntGauge::with_opts(opts(
                 llama_contract::metrics::DRAINING,
                 "1 while the server drains before exit.",
@@ -288,6 +308,8 @@ impl Metrics {
         r.register(Box::new(this.e2e_request_latency.clone()))?;
         r.register(Box::new(this.request_queue_time.clone()))?;
         r.register(Box::new(this.tokens_per_step.clone()))?;
+        r.register(Box::new(this.guided_requests.clone()))?;
+        r.register(Box::new(this.guided_mask_seconds.clone()))?;
         r.register(Box::new(this.draining.clone()))?;
         r.register(Box::new(this.device_info.clone()))?;
         r.register(Box::new(this.tensor_parallel_size.clone()))?;

@@ -414,6 +414,20 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!(device = %device_name, "computing on {device_name}");
     }
+    let started = Instant::now();
+    let guidance = match crate::guided::Guidance::new(&tokenizer, Default::default()) {
+        Ok(g) => {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "vocabulary handed to llguidance (structured outputs available)"
+            );
+            Some(Arc::new(g))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "structured outputs unavailable");
+            None
+        }
+    };
     let state = web::Data::new(AppState {
         engine: OnceLock::new(),
         tokenizer: Arc::new(tokenizer),
@@ -432,6 +446,7 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
         prep: crate::api::prep::PrepPool::new(args.prep_threads, 4 * args.max_queue.max(16))?,
         chat_special_tokens: args.chat_special_tokens,
+        guidance,
     });
     let addr = (args.host.clone(), args.port);
     let drain_timeout = Duration::from_secs(args.drain_timeout);

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         tokenizer: &m.tokenizer,
         chat_template: &m.chat_template,
         chat_special_tokens: which & 2 != 0,
+        guidance: Some(&m.guidance),
     };
     let limits = Limits {
         served_model_name: "smol".into(),

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::engine::{EngineHandle, Event, SubmitError};
+use crate::guided::{Constraint, Guidance, GuideSpec};
 use crate::metrics::Metrics;
 use crate::scheduler::FinishReason;
 use crate::tokenizer::Tokenizer;
@@ -47,6 +48,9 @@ pub struct AppState {
     /// Chat message content may contain special-token text that is parsed as control tokens
     /// (`--chat-special-tokens`; off: content is user text).
     pub chat_special_tokens: bool,
+    /// The vocabulary handed to llguidance (`None` where its token bytes could not be derived: output
+    /// constraints are then refused with a 400).
+    pub guidance: Option<Arc<Guidance>>,
 }
 
 /// The tokenizer + chat template as validation sees them (public for the fuzz targets in `server/fuzz`).
@@ -56,6 +60,8 @@ pub struct Encoder<'a> {
     pub chat_template: &'a ChatTemplate,
     /// Chat message content may contain special-token text that is parsed as control tokens.
     pub chat_special_tokens: bool,
+    /// Compiles output constraints (`None`: they are refused).
+    pub guidance: Option<&'a Guidance>,
 }
 
 impl<'a> Encoder<'a> {
@@ -64,6 +70,7 @@ impl<'a> Encoder<'a> {
             tokenizer: &state.tokenizer,
             chat_template: &state.chat_template,
             chat_special_tokens: state.chat_special_tokens,
+            guidance: state.guidance.as_deref(),
         }
     }
 }
@@ -100,6 +107,13 @@ impl PromptEncoder for Encoder<'_> {
     }
     fn eos_token_ids(&self) -> Vec<u32> {
         self.tokenizer.eos_token_ids().to_vec()
+    }
+    fn compile_guide(&self, spec: GuideSpec) -> Result<(Constraint, u32), String> {
+        let g = self.guidance.ok_or(
+            "structured outputs are not available for this model: its vocabulary could not be handed to \
+             the grammar engine (see the server log)",
+        )?;
+        Ok((g.compile(spec)?, g.eos()))
     }
 }
 
@@ -252,6 +266,13 @@ async fn generate(
             SubmitError::Stopped => ApiError::Internal("the engine has stopped".into()),
         })
     })?;
+    if let Some(g) = &valid.guide {
+        state
+            .metrics
+            .guided_requests
+            .with_label_values(&[g.spec().kind()])
+            .inc();
+    }
     let prefix = match valid.endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",

@@ -27,8 +27,13 @@ pub struct CommonParams {
     pub user: Option<String>,
     /// `{"token id": bias}`, bias in [-100, 100] (clamped, as OpenAI does).
     pub logit_bias: Option<Value>,
-    /// Only `{"type": "text"}` is served; anything else is refused until structured outputs land.
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": ..., "strict": ...}}`.
     pub response_format: Option<Value>,
+    /// vLLM's extensions: a JSON schema, a regular expression, a list of strings, a Lark grammar.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_grammar: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

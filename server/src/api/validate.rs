@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::types::{ChatCompletionRequest, CommonParams, CompletionRequest};
+use crate::guided::{Constraint, GuideSpec};
 
 /// Most choices per request (`n`).
 pub const MAX_N: usize = 16;
@@ -49,6 +50,11 @@ pub trait PromptEncoder {
     fn vocab_size(&self) -> usize;
     /// Tokens that end generation unless `ignore_eos`.
     fn eos_token_ids(&self) -> Vec<u32>;
+    /// Compiles a request's output constraint against the vocabulary (the error names what is wrong).
+    fn compile_guide(&self, spec: GuideSpec) -> Result<(Constraint, u32), String> {
+        let _ = spec;
+        Err("structured outputs are not available on this server".into())
+    }
 }
 
 /// Server-side bounds.
@@ -126,6 +132,8 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// `Some(k)`: return the chosen token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// The output constraint (`response_format` JSON modes, `guided_*`), compiled; each choice clones it.
+    pub guide: Option<Constraint>,
 }
 
 fn bounded_f(
@@ -283,7 +291,13 @@ fn check_common(
         seed,
         logit_bias: logit_bias(c.logit_bias.as_ref(), enc.vocab_size())?,
     };
-    check_response_format(c.response_format.as_ref())?;
+    let guide = match guide_spec(c)? {
+        None => None,
+        Some((param, spec)) => Some(
+            enc.compile_guide(spec)
+                .map_err(|e| ApiError::field(param, e))?,
+        ),
+    };
     let stop = match &c.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -332,6 +346,13 @@ fn check_common(
     if !c.ignore_eos.unwrap_or(false) {
         stop_token_ids.extend(enc.eos_token_ids());
     }
+    let guide = guide.map(|(constraint, eos)| {
+        // a finished grammar allows only this token: it must end the choice even with `ignore_eos`
+        if !stop_token_ids.contains(&eos) {
+            stop_token_ids.push(eos);
+        }
+        constraint
+    });
     for &t in c.stop_token_ids.iter().flatten() {
         if t < 0 || t as u64 >= vocab as u64 {
             return Err(ApiError::field(
@@ -365,6 +386,7 @@ fn check_common(
         stream,
         include_usage,
         logprobs,
+        guide,
     })
 }
 
@@ -423,26 +445,102 @@ fn logit_bias(v: Option<&Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiErr
     Ok(out)
 }
 
-/// `response_format`: only `{"type": "text"}` is served today; JSON modes are refused rather than ignored
-/// (a client that asked for JSON must not silently get prose).
-fn check_response_format(v: Option<&Value>) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
+/// The output constraint a request asks for, with the parameter that asked: `response_format` (`text`,
+/// `json_object`, `json_schema`) or one of vLLM's `guided_json` / `guided_regex` / `guided_choice` /
+/// `guided_grammar`; at most one of them.
+fn guide_spec(c: &CommonParams) -> Result<Option<(&'static str, GuideSpec)>, ApiError> {
+    let mut found: Vec<(&'static str, GuideSpec)> = Vec::new();
+    match &c.response_format {
+        None | Some(Value::Null) => {}
         Some(f) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => Ok(()),
-            Some(t) => Err(ApiError::field(
-                "response_format",
-                format!(
-                    "response_format type `{t}` is not supported by this server (only `text`): structured \
-                     outputs are not implemented"
-                ),
-            )),
-            None => Err(ApiError::field(
-                "response_format",
-                "response_format must be an object with a string `type`",
-            )),
+            Some("text") => {}
+            Some("json_object") => found.push(("response_format", GuideSpec::JsonObject)),
+            Some("json_schema") => {
+                let schema = f
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .filter(|s| s.is_object() || s.is_boolean())
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "response_format",
+                            "response_format of type json_schema needs json_schema.schema, a JSON schema \
+                             object",
+                        )
+                    })?;
+                found.push(("response_format", GuideSpec::JsonSchema(schema.clone())));
+            }
+            Some(t) => {
+                return Err(ApiError::field(
+                    "response_format",
+                    format!(
+                        "response_format type must be text, json_object or json_schema, got `{t}`"
+                    ),
+                ));
+            }
+            None => {
+                return Err(ApiError::field(
+                    "response_format",
+                    "response_format must be an object with a string `type`",
+                ));
+            }
         },
     }
+    let text = |param: &'static str, v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::field(param, format!("{param} must be a string")))
+    };
+    if let Some(v) = c.guided_json.as_ref().filter(|v| !v.is_null()) {
+        let schema = match v {
+            // a schema sent as a JSON string, as some clients do
+            Value::String(s) => serde_json::from_str(s).map_err(|e| {
+                ApiError::field("guided_json", format!("guided_json is not valid JSON: {e}"))
+            })?,
+            v => v.clone(),
+        };
+        if !(schema.is_object() || schema.is_boolean()) {
+            return Err(ApiError::field(
+                "guided_json",
+                "guided_json must be a JSON schema object",
+            ));
+        }
+        found.push(("guided_json", GuideSpec::JsonSchema(schema)));
+    }
+    if let Some(v) = c.guided_regex.as_ref().filter(|v| !v.is_null()) {
+        found.push(("guided_regex", GuideSpec::Regex(text("guided_regex", v)?)));
+    }
+    if let Some(v) = c.guided_grammar.as_ref().filter(|v| !v.is_null()) {
+        found.push((
+            "guided_grammar",
+            GuideSpec::Lark(text("guided_grammar", v)?),
+        ));
+    }
+    if let Some(v) = c.guided_choice.as_ref().filter(|v| !v.is_null()) {
+        let items = v
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ApiError::field(
+                    "guided_choice",
+                    "guided_choice must be a non-empty array of strings",
+                )
+            })?
+            .iter()
+            .map(|s| text("guided_choice", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        found.push(("guided_choice", GuideSpec::Choice(items)));
+    }
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
+        return Err(ApiError::field(
+            found[1].0,
+            format!(
+                "at most one output constraint per request, got {}",
+                names.join(" and ")
+            ),
+        ));
+    }
+    Ok(found.pop())
 }
 
 /// Refuses a request whose prompt text is longer than any prompt that could fit the context.

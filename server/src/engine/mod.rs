@@ -194,6 +194,8 @@ struct Choice {
     request: u64,
     index: usize,
     sampler: Sampler,
+    /// The request's output constraint, this choice's own parser state.
+    constraint: Option<crate::guided::Constraint>,
     generated: Vec<u32>,
     scheduled_once: bool,
     last_token_at: Option<Instant>,
@@ -358,6 +360,7 @@ impl<M: StepModel> Engine<M> {
                 request: id,
                 index,
                 sampler: Sampler::new(params),
+                constraint: req.guide.clone(),
                 generated: Vec::new(),
                 scheduled_once: false,
                 last_token_at: None,
@@ -488,9 +491,25 @@ impl<M: StepModel> Engine<M> {
             }
         };
         let mut sampled = Vec::with_capacity(logits.len());
+        let mut broken: Vec<(u64, String)> = Vec::new();
         for (id, row) in out.sampling_ids().zip(&logits) {
             let s = match self.choices.get_mut(&id) {
-                Some(c) => c.sampler.sample(row, &c.generated),
+                Some(c) => match c.constraint.as_mut() {
+                    // the grammar's mask goes on before penalties, temperature and truncation
+                    Some(g) => {
+                        let t0 = Instant::now();
+                        let mut row = row.clone();
+                        let masked = g.mask(&mut row);
+                        self.metrics
+                            .guided_mask_seconds
+                            .observe(t0.elapsed().as_secs_f64());
+                        if let Err(e) = masked {
+                            broken.push((c.request, format!("output constraint: {e}")));
+                        }
+                        c.sampler.sample(&row, &c.generated)
+                    }
+                    None => c.sampler.sample(row, &c.generated),
+                },
                 None => Sampled {
                     token: 0,
                     logprob: 0.0,
@@ -501,6 +520,16 @@ impl<M: StepModel> Engine<M> {
         }
         let tokens: Vec<u32> = sampled.iter().map(|s| s.token).collect();
         let updates = self.scheduler.update(&out, &tokens);
+        // a grammar that cannot go on (its step limits hit, or nothing allowed): the request fails with
+        // the reason rather than emit text outside its constraint (its choices are gone before the
+        // updates below are sent)
+        for (id, why) in broken {
+            tracing::warn!(request = id, error = %why, "constrained request failed");
+            if let Some(live) = self.requests.get(&id) {
+                let _ = live.reply.send(Event::Failed(why));
+            }
+            self.finish_request(id, FinishReason::Abort);
+        }
         let now = Instant::now();
         let mut by_id: HashMap<RequestId, Sampled> = out.sampling_ids().zip(sampled).collect();
         for u in updates {
@@ -511,6 +540,12 @@ impl<M: StepModel> Engine<M> {
                 continue;
             };
             choice.generated.push(u.token);
+            if let Some(g) = choice.constraint.as_mut()
+                && u.finish.is_none()
+                && let Err(e) = g.consume(u.token)
+            {
+                tracing::warn!(error = %e, "constrained choice: token not accepted");
+            }
             self.metrics.generation_tokens.inc();
             if let Some(prev) = choice.last_token_at.replace(now) {
                 self.metrics

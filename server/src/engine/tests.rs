@@ -129,6 +129,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> ValidRequest {
         stream: false,
         include_usage: false,
         logprobs: None,
+        guide: None,
     }
 }
 

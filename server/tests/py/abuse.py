@@ -6,7 +6,7 @@ Probes:
   health       /health and /ready answer fast while abusive requests (15 MB prompts, 1 MB stop strings,
                thousands of stop-laden requests) are in flight
   logit-bias   logit_bias bans and forces tokens; bad keys are 400s naming logit_bias
-  unsupported  response_format json, tools, tool_choice, functions: 400 naming the field, not 200 with prose
+  unsupported  tools, tool_choice, functions, malformed output constraints: 400 naming the field, not 200 with prose
   http         JSON content type required (415), 405 with Allow, 404/413 as OpenAI JSON, and the 400/408/431
                that the HTTP layer writes before any handler also as OpenAI JSON
   auth KEY     `bearer` in any case works, a wrong key is a 401 JSON
@@ -165,8 +165,9 @@ elif probe == "logit-bias":
 
 elif probe == "unsupported":
     q = [{"role": "user", "content": "hi"}]
-    for field, value in [("response_format", {"type": "json_object"}),
-                         ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    for field, value in [("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+                         ("response_format", {"type": "xml"}),
+                         ("guided_regex", "(unclosed"),
                          ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
                          ("tool_choice", "auto"), ("functions", [{"name": "f"}])]:
         st, _, r = post(base, CH, {"messages": q, field: value})

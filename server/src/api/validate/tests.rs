@@ -288,11 +288,6 @@ fn logit_bias_is_validated_and_clamped_like_openai() {
 #[test]
 fn fields_the_server_does_not_implement_are_refused_not_ignored() {
     for (field, value) in [
-        ("response_format", json!({"type": "json_object"})),
-        (
-            "response_format",
-            json!({"type": "json_schema", "json_schema": {}}),
-        ),
         ("tools", json!([{"type": "function"}])),
         ("tool_choice", json!("auto")),
         ("functions", json!([{"name": "f"}])),
@@ -304,8 +299,51 @@ fn fields_the_server_does_not_implement_are_refused_not_ignored() {
     }
     let ok = json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "text"}});
     assert!(chat(ok).is_ok(), "text is what the server produces");
-    let err = completion(json!({"prompt": "hi", "response_format": {"type": "json_object"}}));
-    assert_eq!(param_of(err), "response_format");
+}
+
+/// Output constraints: malformed ones are refused naming the parameter, two at once are refused, and a
+/// server that cannot compile them (this encoder has no grammar engine) refuses rather than ignore them.
+#[test]
+fn output_constraints_are_checked_and_never_silently_dropped() {
+    let q = json!([{"role": "user", "content": "hi"}]);
+    for (field, value, says) in [
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {}}),
+            "json_schema.schema",
+        ),
+        (
+            "response_format",
+            json!({"type": "xml"}),
+            "text, json_object or json_schema",
+        ),
+        ("response_format", json!("json"), "string `type`"),
+        ("guided_choice", json!([]), "non-empty array"),
+        ("guided_choice", json!(["a", 1]), "must be a string"),
+        ("guided_regex", json!(5), "must be a string"),
+        ("guided_json", json!("{not json"), "not valid JSON"),
+        ("guided_json", json!([1, 2]), "schema object"),
+        (
+            "response_format",
+            json!({"type": "json_object"}),
+            "not available",
+        ),
+        ("guided_regex", json!("[0-9]+"), "not available"),
+    ] {
+        let mut req = json!({"messages": q});
+        req[field] = value.clone();
+        let err = chat(req).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidField { param, message } if param == field && message.contains(says)),
+            "{field}={value}: {err:?}"
+        );
+    }
+    let two = json!({"prompt": "hi", "guided_regex": "a", "guided_choice": ["a"]});
+    let err = completion(two).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("at most one output constraint"),
+        "{err:?}"
+    );
 }
 
 #[test]

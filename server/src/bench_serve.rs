@@ -60,6 +60,11 @@ pub struct BenchServeArgs {
     /// every request is a ~17-token prompt and exactly `--max-tokens` output tokens.
     #[arg(long, env = "LLAMA_BENCH_MIXED")]
     pub mixed: bool,
+    /// Constrain every request's output to this JSON schema (`response_format` json_schema), to measure
+    /// the cost of constrained decoding. It must admit outputs of `--max-tokens` tokens (an unbounded array
+    /// of strings, say): a finished grammar ends the request early, which fails the run.
+    #[arg(long, env = "LLAMA_BENCH_JSON_SCHEMA")]
+    pub json_schema: Option<String>,
 }
 
 /// What request `i` asks for: its prompt and its exact output length.
@@ -288,7 +293,12 @@ fn one_request(addr: &str, body: &str, max_tokens: usize) -> anyhow::Result<Samp
     st.finish(max_tokens)
 }
 
-fn request_body(prompt: &str, model: Option<&str>, max_tokens: usize) -> String {
+fn request_body(
+    prompt: &str,
+    model: Option<&str>,
+    max_tokens: usize,
+    schema: Option<&serde_json::Value>,
+) -> String {
     let mut body = serde_json::json!({
         "prompt": prompt,
         "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true, "stream": true,
@@ -296,6 +306,11 @@ fn request_body(prompt: &str, model: Option<&str>, max_tokens: usize) -> String 
     });
     if let Some(m) = model {
         body["model"] = serde_json::Value::String(m.to_string());
+    }
+    if let Some(schema) = schema {
+        body["response_format"] = serde_json::json!({
+            "type": "json_schema", "json_schema": {"name": "bench", "schema": schema},
+        });
     }
     body.to_string()
 }
@@ -321,11 +336,17 @@ fn scrape(addr: &str, name: &str) -> Option<f64> {
 /// Runs every level and prints a markdown table on stdout; fails on the first level with a failed request.
 pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
     let addr = host_port(&args.addr).to_string();
+    let schema: Option<serde_json::Value> = args
+        .json_schema
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--json-schema is not JSON")?;
     for i in 0..args.warmup {
         let (prompt, max_tokens) = workload(1_000_000 + i, args.max_tokens, args.mixed);
         one_request(
             &addr,
-            &request_body(&prompt, args.model.as_deref(), max_tokens),
+            &request_body(&prompt, args.model.as_deref(), max_tokens, schema.as_ref()),
             max_tokens,
         )
         .context("warm-up request")?;
@@ -361,11 +382,12 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
         let threads: Vec<_> = (0..c.max(1))
             .map(|_| {
                 let (next, samples, errors) = (next.clone(), samples.clone(), errors.clone());
-                let (addr, model, max_tokens, mixed) = (
+                let (addr, model, max_tokens, mixed, schema) = (
                     addr.clone(),
                     args.model.clone(),
                     args.max_tokens,
                     args.mixed,
+                    schema.clone(),
                 );
                 std::thread::spawn(move || {
                     loop {
@@ -378,7 +400,8 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
                             *g
                         };
                         let (prompt, max_tokens) = workload(i, max_tokens, mixed);
-                        let body = request_body(&prompt, model.as_deref(), max_tokens);
+                        let body =
+                            request_body(&prompt, model.as_deref(), max_tokens, schema.as_ref());
                         match one_request(&addr, &body, max_tokens) {
                             Ok(s) => samples.lock().map(|mut v| v.push(s)).unwrap_or_default(),
                             Err(e) => errors

@@ -191,6 +191,11 @@ impl Guidance {
         })
     }
 
+    /// The bytes llguidance takes token `id` to stand for (special tokens start with 0xFF).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.factory.tok_env().tok_trie().token(id).to_vec()
+    }
+
     /// The token a finished grammar allows (added to the request's stop tokens).
     pub fn eos(&self) -> u32 {
         self.eos
@@ -242,7 +247,8 @@ impl Guidance {
         Ok(Constraint {
             spec: Arc::new(spec),
             matcher,
-            next_mask: Some(first),
+            next_mask: Some(Ok(first)),
+            mask_time: None,
             vocab: self.factory.tok_env().tok_trie().vocab_size(),
         })
     }
@@ -252,8 +258,9 @@ impl Guidance {
 pub struct Constraint {
     spec: Arc<GuideSpec>,
     matcher: Matcher,
-    /// The mask for the next token when already computed.
-    next_mask: Option<llguidance::toktrie::SimpleVob>,
+    /// The mask for the next token (or why there is none) when already computed.
+    next_mask: Option<Result<llguidance::toktrie::SimpleVob, String>>,
+    mask_time: Option<Duration>,
     vocab: usize,
 }
 
@@ -263,6 +270,7 @@ impl Clone for Constraint {
             spec: Arc::clone(&self.spec),
             matcher: self.matcher.deep_clone(),
             next_mask: self.next_mask.clone(),
+            mask_time: None,
             vocab: self.vocab,
         }
     }
@@ -289,15 +297,32 @@ impl Constraint {
         &self.spec
     }
 
+    /// Computes the mask for the next token now, if not yet done (the engine calls this on a helper
+    /// thread while the model's forward pass runs, so that [`Constraint::mask`] only applies it).
+    pub fn prepare(&mut self) {
+        if self.next_mask.is_none() {
+            let t0 = Instant::now();
+            self.next_mask = Some(
+                self.matcher
+                    .compute_mask_or_eos()
+                    .map_err(|e| e.to_string()),
+            );
+            self.mask_time = Some(t0.elapsed());
+        }
+    }
+
+    /// How long the last mask took to compute, once (for the metrics).
+    pub fn take_mask_time(&mut self) -> Option<Duration> {
+        self.mask_time.take()
+    }
+
     /// Sets every logit the grammar does not allow next to −∞ (ids past the vocabulary included).
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-        let mask = match self.next_mask.take() {
-            Some(m) => m,
-            None => self
-                .matcher
-                .compute_mask_or_eos()
-                .map_err(|e| e.to_string())?,
-        };
+        self.prepare();
+        let mask = self
+            .next_mask
+            .take()
+            .unwrap_or_else(|| Err("no mask".into()))?;
         let mut any = false;
         for (id, l) in logits.iter_mut().enumerate() {
             if id < self.vocab && mask.is_allowed(id as TokenId) {

@@ -91,6 +91,41 @@ fn llama_spm_vocab_matches_llama_cpp_test_vectors() {
     );
 }
 
+/// The vocabulary handed to llguidance (structured outputs): for every test vector, the bytes it gives the
+/// tokens our tokenizer encodes the text to are the text itself (SentencePiece: after its space prefix), so a
+/// grammar over text bytes constrains exactly the tokens that spell them.
+#[test]
+fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
+    use llama_server::guided::Guidance;
+    for name in ["ggml-vocab-gpt-2", "ggml-vocab-llama-spm"] {
+        let tok = load(&data_dir().join(format!("{name}.gguf")));
+        let g = Guidance::new(&tok, Default::default()).expect("guidance");
+        let mut checked = 0;
+        for (text, _) in cases(name) {
+            let ids = tok.encode(&text, false, false).expect("encode");
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| g.token_bytes(id)).collect();
+            let spaced = [b" ".as_slice(), text.as_bytes()].concat();
+            assert!(
+                bytes == text.as_bytes() || (name.ends_with("spm") && bytes == spaced),
+                "{name}: {text:?} spelled {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+            checked += 1;
+        }
+        assert!(checked > 20, "{name}: only {checked} vectors");
+        // special tokens are marked, never spelled by text
+        for id in 0..tok.vocab_size() as u32 {
+            if tok.is_special(id) {
+                assert_eq!(
+                    g.token_bytes(id).first(),
+                    Some(&0xFF),
+                    "{name}: special {id}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn every_test_vector_round_trips_through_decode() {
     for name in ["ggml-vocab-gpt-2", "ggml-vocab-llama-spm"] {

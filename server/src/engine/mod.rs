@@ -468,7 +468,23 @@ impl<M: StepModel> Engine<M> {
         self.metrics
             .tokens_per_step
             .observe(out.num_batched_tokens() as f64);
-        let logits = match self.model.step(&out.batch) {
+        // The constrained sequences' next-token masks (they depend on tokens already consumed) are computed
+        // on a helper thread while the forward pass runs, off the step's critical path.
+        let (model, choices) = (&mut self.model, &mut self.choices);
+        let mut pending: Vec<&mut crate::guided::Constraint> = choices
+            .iter_mut()
+            .filter(|(id, _)| out.sampling_ids().any(|s| s == **id))
+            .filter_map(|(_, c)| c.constraint.as_mut())
+            .collect();
+        let stepped = if pending.is_empty() {
+            model.step(&out.batch)
+        } else {
+            std::thread::scope(|sc| {
+                sc.spawn(|| pending.iter_mut().for_each(|g| g.prepare()));
+                model.step(&out.batch)
+            })
+        };
+        let logits = match stepped {
             Ok(l) => l,
             Err(e) => {
                 // candle attaches a backtrace when RUST_BACKTRACE is set: clients get the cause only
@@ -497,12 +513,11 @@ impl<M: StepModel> Engine<M> {
                 Some(c) => match c.constraint.as_mut() {
                     // the grammar's mask goes on before penalties, temperature and truncation
                     Some(g) => {
-                        let t0 = Instant::now();
                         let mut row = row.clone();
                         let masked = g.mask(&mut row);
-                        self.metrics
-                            .guided_mask_seconds
-                            .observe(t0.elapsed().as_secs_f64());
+                        if let Some(t) = g.take_mask_time() {
+                            self.metrics.guided_mask_seconds.observe(t.as_secs_f64());
+                        }
                         if let Err(e) = masked {
                             broken.push((c.request, format!("output constraint: {e}")));
                         }

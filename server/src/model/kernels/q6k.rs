@@ -2,13 +2,14 @@
 //! projections; all of a Q6_K file), re-laid out at load into 32-value blocks of our own.
 //!
 //! A Q6_K super-block is 256 six-bit values `q` (0..63) in sixteen runs of 16, each with an int8 scale, and
-//! one f16 `d`: value = `d · sc · (q − 32)`. Our block is 32 of those values with the two runs' scales
-//! widened to f32 (`d · sc` is exact in f32: an f16 times an int8 needs 19 bits), so each block's dot with a
-//! Q8_K activation block is two exact integer dots (`Σ q·a − 32 · Σ a` over each run of 16), scaled.
+//! one f16 `d`: value = `d · sc · (q − 32)`. Our block is 32 of those values with the two runs' scales and
+//! the super-block's `d`. As llama.cpp does, a super-block's dot with a Q8_K activation block is one exact
+//! integer (`Σ sc · (Σ q·a − 32 · Σ a)` over its sixteen runs; at most 16 · 128 · 128 · 63 · 16 < 2³¹),
+//! scaled once by `d · d_a`: one float rounding per 256 values.
 //!
 //! The VNNI tile keeps the six bits packed as the file does (four bits in a nibble plane, two in a plane of
-//! bit pairs) and unpacks them in registers: 32 bytes per 32 values with the scales, against the file's
-//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 40 bytes).
+//! bit pairs) and unpacks them in registers: 30 bytes per 32 values with the scales, against the file's
+//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 38 bytes).
 
 use candle_core::Result;
 
@@ -17,22 +18,24 @@ use super::{Acts, BlockQ8_1, Isa};
 
 const Q6K_BYTES: usize = 210;
 
-/// 32 Q6_K values: value `j` is `d[j / 16] · (q_j − 32)`, `q_j` in 0..63.
+/// 32 Q6_K values: value `j` is `d · sc[j / 16] · (q_j − 32)`, `q_j` in 0..63, `d` the super-block's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlockQ6 {
-    pub(super) d: [f32; 2],
+    pub(super) d: f32,
+    pub(super) sc: [i8; 2],
     pub(super) qs: [u8; 32],
 }
 
 /// Eight rows × one 32-value block for the VNNI kernel. Lane `i` (bytes `4i..4i+4`) of each register is row
 /// `i`: `lo[k]` holds its values `4k..4k+4` in the low nibbles and `16+4k..16+4k+4` in the high nibbles
 /// (low four bits each); `hi[h]` holds the top two bits of values `16h + 4k + c` at bits `2k, 2k+1` of
-/// byte `4i + c`. `d0`/`d1` are the rows' scales of values 0..16 and 16..32.
+/// byte `4i + c`. `d` are the rows' super-block scales; lane `i` of `sc` holds row `i`'s run scales of
+/// values 0..16 (low 16 bits) and 16..32 (high 16 bits).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(32))]
 pub struct Tile8 {
-    d0: [f32; 8],
-    d1: [f32; 8],
+    d: [f32; 8],
+    sc: [i32; 8],
     lo: [[u8; 32]; 4],
     hi: [[u8; 32]; 2],
 }
@@ -52,8 +55,8 @@ impl QuantType for Q6 {
     fn tile(rows: [&BlockQ6; 8]) -> Tile8 {
         let mut t = Tile8::default();
         for (i, blk) in rows.iter().enumerate() {
-            t.d0[i] = blk.d[0];
-            t.d1[i] = blk.d[1];
+            t.d[i] = blk.d;
+            t.sc[i] = i32::from(i16::from(blk.sc[0]) as u16) | (i32::from(blk.sc[1]) << 16);
             for k in 0..4 {
                 for c in 0..4 {
                     let (v0, v1) = (blk.qs[4 * k + c], blk.qs[16 + 4 * k + c]);
@@ -68,13 +71,18 @@ impl QuantType for Q6 {
 
     fn dot_scalar(w: &[BlockQ6], a: &[BlockQ8_1]) -> f32 {
         let mut acc = 0f32;
-        for (w, a) in w.iter().zip(a) {
-            for (h, d) in w.d.iter().enumerate() {
-                let isum: i32 = (16 * h..16 * h + 16)
-                    .map(|j| (i32::from(w.qs[j]) - 32) * i32::from(a.qs[j]))
-                    .sum();
-                acc += isum as f32 * (d * a.d);
+        for (w, a) in w.chunks(8).zip(a.chunks(8)) {
+            // one super-block: an exact integer, then one scaling
+            let mut isum = 0i32;
+            for (w, a) in w.iter().zip(a) {
+                for (h, &sc) in w.sc.iter().enumerate() {
+                    let run: i32 = (16 * h..16 * h + 16)
+                        .map(|j| (i32::from(w.qs[j]) - 32) * i32::from(a.qs[j]))
+                        .sum();
+                    isum += i32::from(sc) * run;
+                }
             }
+            acc += w[0].d * a[0].d * isum as f32;
         }
         acc
     }
@@ -82,7 +90,7 @@ impl QuantType for Q6 {
     fn values(b: &BlockQ6) -> Option<[f32; 32]> {
         // `(d · sc) · q` in f32, as GGML's (and candle's) Q6_K dequantization computes it
         Some(std::array::from_fn(|j| {
-            b.d[j / 16] * f32::from(i16::from(b.qs[j]) - 32)
+            b.d * f32::from(b.sc[j / 16]) * f32::from(i16::from(b.qs[j]) - 32)
         }))
     }
 
@@ -91,8 +99,8 @@ impl QuantType for Q6 {
             let (h, k, c) = (j / 16, j % 16 / 4, j % 4);
             let nib = t.lo[k][4 * i + c] >> (4 * h) & 15;
             let top = (t.hi[h][4 * i + c] >> (2 * k)) & 3;
-            let d = if h == 0 { t.d0[i] } else { t.d1[i] };
-            d * f32::from(i16::from(nib | (top << 4)) - 32)
+            let sc = (t.sc[i] >> (16 * h)) as i16 as i8;
+            t.d[i] * f32::from(sc) * f32::from(i16::from(nib | (top << 4)) - 32)
         }))
     }
 
@@ -119,7 +127,8 @@ impl super::quant::VnniTile for Tile8 {
     #[target_feature(enable = "avx2")]
     unsafe fn load(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `d0` and `d1` eight floats.
+        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `d` eight floats, `sc` eight
+        // i32.
         unsafe {
             let nib = super::quant::unpack_nibbles(&self.lo);
             let h = [0, 1].map(|r| _mm256_loadu_si256(self.hi[r].as_ptr().cast()));
@@ -134,8 +143,9 @@ impl super::quant::VnniTile for Tile8 {
             };
             (
                 std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
-                _mm256_loadu_ps(self.d0.as_ptr()),
-                _mm256_loadu_ps(self.d1.as_ptr()),
+                _mm256_loadu_ps(self.d.as_ptr()),
+                // the run scales travel as the minimums' register (no minimums here)
+                _mm256_castsi256_ps(_mm256_loadu_si256(self.sc.as_ptr().cast())),
             )
         }
     }
@@ -169,7 +179,8 @@ pub(super) fn q6k_blocks(bytes: &[u8]) -> Vec<BlockQ6> {
             let mut qs = [0u8; 32];
             qs.copy_from_slice(&q[32 * j..32 * j + 32]);
             out.push(BlockQ6 {
-                d: [d * f32::from(sc[2 * j]), d * f32::from(sc[2 * j + 1])],
+                d,
+                sc: [sc[2 * j], sc[2 * j + 1]],
                 qs,
             });
         }
@@ -192,16 +203,19 @@ impl Q6Matrix {
 }
 
 // Row-major blocks: `q` (0..63, u8) times the activations (i8) summed in pairs, then in fours: lanes 0–3
-// are values 0..16, lanes 4–7 values 16..32; `32 · Σ a` of each half comes off exactly before scaling.
+// are values 0..16, lanes 4–7 values 16..32; `32 · Σ a` of each half comes off exactly, each half is
+// multiplied by its run scale, and the integers add up over the super-block (eight blocks) before one
+// scaling.
 macro_rules! q6_dot_body {
     ($w:ident, $a:ident, $n:ident, |$qw:ident, $qa:ident| $dot:expr) => {{
         use std::arch::x86_64::*;
         let mut acc = [_mm256_setzero_ps(); $n];
+        let mut iacc = [_mm256_setzero_si256(); $n];
         for (b, wb) in $w.iter().enumerate() {
             // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit load.
             let $qw = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) };
-            let (d0, d1) = (_mm_set1_ps(wb.d[0]), _mm_set1_ps(wb.d[1]));
-            let dw = _mm256_set_m128(d1, d0);
+            let (s0, s1) = (i32::from(wb.sc[0]), i32::from(wb.sc[1]));
+            let sc = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
             for t in 0..$n {
                 // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
                 let ab = unsafe { $a[t].get_unchecked(b) };
@@ -211,11 +225,15 @@ macro_rules! q6_dot_body {
                 let (lo, hi) = (32 * ab.sum_lo, 32 * (ab.sum - ab.sum_lo));
                 let offset = _mm256_setr_epi32(lo, 0, 0, 0, hi, 0, 0, 0);
                 let dot = _mm256_sub_epi32($dot, offset);
-                acc[t] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(dot),
-                    _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)),
-                    acc[t],
-                );
+                iacc[t] = _mm256_add_epi32(iacc[t], _mm256_mullo_epi32(dot, sc));
+                if b % 8 == 7 {
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(iacc[t]),
+                        _mm256_set1_ps(wb.d * ab.d),
+                        acc[t],
+                    );
+                    iacc[t] = _mm256_setzero_si256();
+                }
             }
         }
         std::array::from_fn(|t| super::hsum(acc[t]))

@@ -272,8 +272,9 @@ pub trait VnniTile {
     const OFFSET: i32;
     /// Whether the rows have a minimum term (`m · s`, Q4_1).
     const HAS_MIN: bool;
-    /// Whether values 0..16 and 16..32 have scales of their own (Q6_K: the third register of
-    /// [`TileRegs`] is then the second half's scales, not minimums, and the offset comes off each half).
+    /// Q6_K's super-blocks: values 0..16 and 16..32 have integer run scales of their own (the third
+    /// register of [`TileRegs`] is then each lane's two i16 run scales, not minimums), the offset comes off
+    /// each half, and the scaled integers add up over eight blocks (256 values) before one scaling by `d`.
     const SPLIT: bool = false;
     /// # Safety
     /// The CPU must have AVX2.
@@ -303,9 +304,19 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
 ) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); N];
+    let mut iacc = [_mm256_setzero_si256(); N];
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
         let (wq, dv, mv) = unsafe { tile.load() };
+        let (sc0, sc1) = if T::SPLIT {
+            let packed = _mm256_castps_si256(mv);
+            (
+                _mm256_srai_epi32(_mm256_slli_epi32(packed, 16), 16),
+                _mm256_srai_epi32(packed, 16),
+            )
+        } else {
+            (_mm256_setzero_si256(), _mm256_setzero_si256())
+        };
         for t in 0..N {
             // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
             let ab = unsafe { a[t].get_unchecked(b) };
@@ -325,11 +336,19 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
                 s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
             }
             if T::SPLIT {
-                let da = _mm256_set1_ps(ab.d);
                 let lo = _mm256_sub_epi32(s0, _mm256_set1_epi32(T::OFFSET * ab.sum_lo));
                 let hi = _mm256_sub_epi32(s1, _mm256_set1_epi32(T::OFFSET * (ab.sum - ab.sum_lo)));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(dv, da), acc[t]);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(mv, da), acc[t]);
+                let scaled =
+                    _mm256_add_epi32(_mm256_mullo_epi32(lo, sc0), _mm256_mullo_epi32(hi, sc1));
+                iacc[t] = _mm256_add_epi32(iacc[t], scaled);
+                if b % 8 == 7 {
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(iacc[t]),
+                        _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
+                        acc[t],
+                    );
+                    iacc[t] = _mm256_setzero_si256();
+                }
                 continue;
             }
             let mut isum = _mm256_add_epi32(s0, s1);

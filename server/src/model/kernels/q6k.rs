@@ -4,12 +4,12 @@
 //! A Q6_K super-block is 256 six-bit values `q` (0..63) in sixteen runs of 16, each with an int8 scale, and
 //! one f16 `d`: value = `d · sc · (q − 32)`. Our block is 32 of those values with the two runs' scales and
 //! the super-block's `d`. As llama.cpp does, a super-block's dot with a Q8_K activation block is one exact
-//! integer (`Σ sc · (Σ q·a − 32 · Σ a)` over its sixteen runs; at most 16 · 128 · 128 · 63 · 16 < 2³¹),
+//! integer (`Σ sc · (Σ q·a − 32 · Σ a)` over its sixteen runs; at most 16 · 128 · 16 · 32 · 127 < 2²⁸),
 //! scaled once by `d · d_a`: one float rounding per 256 values.
 //!
 //! The VNNI tile keeps the six bits packed as the file does (four bits in a nibble plane, two in a plane of
-//! bit pairs) and unpacks them in registers: 30 bytes per 32 values with the scales, against the file's
-//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 38 bytes).
+//! bit pairs) and unpacks them in registers: 32 bytes per 32 values with the scales, against the file's
+//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 40 bytes).
 
 use candle_core::Result;
 

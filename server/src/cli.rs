@@ -367,6 +367,9 @@ pub struct BenchArgs {
     /// Re-encode Q4_1 weights as Q8_0 at load (experiment).
     #[arg(long)]
     pub repack_q4_1: bool,
+    /// Multiply Q6_K weights with candle's kernels instead of ours (to measure one against the other).
+    #[arg(long)]
+    pub candle_q6k: bool,
     /// BF16 weights: multiply with f32 activations (exact f32 math on the stored weights) instead of
     /// rounding the activations to bf16 for AVX-512 BF16's `vdpbf16ps`, as llama.cpp does (about 1.6× the
     /// prefill speed; logits within ~3e-3 relative of exact).
@@ -445,6 +448,9 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
             if args.exact_bf16 {
                 cmd.arg("--exact-bf16");
             }
+            if args.candle_q6k {
+                cmd.arg("--candle-q6k");
+            }
             if args.replicate_lm_head {
                 cmd.arg("--replicate-lm-head");
             }
@@ -472,6 +478,7 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         repack_q4_1: args.repack_q4_1,
         replicate_lm_head: args.replicate_lm_head,
         exact_bf16: args.exact_bf16,
+        candle_q6k: args.candle_q6k,
     };
     let tp = args.tensor_parallel_size.first().copied().unwrap_or(1);
     let single = single_sequence_blocks(args.prompt_tokens + args.gen_tokens);

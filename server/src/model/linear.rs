@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// BF16 weights on the CPU multiply f32 activations even where AVX-512 BF16 could take bf16-rounded
     /// ones (the faster default, llama.cpp's numerics): see [`super::kernels::HalfMatrix`].
     pub exact_bf16: bool,
+    /// Q6_K weights on candle's own kernels (its dot for one token, its repacked tiles for more) instead of
+    /// ours: for side-by-side benchmarks only (`bench --candle-q6k`). candle's two paths round differently,
+    /// so a token's logits then depend on how many tokens share its step.
+    pub candle_q6k: bool,
 }
 
 /// A weight matrix `[out, in]` and how it is multiplied.
@@ -137,7 +141,7 @@ impl Linear {
                 GgmlDType::Q5K => {
                     return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
                 }
-                GgmlDType::Q6K => {
+                GgmlDType::Q6K if !opts.candle_q6k => {
                     return Ok(Self::Q6(Q6Matrix::from_q6k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q5_0 => {

@@ -254,7 +254,25 @@ impl<Q: QuantType> QuantMatrix<Q> {
                     tile_token_groups(
                         m,
                         out,
-                        |t| tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
+                        |t| {
+                            if <Q::Tile as VnniTile>::SPLIT {
+                                // Q6_K's integer accumulators double the registers a token needs: two
+                                // groups of four keep them out of memory
+                                let a = tile_dot::<_, 4>(
+                                    Q::NAME,
+                                    w,
+                                    std::array::from_fn(|i| act(t + i)),
+                                );
+                                let b = tile_dot::<_, 4>(
+                                    Q::NAME,
+                                    w,
+                                    std::array::from_fn(|i| act(t + 4 + i)),
+                                );
+                                std::array::from_fn(|i| if i < 4 { a[i] } else { b[i - 4] })
+                            } else {
+                                tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i)))
+                            }
+                        },
                         |t| tile_dot::<_, 4>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
                         |t| tile_dot::<_, 1>(Q::NAME, w, [act(t)]),
                     );

@@ -126,6 +126,74 @@ fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
     }
 }
 
+/// The grammar of a `required` / named tool call, compiled by llguidance against a real vocabulary: the tokens
+/// of a well-formed call pass its masks one by one and the grammar may then end; a call to a function not
+/// allowed, or with arguments against the schema, meets a masked token.
+#[test]
+fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
+    use llama_server::api::tools::{ToolChoice, call_grammar, parse_tools};
+    use llama_server::guided::{Guidance, GuideSpec};
+    let tok = load(&data_dir().join("ggml-vocab-gpt-2.gguf"));
+    let g = Guidance::new(&tok, Default::default()).expect("guidance");
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "days"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time"}}
+    ]);
+    let (tools, _) = parse_tools(Some(&tools), None)
+        .expect("tools")
+        .expect("some");
+    // whether `text` passes the masks of the grammar token by token, and whether it may end there
+    let walk_ids = |choice: &ToolChoice, parallel: bool, ids: &[u32]| -> (bool, bool) {
+        let grammar = call_grammar(&tools, choice, parallel).expect("grammar");
+        let mut c = g.compile(GuideSpec::Lark(grammar)).expect("compiles");
+        let vocab = tok.vocab_size();
+        for &id in ids {
+            let mut logits = vec![0f32; vocab];
+            if c.mask(&mut logits).is_err() || logits[id as usize] == f32::NEG_INFINITY {
+                return (false, false);
+            }
+            c.consume(id).expect("consume");
+        }
+        let mut logits = vec![0f32; vocab];
+        let ends = c.mask(&mut logits).is_ok() && logits[g.eos() as usize] != f32::NEG_INFINITY;
+        (true, ends)
+    };
+    let walk = |choice: &ToolChoice, parallel: bool, text: &str| {
+        walk_ids(
+            choice,
+            parallel,
+            &tok.encode(text, false, false).expect("encode"),
+        )
+    };
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 3}}\n</tool_call>";
+    assert_eq!(walk(&ToolChoice::Required, true, call), (true, true));
+    let two = format!(
+        "{call}\n<tool_call>\n{{\"name\": \"get_time\", \"arguments\": {{}}}}\n</tool_call>"
+    );
+    assert_eq!(walk(&ToolChoice::Required, true, &two), (true, true));
+    assert!(
+        !walk(&ToolChoice::Required, false, &two).0,
+        "one call only without parallel_tool_calls"
+    );
+    assert!(
+        !walk(&ToolChoice::Named("get_time".into()), true, call).0,
+        "not the named function"
+    );
+    let bad_args = call.replace("\"days\": 3", "\"days\": 9");
+    assert!(
+        !walk(&ToolChoice::Required, true, &bad_args).0,
+        "days above its maximum"
+    );
+    let ids = tok.encode(call, false, false).expect("encode");
+    assert_eq!(
+        walk_ids(&ToolChoice::Required, true, &ids[..ids.len() - 3]),
+        (true, false),
+        "a call cut short may not end"
+    );
+}
+
 #[test]
 fn every_test_vector_round_trips_through_decode() {
     for name in ["ggml-vocab-gpt-2", "ggml-vocab-llama-spm"] {

@@ -9,6 +9,7 @@ pub mod prep;
 pub mod respond;
 pub mod sse;
 pub mod stop;
+pub mod tools;
 pub mod types;
 pub mod validate;
 pub mod wire;

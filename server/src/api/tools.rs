@@ -1,0 +1,384 @@
+//! Tool calling, the parts that do not depend on the engine: the request's `tools` / `tool_choice` checked,
+//! the Hermes-style instructions for templates that do not take tools themselves, the grammar that makes a
+//! `required` or named call well formed (each call's `arguments` valid against its function's schema), and
+//! the parser that finds calls in generated text.
+//!
+//! Output format (Hermes / Qwen / SmolLM-style, also what many Llama fine-tunes emit):
+//!
+//! ```text
+//! <tool_call>
+//! {"name": "get_weather", "arguments": {"city": "Paris"}}
+//! </tool_call>
+//! ```
+//!
+//! Llama 3.x's JSON form (`{"name": ..., "parameters": {...}}` as the whole reply) is parsed too.
+
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+
+/// One function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments (`{"type": "object"}` when the request gives none).
+    pub parameters: Value,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Never call a tool (the tools are not shown to the model).
+    None,
+    /// The model decides.
+    Auto,
+    /// At least one call, constrained.
+    Required,
+    /// Exactly this function, constrained.
+    Named(String),
+}
+
+/// The most tools one request may declare.
+pub const MAX_TOOLS: usize = 128;
+
+/// Checks `tools` and `tool_choice`; `None` when the request declares no tools (a `tool_choice` without
+/// tools is refused unless it is `none`).
+pub fn parse_tools(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+) -> Result<Option<(Vec<Tool>, ToolChoice)>, ApiError> {
+    let list = match tools {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(a),
+        Some(_) => return Err(ApiError::field("tools", "tools must be an array")),
+    };
+    let choice = match choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::field(
+                    "tool_choice",
+                    format!(
+                        "tool_choice must be none, auto, required or a function, got `{other}`"
+                    ),
+                ));
+            }
+        }),
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| v.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "tool_choice",
+                        "a named tool_choice is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            Some(ToolChoice::Named(name.to_string()))
+        }
+    };
+    let Some(list) = list.filter(|l| !l.is_empty()) else {
+        return match choice {
+            None | Some(ToolChoice::None) => Ok(None),
+            Some(_) => Err(ApiError::field(
+                "tool_choice",
+                "tool_choice needs a non-empty tools array",
+            )),
+        };
+    };
+    if list.len() > MAX_TOOLS {
+        return Err(ApiError::field(
+            "tools",
+            format!("at most {MAX_TOOLS} tools, got {}", list.len()),
+        ));
+    }
+    let mut out: Vec<Tool> = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::field(
+                param,
+                "each tool must have type \"function\"",
+            ));
+        }
+        let f = t
+            .get("function")
+            .ok_or_else(|| ApiError::field(param.clone(), "each tool needs a function object"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| {
+                !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+            .ok_or_else(|| {
+                ApiError::field(
+                    format!("{param}.function.name"),
+                    "function names are 1-64 characters of a-z, A-Z, 0-9, _ and -",
+                )
+            })?;
+        if out.iter().any(|o| o.name == name) {
+            return Err(ApiError::field(
+                format!("{param}.function.name"),
+                format!("function `{name}` is declared twice"),
+            ));
+        }
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => json!({"type": "object"}),
+            Some(p) if p.is_object() => p.clone(),
+            Some(_) => {
+                return Err(ApiError::field(
+                    format!("{param}.function.parameters"),
+                    "parameters must be a JSON schema object",
+                ));
+            }
+        };
+        out.push(Tool {
+            name: name.to_string(),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            parameters,
+        });
+    }
+    let choice = choice.unwrap_or(ToolChoice::Auto);
+    if let ToolChoice::Named(n) = &choice
+        && !out.iter().any(|t| &t.name == n)
+    {
+        return Err(ApiError::field(
+            "tool_choice",
+            format!("tool_choice names `{n}`, which is not in tools"),
+        ));
+    }
+    Ok(Some((out, choice)))
+}
+
+/// Hermes-style instructions that describe the tools, for chat templates that do not render tools.
+pub fn system_prompt(tools: &[Tool]) -> String {
+    let sigs: Vec<String> = tools
+        .iter()
+        .map(|t| {
+            json!({"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters,
+            }})
+            .to_string()
+        })
+        .collect();
+    format!(
+        "You are a function calling AI model. You are provided with function signatures within <tools></tools> \
+         XML tags. You may call one or more functions to assist with the user query. Don't make assumptions \
+         about what values to plug into functions. Here are the available tools: <tools>\n{}\n</tools>\nFor \
+         each function call return a JSON object with the function name and arguments within \
+         <tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": \
+         <args-json-object>}}\n</tool_call>",
+        sigs.join("\n")
+    )
+}
+
+/// A Lark grammar (llguidance's dialect) for the reply of a `required` or named `tool_choice`: one call
+/// (or several when `parallel`), each `{"name": ..., "arguments": ...}` valid against its function's schema.
+/// `None` for `auto` and `none` (the reply is free).
+pub fn call_grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool) -> Option<String> {
+    let allowed: Vec<&Tool> = match choice {
+        ToolChoice::None | ToolChoice::Auto => return None,
+        ToolChoice::Required => tools.iter().collect(),
+        ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
+    };
+    let alternatives: Vec<Value> = allowed
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = json!({
+        "anyOf": alternatives,
+        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
+    });
+    let many = if parallel && !matches!(choice, ToolChoice::Named(_)) {
+        " (\"\\n\" call)*"
+    } else {
+        ""
+    };
+    Some(format!(
+        "start: call{many}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n"
+    ))
+}
+
+/// A call found in generated text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments as a JSON string (OpenAI's wire form).
+    pub arguments: String,
+}
+
+/// Splits generated text into its content and the tool calls in it: `<tool_call>` blocks (content is what
+/// comes before the first), or a reply that is only a Llama 3 style JSON call. Calls must name one of
+/// `tools`; text that does not parse stays content.
+pub fn parse_calls(text: &str, tools: &[Tool]) -> (String, Vec<ToolCall>) {
+    let known = |n: &str| tools.iter().any(|t| t.name == n);
+    let as_call = |v: &Value| -> Option<ToolCall> {
+        let name = v.get("name")?.as_str()?;
+        let args = v.get("arguments").or_else(|| v.get("parameters"))?;
+        let args = match args {
+            // some models write the arguments as a JSON string already
+            Value::String(s) => serde_json::from_str::<Value>(s).ok()?,
+            other => other.clone(),
+        };
+        (known(name) && args.is_object()).then(|| ToolCall {
+            name: name.to_string(),
+            arguments: args.to_string(),
+        })
+    };
+    if let Some(first) = text.find("<tool_call>") {
+        let mut calls = Vec::new();
+        let mut rest = &text[first..];
+        while let Some(start) = rest.find("<tool_call>") {
+            let body = &rest[start + "<tool_call>".len()..];
+            let (inner, next) = match body.find("</tool_call>") {
+                Some(end) => (&body[..end], &body[end + "</tool_call>".len()..]),
+                None => (body, ""),
+            };
+            match serde_json::from_str::<Value>(inner.trim())
+                .ok()
+                .as_ref()
+                .and_then(as_call)
+            {
+                Some(c) => calls.push(c),
+                None => return (text.to_string(), Vec::new()),
+            }
+            rest = next;
+        }
+        if !calls.is_empty() {
+            return (text[..first].trim_end().to_string(), calls);
+        }
+    }
+    let trimmed = text.trim();
+    if trimmed.starts_with('{')
+        && let Some(c) = serde_json::from_str::<Value>(trimmed)
+            .ok()
+            .as_ref()
+            .and_then(as_call)
+    {
+        return (String::new(), vec![c]);
+    }
+    (text.to_string(), Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "get_time"}}])
+    }
+
+    #[test]
+    fn tools_and_tool_choice_are_checked_naming_the_field() {
+        let (tools, choice) = parse_tools(Some(&weather()), None).unwrap().unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(choice, ToolChoice::Auto);
+        assert_eq!(tools[1].parameters, json!({"type": "object"}));
+        let named = json!({"type": "function", "function": {"name": "get_time"}});
+        let (_, c) = parse_tools(Some(&weather()), Some(&named))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c, ToolChoice::Named("get_time".into()));
+        assert_eq!(parse_tools(None, Some(&json!("none"))).unwrap(), None);
+        for (tools, choice, param) in [
+            (json!({}), json!(null), "tools"),
+            (json!([{"type": "retrieval"}]), json!(null), "tools[0]"),
+            (
+                json!([{"type": "function", "function": {"name": "a b"}}]),
+                json!(null),
+                "tools[0].function.name",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]),
+                json!(null),
+                "tools[1].function.name",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "parameters": 3}}]),
+                json!(null),
+                "tools[0].function.parameters",
+            ),
+            (weather(), json!("sometimes"), "tool_choice"),
+            (
+                weather(),
+                json!({"type": "function", "function": {"name": "nope"}}),
+                "tool_choice",
+            ),
+            (json!(null), json!("required"), "tool_choice"),
+        ] {
+            let err = parse_tools(Some(&tools), Some(&choice)).unwrap_err();
+            assert!(
+                matches!(&err, ApiError::InvalidField { param: p, .. } if p == param),
+                "{tools} {choice}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn calls_are_found_in_hermes_blocks_and_llama_json_and_nothing_else() {
+        let (tools, _) = parse_tools(Some(&weather()), None).unwrap().unwrap();
+        let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        let (content, calls) = parse_calls(text, &tools);
+        assert_eq!(content, "Let me check.");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].name, "get_weather");
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[0].arguments).unwrap(),
+            json!({"city": "Paris"})
+        );
+        let (content, calls) = parse_calls(
+            r#"{"name": "get_weather", "parameters": {"city": "Rome"}}"#,
+            &tools,
+        );
+        assert_eq!((content.as_str(), calls.len()), ("", 1));
+        // unknown functions, broken JSON and plain JSON answers stay text
+        for text in [
+            "<tool_call>\n{\"name\": \"launch\", \"arguments\": {}}\n</tool_call>",
+            "<tool_call>\n{\"name\": \"get_time\", \"arguments\": \n</tool_call>",
+            r#"{"city": "Paris"}"#,
+            "It is sunny.",
+        ] {
+            let (content, calls) = parse_calls(text, &tools);
+            assert!(calls.is_empty(), "{text}");
+            assert_eq!(content, text);
+        }
+    }
+
+    #[test]
+    fn the_call_grammar_lists_only_the_allowed_functions() {
+        let (tools, _) = parse_tools(Some(&weather()), None).unwrap().unwrap();
+        assert_eq!(call_grammar(&tools, &ToolChoice::Auto, true), None);
+        let g = call_grammar(&tools, &ToolChoice::Named("get_time".into()), true).unwrap();
+        assert!(
+            g.contains("\"get_time\"") && !g.contains("get_weather"),
+            "{g}"
+        );
+        assert!(!g.contains(")*"), "a named choice is one call: {g}");
+        let g = call_grammar(&tools, &ToolChoice::Required, true).unwrap();
+        assert!(
+            g.contains("get_weather") && g.contains("get_time") && g.contains(")*"),
+            "{g}"
+        );
+    }
+}

@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
         stream: true,
         include_usage: false,
         logprobs: None,
+        guide: None,
     };
     let mut c = Collector::new(&req);
     let mut out = String::new();

@@ -108,17 +108,23 @@ impl Default for GuideLimits {
     }
 }
 
-/// The model's vocabulary as llguidance needs it, built once at load; compiles request grammars.
+/// The model's vocabulary as llguidance needs it, built once (on the first constrained request when made
+/// with [`Guidance::lazy`], so a server that never sees one never pays its memory); compiles request grammars.
 pub struct Guidance {
-    factory: ParserFactory,
+    tokenizer: Arc<Tokenizer>,
     limits: GuideLimits,
+    built: std::sync::OnceLock<Result<Built, String>>,
+}
+
+struct Built {
+    factory: ParserFactory,
     eos: u32,
 }
 
 impl std::fmt::Debug for Guidance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guidance")
-            .field("vocab", &self.factory.tok_env().tok_trie().vocab_size())
+            .field("built", &self.built.get().map(Result::is_ok))
             .field("limits", &self.limits)
             .finish()
     }
@@ -127,7 +133,7 @@ impl std::fmt::Debug for Guidance {
 /// The tokenizer as llguidance's tokenizer environment.
 struct Env {
     trie: TokTrie,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
 }
 
 impl TokenizerEnv for Env {
@@ -150,6 +156,39 @@ impl Guidance {
     /// Hands `tokenizer`'s vocabulary to llguidance. Fails for vocabularies whose token bytes cannot be
     /// derived (neither byte-level BPE nor byte-fallback SentencePiece).
     pub fn new(tokenizer: &Tokenizer, limits: GuideLimits) -> Result<Self, String> {
+        let g = Self::lazy(Arc::new(tokenizer.clone()), limits);
+        g.built()?;
+        Ok(g)
+    }
+
+    /// A guidance that hands the vocabulary over on first use.
+    pub fn lazy(tokenizer: Arc<Tokenizer>, limits: GuideLimits) -> Self {
+        Self {
+            tokenizer,
+            limits,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn built(&self) -> Result<&Built, String> {
+        self.built
+            .get_or_init(|| {
+                let t0 = Instant::now();
+                let b = Self::build(&self.tokenizer);
+                match &b {
+                    Ok(_) => tracing::info!(
+                        ms = t0.elapsed().as_millis() as u64,
+                        "vocabulary handed to llguidance (structured outputs available)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "structured outputs unavailable"),
+                }
+                b
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn build(tokenizer: &Arc<Tokenizer>) -> Result<Built, String> {
         let json: Value = serde_json::from_str(
             &tokenizer
                 .inner()
@@ -179,26 +218,24 @@ impl Guidance {
         info.tok_bos = tokenizer.bos_token_id();
         let env: TokEnv = Arc::new(Env {
             trie: TokTrie::from(&info, &words),
-            tokenizer: tokenizer.clone(),
+            tokenizer: Arc::clone(tokenizer),
         });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
         *factory.limits_mut() = ParserLimits::default();
-        Ok(Self {
-            factory,
-            limits,
-            eos,
-        })
+        Ok(Built { factory, eos })
     }
 
     /// The bytes llguidance takes token `id` to stand for (special tokens start with 0xFF).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        self.factory.tok_env().tok_trie().token(id).to_vec()
+        self.built()
+            .map(|b| b.factory.tok_env().tok_trie().token(id).to_vec())
+            .unwrap_or_default()
     }
 
     /// The token a finished grammar allows (added to the request's stop tokens).
     pub fn eos(&self) -> u32 {
-        self.eos
+        self.built().map(|b| b.eos).unwrap_or_default()
     }
 
     /// Compiles `spec` for one request; the error names what is wrong with it (for a 400).
@@ -221,9 +258,12 @@ impl Guidance {
         {
             return Err("guided_choice must list at least one string".into());
         }
+        let built = self.built().map_err(|e| {
+            format!("structured outputs are not available for this model's vocabulary: {e}")
+        })?;
         let started = Instant::now();
         let grammar = spec.grammar()?;
-        let parser = self
+        let parser = built
             .factory
             .create_parser(grammar)
             .map_err(|e| format!("invalid {}: {e}", spec.kind()))?;
@@ -249,7 +289,7 @@ impl Guidance {
             matcher,
             next_mask: Some(Ok(first)),
             mask_time: None,
-            vocab: self.factory.tok_env().tok_trie().vocab_size(),
+            vocab: built.factory.tok_env().tok_trie().vocab_size(),
         })
     }
 }

@@ -414,23 +414,16 @@ fn run(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!(device = %device_name, "computing on {device_name}");
     }
-    let started = Instant::now();
-    let guidance = match crate::guided::Guidance::new(&tokenizer, Default::default()) {
-        Ok(g) => {
-            tracing::info!(
-                ms = started.elapsed().as_millis() as u64,
-                "vocabulary handed to llguidance (structured outputs available)"
-            );
-            Some(Arc::new(g))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "structured outputs unavailable");
-            None
-        }
-    };
+    // the vocabulary is handed to llguidance on the first constrained request (its tables cost tens of MB a
+    // server that never sees one should not hold)
+    let tokenizer = Arc::new(tokenizer);
+    let guidance = Some(Arc::new(crate::guided::Guidance::lazy(
+        Arc::clone(&tokenizer),
+        Default::default(),
+    )));
     let state = web::Data::new(AppState {
         engine: OnceLock::new(),
-        tokenizer: Arc::new(tokenizer),
+        tokenizer,
         chat_template: Arc::new(chat_template),
         limits: Limits {
             served_model_name: name,

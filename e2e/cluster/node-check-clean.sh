@@ -30,7 +30,11 @@ while read -r name value; do
   cur=$(sysctl -n "$name" 2>/dev/null)
   [ "$cur" = "$value" ] || left "sysctl $name = $cur (was $value before the node started)"
 done < <(baseline sysctl)
-for d in $(baseline absent) "$NODE_DIR"; do [ -e "$d" ] && left "directory $d"; done
+for d in $(baseline absent) "$NODE_DIR"; do
+  [ -e "$d" ] || continue
+  if [ "$d" = /run/containerd ] && [ -n "$(foreign_containerd)" ]; then continue; fi # someone else's containerd
+  left "directory $d (holding: $(cd "$d" 2>/dev/null && find . -mindepth 1 -maxdepth 3 | head -8 | tr '\n' ' '))"
+done
 while read -r c; do [ -n "$c" ] && left "cgroup $c"; done < <(node_cgroups)
 ct=$(node_conntrack); [ "$ct" = 0 ] || left "$ct conntrack entries of the cluster's address ranges"
 for p in $E2E_NODE_IP_PORTS $KUBELET_HEALTHZ_PORT $KUBE_PROXY_HEALTHZ_PORT $KUBE_PROXY_METRICS_PORT $CONTAINERD_STREAM_PORT; do

@@ -85,10 +85,18 @@ for _ in 1 2 3 4 5; do
   [ -z "$(node_cgroups)" ] || sleep 0.3
 done
 
+# The directories the node created. Our containerd is gone by now, but a killed process stays a zombie until
+# its reaper collects it (this VM's init can take a while), so only a live containerd that is not ours keeps
+# /run/containerd (its shims' sockets live there whatever the state dir). A dying shim may still write a socket
+# into it while we remove it: try again until it stays gone.
 for d in $(baseline absent); do
-  [ -e "$d" ] || continue
-  [ "$d" = /run/containerd ] && pgrep -x containerd >/dev/null && continue # someone else's containerd
-  [ -z "$(awk -v d="$d" 'index($5, d "/") == 1 || $5 == d' /proc/self/mountinfo)" ] && rm -rf --one-file-system "$d"
+  [ "$d" = /run/containerd ] && [ -n "$(foreign_containerd)" ] && { say "keeping $d: a containerd that is not ours runs"; continue; }
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    [ -e "$d" ] || break
+    [ -n "$(awk -v d="$d" 'index($5, d "/") == 1 || $5 == d' /proc/self/mountinfo)" ] && break
+    rm -rf --one-file-system "$d" 2>/dev/null
+    sleep 0.2
+  done
 done
 if [ -n "$(node_mounts)" ]; then say "mounts left under the node's dirs: $(node_mounts | tr '\n' ' ')"; rc=1
 else rm -rf --one-file-system "$NODE_DIR"; fi

@@ -225,6 +225,15 @@ sys.exit(0 if not any("rule" in o or ("chain" in o and o["chain"]["name"] not in
   done
   return 0
 }
+foreign_containerd() { # pid of every live (not zombie) containerd that is not the node's own
+  local p cmd
+  for p in $(pgrep -x containerd 2>/dev/null); do
+    running "$p" || continue
+    cmd=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null) || continue
+    case "$cmd" in *"$NODE_DIR/"*|*"$CTRD_SOCK"*) ;; *) echo "$p" ;; esac
+  done
+  return 0
+}
 node_cgroups() { # the kubepods cgroup trees (every v1 controller, and the v2 tree)
   local d; for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do [ -d "$d" ] && echo "$d"; done; return 0
 }

@@ -131,7 +131,7 @@ fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
 /// allowed, or with arguments against the schema, meets a masked token.
 #[test]
 fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
-    use llama_server::api::tools::{ToolChoice, call_grammar, parse_tools};
+    use llama_server::api::tools::{ToolChoice, ToolFormat, call_grammar, parse_tools};
     use llama_server::guided::{Guidance, GuideSpec};
     let tok = load(&data_dir().join("ggml-vocab-gpt-2.gguf"));
     let g = Guidance::new(&tok, Default::default()).expect("guidance");
@@ -145,8 +145,8 @@ fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
         .expect("tools")
         .expect("some");
     // whether `text` passes the masks of the grammar token by token, and whether it may end there
-    let walk_ids = |choice: &ToolChoice, parallel: bool, ids: &[u32]| -> (bool, bool) {
-        let grammar = call_grammar(&tools, choice, parallel).expect("grammar");
+    let walk_in = |format: ToolFormat, choice: &ToolChoice, parallel: bool, ids: &[u32]| {
+        let grammar = call_grammar(&tools, choice, parallel, format).expect("grammar");
         let mut c = g.compile(GuideSpec::Lark(grammar)).expect("compiles");
         let vocab = tok.vocab_size();
         for &id in ids {
@@ -159,6 +159,9 @@ fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
         let mut logits = vec![0f32; vocab];
         let ends = c.mask(&mut logits).is_ok() && logits[g.eos() as usize] != f32::NEG_INFINITY;
         (true, ends)
+    };
+    let walk_ids = |choice: &ToolChoice, parallel: bool, ids: &[u32]| {
+        walk_in(ToolFormat::Hermes, choice, parallel, ids)
     };
     let walk = |choice: &ToolChoice, parallel: bool, text: &str| {
         walk_ids(
@@ -191,6 +194,34 @@ fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
         walk_ids(&ToolChoice::Required, true, &ids[..ids.len() - 3]),
         (true, false),
         "a call cut short may not end"
+    );
+    // Llama 3.x: the reply is the call's JSON alone, arguments under "parameters", one call
+    let llama = |choice: &ToolChoice, text: &str| {
+        walk_in(
+            ToolFormat::Llama3Json,
+            choice,
+            true,
+            &tok.encode(text, false, false).expect("encode"),
+        )
+    };
+    let json_call =
+        "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\", \"days\": 3}}";
+    assert_eq!(llama(&ToolChoice::Required, json_call), (true, true));
+    assert!(
+        !llama(&ToolChoice::Required, call).0,
+        "no tags in the Llama 3 format"
+    );
+    assert!(
+        !llama(
+            &ToolChoice::Required,
+            &json_call.replace("parameters", "arguments")
+        )
+        .0,
+        "Llama 3 writes parameters"
+    );
+    assert!(
+        !llama(&ToolChoice::Named("get_time".into()), json_call).0,
+        "not the named function"
     );
 }
 

@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
         include_usage: false,
         logprobs: None,
         guide: None,
+        tools: None,
     };
     let mut c = Collector::new(&req);
     let mut out = String::new();

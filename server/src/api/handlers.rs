@@ -10,7 +10,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 
-use crate::chat::{ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatTemplate, TemplateTools};
 use crate::engine::{EngineHandle, Event, SubmitError};
 use crate::guided::{Constraint, Guidance, GuideSpec};
 use crate::metrics::Metrics;
@@ -94,12 +94,21 @@ impl PromptEncoder for Encoder<'_> {
         turns: &[ChatTurn],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
-        let msgs: Vec<ChatMessage> = turns
-            .iter()
-            .map(|t| ChatMessage::new(t.role.clone(), t.content.clone()))
-            .collect();
         self.chat_template
-            .render(&msgs, add_generation_prompt)
+            .render(&messages(turns), add_generation_prompt)
+            .map_err(|e| e.to_string())
+    }
+    fn template_tools(&self) -> TemplateTools {
+        self.chat_template.tools()
+    }
+    fn render_chat_tools(
+        &self,
+        turns: &[ChatTurn],
+        tools: &serde_json::Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        self.chat_template
+            .render_with_tools(&messages(turns), Some(tools), add_generation_prompt)
             .map_err(|e| e.to_string())
     }
     fn vocab_size(&self) -> usize {
@@ -115,6 +124,18 @@ impl PromptEncoder for Encoder<'_> {
         )?;
         Ok((g.compile(spec)?, g.eos()))
     }
+}
+
+fn messages(turns: &[ChatTurn]) -> Vec<ChatMessage> {
+    turns
+        .iter()
+        .map(|t| ChatMessage {
+            role: t.role.clone(),
+            content: t.content.clone(),
+            tool_calls: t.tool_calls.clone(),
+            tool_call_id: t.tool_call_id.clone(),
+        })
+        .collect()
 }
 
 fn now_unix() -> u64 {
@@ -253,7 +274,18 @@ async fn generate(
     valid: ValidRequest,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine().map_err(|e| state.count(e))?.clone();
-    let (id, mut rx) = engine.submit(valid.clone()).map_err(|e| {
+    // what the response needs; the request itself moves to the engine (its constraint is not cloned)
+    let info = ReqInfo {
+        endpoint: valid.endpoint,
+        stream: valid.stream,
+        n: valid.n,
+        include_usage: valid.include_usage,
+    };
+    let guide_kind = valid.guide.as_ref().map(|g| g.spec().kind());
+    let model = valid.model.clone();
+    let mut col = Collector::new(&valid);
+    let prompt_tokens = valid.prompt_tokens.len();
+    let (id, mut rx) = engine.submit(valid).map_err(|e| {
         state.count(match e {
             SubmitError::QueueFull {
                 queued,
@@ -266,13 +298,14 @@ async fn generate(
             SubmitError::Stopped => ApiError::Internal("the engine has stopped".into()),
         })
     })?;
-    if let Some(g) = &valid.guide {
+    if let Some(kind) = guide_kind {
         state
             .metrics
             .guided_requests
-            .with_label_values(&[g.spec().kind()])
+            .with_label_values(&[kind])
             .inc();
     }
+    let valid = info;
     let prefix = match valid.endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
@@ -280,12 +313,10 @@ async fn generate(
     let meta = ResponseMeta {
         id: format!("{prefix}-{id}"),
         created: now_unix(),
-        model: valid.model.clone(),
+        model,
         request_id: super::middleware::RequestId::of(req),
     };
     let started = Instant::now();
-    let mut col = Collector::new(&valid);
-    let prompt_tokens = valid.prompt_tokens.len();
 
     if !valid.stream {
         // Nobody polls a non-streaming handler's connection until the answer is written: watch it, so a client
@@ -355,7 +386,6 @@ async fn generate(
         let state = state2.clone();
         let engine = engine.clone();
         let meta = meta.clone();
-        let valid = valid.clone();
         async move {
             loop {
                 if let Some(chunk) = st.queue.pop_front() {
@@ -413,9 +443,18 @@ async fn generate(
         .streaming(stream))
 }
 
+/// The parts of a request its response needs after the request went to the engine.
+#[derive(Debug, Clone, Copy)]
+struct ReqInfo {
+    endpoint: Endpoint,
+    stream: bool,
+    n: usize,
+    include_usage: bool,
+}
+
 fn log_request(
     meta: &ResponseMeta,
-    valid: &ValidRequest,
+    valid: &ReqInfo,
     usage: Usage,
     started: Instant,
     col: &Collector,
@@ -488,7 +527,10 @@ fn tokenize_body(state: &AppState, body: &Bytes) -> Result<TokenizeResponse, Api
                     .map_err(|e| ApiError::field("prompt", e))?
             }
             (None, Some(m)) => {
-                chat_prompt_tokens(m, r.add_generation_prompt.unwrap_or(true), &enc)?
+                // the tools as a chat request with `tool_choice: auto` shows them
+                let tools = super::tools::parse_tools(r.tools.as_ref(), None)?;
+                let shown = tools.as_ref().map(|(t, _)| t.as_slice());
+                chat_prompt_tokens(m, r.add_generation_prompt.unwrap_or(true), shown, &enc)?
             }
             _ => {
                 return Err(ApiError::field(

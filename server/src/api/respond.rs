@@ -9,10 +9,11 @@ use crate::scheduler::FinishReason;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 use super::stop::StopMatcher;
+use super::tools::{CallCatcher, Tool, ToolCall};
 use super::types::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
     ChatLogprobs, ChatMessageOut, ChatTokenLogprob, CompletionChoice, CompletionLogprobs,
-    CompletionResponse, TopLogprob, Usage,
+    CompletionResponse, FunctionCallOut, ToolCallDelta, ToolCallOut, TopLogprob, Usage,
 };
 use super::validate::{Endpoint, ValidRequest};
 
@@ -30,6 +31,10 @@ pub struct ChoiceState {
     pub finish: Option<FinishReason>,
     /// Bytes of text emitted so far (completions `text_offset`).
     emitted: usize,
+    /// Tool calls are parsed out of this choice's text.
+    calls: Option<CallCatcher>,
+    /// The choice ended with tool calls (`finish_reason: "tool_calls"`).
+    pub called: bool,
 }
 
 /// What one token event produced for its choice.
@@ -44,6 +49,8 @@ pub struct Piece {
     /// The choice ended on a stop string: the engine must be told to stop it.
     pub hit_stop_string: bool,
     pub text_offset: usize,
+    /// The calls the choice made (on its last piece).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// A sampled token's text and log-probability, with the most likely alternatives.
@@ -59,6 +66,8 @@ pub struct TokenLogprob {
 pub struct Collector {
     pub choices: Vec<ChoiceState>,
     logprobs: bool,
+    /// The tools calls may name (empty without tools).
+    tools: Vec<Tool>,
 }
 
 impl Collector {
@@ -70,11 +79,18 @@ impl Collector {
                 completion_tokens: 0,
                 finish: None,
                 emitted: 0,
+                calls: req.tools.as_ref().map(|t| CallCatcher::new(t.format)),
+                called: false,
             })
             .collect();
         Self {
             choices,
             logprobs: req.logprobs.is_some(),
+            tools: req
+                .tools
+                .as_ref()
+                .map(|t| t.tools.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -117,6 +133,16 @@ impl Collector {
                 text.push_str(&c.stop.finish());
             }
         }
+        let mut tool_calls = Vec::new();
+        if let Some(catcher) = &mut c.calls {
+            text = catcher.push(&text);
+            if finish.is_some() {
+                let (rest, calls) = catcher.finish(&self.tools);
+                text.push_str(&rest);
+                tool_calls = calls;
+                c.called = !tool_calls.is_empty();
+            }
+        }
         c.finish = finish;
         let text_offset = c.emitted;
         c.emitted += text.len();
@@ -139,8 +165,31 @@ impl Collector {
             finish,
             hit_stop_string,
             text_offset,
+            tool_calls,
         })
     }
+}
+
+/// The wire form of a choice's calls; ids are unique per response (`call_<response>_<choice>_<k>`).
+fn calls_out(meta: &ResponseMeta, index: usize, calls: &[ToolCall]) -> Vec<ToolCallOut> {
+    let id = meta.id.rsplit('-').next().unwrap_or_default();
+    calls
+        .iter()
+        .enumerate()
+        .map(|(k, c)| ToolCallOut {
+            id: format!("call_{id}_{index}_{k}"),
+            kind: "function".into(),
+            function: FunctionCallOut {
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            },
+        })
+        .collect()
+}
+
+/// A choice's `finish_reason`: `tool_calls` when it ended with calls.
+fn reason_str(f: FinishReason, called: bool) -> &'static str {
+    if called { "tool_calls" } else { finish_str(f) }
 }
 
 fn chat_logprob(p: &Piece) -> Option<ChatLogprobs> {
@@ -205,6 +254,7 @@ pub struct ResponseMeta {
 #[derive(Debug)]
 pub struct FullResponse {
     texts: Vec<String>,
+    calls: Vec<Vec<ToolCall>>,
     chat_lp: Vec<Option<ChatLogprobs>>,
     comp_lp: Vec<Option<CompletionLogprobs>>,
 }
@@ -213,6 +263,7 @@ impl FullResponse {
     pub fn new(n: usize) -> Self {
         Self {
             texts: vec![String::new(); n],
+            calls: vec![Vec::new(); n],
             chat_lp: vec![None; n],
             comp_lp: vec![None; n],
         }
@@ -222,6 +273,9 @@ impl FullResponse {
         let i = p.index;
         if let Some(t) = self.texts.get_mut(i) {
             t.push_str(&p.text);
+        }
+        if let Some(c) = self.calls.get_mut(i) {
+            c.extend(p.tool_calls.iter().cloned());
         }
         if let Some(lp) = chat_logprob(p)
             && let Some(slot) = self.chat_lp.get_mut(i)
@@ -245,9 +299,9 @@ impl FullResponse {
         let reason = |i: usize| {
             col.choices
                 .get(i)
-                .and_then(|c| c.finish)
-                .map(|f| finish_str(f).to_string())
+                .and_then(|c| c.finish.map(|f| reason_str(f, c.called).to_string()))
         };
+        let calls = self.calls;
         let v = match endpoint {
             Endpoint::Chat => serde_json::to_value(ChatCompletionResponse {
                 id: meta.id.clone(),
@@ -259,14 +313,21 @@ impl FullResponse {
                     .into_iter()
                     .zip(self.chat_lp)
                     .enumerate()
-                    .map(|(index, (content, logprobs))| ChatChoice {
-                        index,
-                        message: ChatMessageOut {
-                            role: "assistant".into(),
-                            content,
-                        },
-                        logprobs,
-                        finish_reason: reason(index),
+                    .map(|(index, (content, logprobs))| {
+                        let calls = calls.get(index).map(Vec::as_slice).unwrap_or_default();
+                        let tool_calls = (!calls.is_empty()).then(|| calls_out(meta, index, calls));
+                        ChatChoice {
+                            index,
+                            message: ChatMessageOut {
+                                role: "assistant".into(),
+                                // a reply that is only calls has null content, as OpenAI's
+                                content: (tool_calls.is_none() || !content.is_empty())
+                                    .then_some(content),
+                                tool_calls,
+                            },
+                            logprobs,
+                            finish_reason: reason(index),
+                        }
                     })
                     .collect(),
                 usage: Some(usage),
@@ -305,7 +366,8 @@ pub fn chunk_json(endpoint: Endpoint, meta: &ResponseMeta, p: &Piece) -> Option<
     if p.text.is_empty() && p.finish.is_none() && p.logprob.is_none() {
         return None;
     }
-    let finish_reason = p.finish.map(|f| finish_str(f).to_string());
+    let called = !p.tool_calls.is_empty();
+    let finish_reason = p.finish.map(|f| reason_str(f, called).to_string());
     let v = match endpoint {
         Endpoint::Chat => serde_json::to_value(ChatCompletionChunk {
             id: meta.id.clone(),
@@ -316,7 +378,14 @@ pub fn chunk_json(endpoint: Endpoint, meta: &ResponseMeta, p: &Piece) -> Option<
                 index: p.index,
                 delta: ChatDelta {
                     role: None,
-                    content: Some(p.text.clone()),
+                    content: (!called || !p.text.is_empty()).then(|| p.text.clone()),
+                    tool_calls: called.then(|| {
+                        calls_out(meta, p.index, &p.tool_calls)
+                            .into_iter()
+                            .enumerate()
+                            .map(|(index, call)| ToolCallDelta { index, call })
+                            .collect()
+                    }),
                 },
                 logprobs: chat_logprob(p),
                 finish_reason,
@@ -352,6 +421,7 @@ pub fn role_chunk(meta: &ResponseMeta, index: usize) -> serde_json::Value {
             delta: ChatDelta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: None,

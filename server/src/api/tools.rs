@@ -16,6 +16,24 @@
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::validate::ChatTurn;
+
+/// How calls are written in the model's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks (Hermes, Qwen, and our own
+    /// instructions for templates that do not render tools).
+    Hermes,
+    /// Llama 3.x: the whole reply is `{"name": ..., "parameters": {...}}`.
+    Llama3Json,
+}
+
+/// The tools a request shows the model, and how its calls will be written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolUse {
+    pub tools: Vec<Tool>,
+    pub format: ToolFormat,
+}
 
 /// One function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,22 +202,135 @@ pub fn system_prompt(tools: &[Tool]) -> String {
     )
 }
 
+/// The turns for a template that does not render tools: the tools described in the system turn, earlier
+/// calls written back as `<tool_call>` blocks, and `tool` results as user turns in `<tool_response>` tags
+/// (consecutive results in one turn), as Hermes-style models were trained.
+pub fn hermes_turns(turns: Vec<ChatTurn>, shown: Option<&[Tool]>) -> Vec<ChatTurn> {
+    let mut out: Vec<ChatTurn> = Vec::with_capacity(turns.len() + 1);
+    let mut last_was_tool = false;
+    for mut t in turns {
+        if t.role == "tool" {
+            let block = format!("<tool_response>\n{}\n</tool_response>", t.content);
+            match out.last_mut() {
+                Some(prev) if last_was_tool => {
+                    prev.content.push('\n');
+                    prev.content.push_str(&block);
+                }
+                _ => out.push(ChatTurn {
+                    role: "user".into(),
+                    content: block,
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                }),
+            }
+            last_was_tool = true;
+            continue;
+        }
+        last_was_tool = false;
+        for call in std::mem::take(&mut t.tool_calls) {
+            let f = &call["function"];
+            let block = format!(
+                "<tool_call>\n{}\n</tool_call>",
+                spaced_json(&json!({"name": f["name"], "arguments": f["arguments"]}))
+            );
+            if !t.content.is_empty() {
+                t.content.push('\n');
+            }
+            t.content.push_str(&block);
+        }
+        out.push(t);
+    }
+    if let Some(tools) = shown {
+        let prompt = system_prompt(tools);
+        match out.first_mut() {
+            Some(first) if first.role == "system" || first.role == "developer" => {
+                first.content = format!("{}\n\n{prompt}", first.content);
+            }
+            _ => out.insert(
+                0,
+                ChatTurn {
+                    role: "system".into(),
+                    content: prompt,
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                },
+            ),
+        }
+    }
+    out
+}
+
+/// JSON on one line with a space after `:` and `,`, as the call grammar has the model write it (so earlier
+/// calls in the prompt look like the model's own).
+pub fn spaced_json(v: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    serde::Serialize::serialize(v, &mut ser).expect("a JSON value serializes");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// The request's tools as templates see them (OpenAI's list form).
+pub fn tools_json(tools: &[Tool]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters,
+                }})
+            })
+            .collect(),
+    )
+}
+
 /// A Lark grammar (llguidance's dialect) for the reply of a `required` or named `tool_choice`: one call
-/// (or several when `parallel`), each `{"name": ..., "arguments": ...}` valid against its function's schema.
-/// `None` for `auto` and `none` (the reply is free).
-pub fn call_grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool) -> Option<String> {
+/// (or several when `parallel` and the format has a way to write them), each valid against its function's
+/// schema. `None` for `auto` and `none` (the reply is free).
+pub fn call_grammar(
+    tools: &[Tool],
+    choice: &ToolChoice,
+    parallel: bool,
+    format: ToolFormat,
+) -> Option<String> {
     let allowed: Vec<&Tool> = match choice {
         ToolChoice::None | ToolChoice::Auto => return None,
         ToolChoice::Required => tools.iter().collect(),
         ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
+    };
+    let args = match format {
+        ToolFormat::Hermes => "arguments",
+        ToolFormat::Llama3Json => "parameters",
     };
     let alternatives: Vec<Value> = allowed
         .iter()
         .map(|t| {
             json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": t.name}, args: t.parameters},
+                "required": ["name", args],
                 "additionalProperties": false,
             })
         })
@@ -208,6 +339,10 @@ pub fn call_grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool) -> Opti
         "anyOf": alternatives,
         "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
     });
+    if format == ToolFormat::Llama3Json {
+        // one call is the whole reply
+        return Some(format!("start: body\nbody: %json {schema}\n"));
+    }
     let many = if parallel && !matches!(choice, ToolChoice::Named(_)) {
         " (\"\\n\" call)*"
     } else {
@@ -216,6 +351,93 @@ pub fn call_grammar(tools: &[Tool], choice: &ToolChoice, parallel: bool) -> Opti
     Some(format!(
         "start: call{many}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {schema}\n"
     ))
+}
+
+/// Follows one choice's text as it is generated: passes on what cannot be part of a call, holds back what may
+/// be (from a `<tool_call>` tag, or a reply that opens with `{` in the Llama 3 format, including a possible
+/// tag's first bytes at the end of a piece), and at the end turns what it held into calls or gives it back as
+/// text when it is none. Streamed and whole responses go through it alike, so they agree.
+#[derive(Debug)]
+pub struct CallCatcher {
+    format: ToolFormat,
+    /// Not yet passed on: a tag's possible beginning, or (once `holding`) everything from the call on.
+    held: String,
+    holding: bool,
+    /// Llama 3 format: the reply's first visible character has been seen.
+    decided: bool,
+}
+
+const TAG: &str = "<tool_call>";
+
+impl CallCatcher {
+    pub fn new(format: ToolFormat) -> Self {
+        Self {
+            format,
+            held: String::new(),
+            holding: false,
+            decided: false,
+        }
+    }
+
+    /// The part of `text` (following what came before) that is plain content for sure.
+    pub fn push(&mut self, text: &str) -> String {
+        self.held.push_str(text);
+        if self.holding {
+            return String::new();
+        }
+        match self.format {
+            ToolFormat::Hermes => {
+                if let Some(at) = self.held.find(TAG) {
+                    self.holding = true;
+                    let content = self.held[..at].to_string();
+                    self.held.drain(..at);
+                    return content;
+                }
+                // keep the longest end of the text that could still grow into the tag
+                let keep = (1..TAG.len())
+                    .rev()
+                    .find(|&k| {
+                        self.held.len() >= k
+                            && self.held.is_char_boundary(self.held.len() - k)
+                            && TAG.starts_with(&self.held[self.held.len() - k..])
+                    })
+                    .unwrap_or(0);
+                let cut = self.held.len() - keep;
+                let content = self.held[..cut].to_string();
+                self.held.drain(..cut);
+                content
+            }
+            ToolFormat::Llama3Json => {
+                if self.decided {
+                    return std::mem::take(&mut self.held);
+                }
+                match self.held.trim_start().chars().next() {
+                    None => String::new(), // only whitespace so far
+                    Some('{') => {
+                        self.holding = true;
+                        String::new()
+                    }
+                    Some(_) => {
+                        self.decided = true;
+                        std::mem::take(&mut self.held)
+                    }
+                }
+            }
+        }
+    }
+
+    /// At the end of the choice: the rest of the content, and the calls (when what was held parses as calls
+    /// of known functions; otherwise it is content).
+    pub fn finish(&mut self, tools: &[Tool]) -> (String, Vec<ToolCall>) {
+        let held = std::mem::take(&mut self.held);
+        if !self.holding {
+            return (held, Vec::new());
+        }
+        match parse_calls(&held, tools) {
+            (_, calls) if calls.is_empty() => (held, calls),
+            (content, calls) => (content, calls),
+        }
+    }
 }
 
 /// A call found in generated text.
@@ -365,17 +587,159 @@ mod tests {
         }
     }
 
+    /// Feeds `text` to a catcher in pieces cut at every `step` bytes (on char boundaries): the content it
+    /// passes on, and the calls at the end.
+    fn catch(
+        format: ToolFormat,
+        text: &str,
+        step: usize,
+        tools: &[Tool],
+    ) -> (String, Vec<ToolCall>) {
+        let mut c = CallCatcher::new(format);
+        let mut out = String::new();
+        let mut i = 0;
+        while i < text.len() {
+            let mut j = (i + step).min(text.len());
+            while !text.is_char_boundary(j) {
+                j += 1;
+            }
+            out.push_str(&c.push(&text[i..j]));
+            i = j;
+        }
+        let (rest, calls) = c.finish(tools);
+        out.push_str(&rest);
+        (out, calls)
+    }
+
+    #[test]
+    fn the_catcher_gives_the_same_answer_however_the_text_is_cut() {
+        let (tools, _) = parse_tools(Some(&weather()), None).unwrap().unwrap();
+        let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich\"}}\n</tool_call>";
+        for (format, text, content, names) in [
+            (
+                ToolFormat::Hermes,
+                format!("Let me look.\n{call}"),
+                "Let me look.\n",
+                vec!["get_weather"],
+            ),
+            (
+                ToolFormat::Hermes,
+                format!("{call}\n{call}"),
+                "",
+                vec!["get_weather"; 2],
+            ),
+            // not calls: everything is content, nothing is lost
+            (
+                ToolFormat::Hermes,
+                "a < b, and <tool is not a tag".into(),
+                "a < b, and <tool is not a tag",
+                vec![],
+            ),
+            (
+                ToolFormat::Hermes,
+                "ends with <tool_ca".into(),
+                "ends with <tool_ca",
+                vec![],
+            ),
+            (
+                ToolFormat::Hermes,
+                "<tool_call>\n{\"name\": \"launch\"}".into(),
+                "<tool_call>\n{\"name\": \"launch\"}",
+                vec![],
+            ),
+            (
+                ToolFormat::Llama3Json,
+                "  {\"name\": \"get_time\", \"parameters\": {}}".into(),
+                "",
+                vec!["get_time"],
+            ),
+            (
+                ToolFormat::Llama3Json,
+                "{\"answer\": 42}".into(),
+                "{\"answer\": 42}",
+                vec![],
+            ),
+            (
+                ToolFormat::Llama3Json,
+                " Hello {there}".into(),
+                " Hello {there}",
+                vec![],
+            ),
+        ] {
+            for step in 1..=text.len() {
+                let (got, calls) = catch(format, &text, step, &tools);
+                assert_eq!(got, content, "{format:?} {text:?} cut every {step}");
+                assert_eq!(
+                    calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                    names,
+                    "{format:?} {text:?} cut every {step}"
+                );
+            }
+        }
+        // content before a call is passed on as it comes; the tag's first bytes are held back, then released
+        let mut c = CallCatcher::new(ToolFormat::Hermes);
+        assert_eq!(c.push("Sure <tool"), "Sure ");
+        assert_eq!(c.push("box> opens"), "<toolbox> opens");
+    }
+
+    #[test]
+    fn hermes_turns_carry_tools_calls_and_results_as_content() {
+        let (tools, _) = parse_tools(Some(&weather()), None).unwrap().unwrap();
+        let turn = |role: &str, content: &str| ChatTurn {
+            role: role.into(),
+            content: content.into(),
+            ..Default::default()
+        };
+        let mut asked = turn("assistant", "");
+        asked.tool_calls = vec![json!({"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}})];
+        let turns = vec![
+            turn("user", "Weather in Paris and Rome?"),
+            asked,
+            turn("tool", "18C"),
+            turn("tool", "21C"),
+        ];
+        let out = hermes_turns(turns.clone(), Some(&tools));
+        let roles: Vec<&str> = out.iter().map(|t| t.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(out[0].content.contains("<tools>") && out[0].content.contains("get_time"));
+        assert_eq!(
+            out[2].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
+        );
+        assert!(out[2].tool_calls.is_empty());
+        assert_eq!(
+            out[3].content,
+            "<tool_response>\n18C\n</tool_response>\n<tool_response>\n21C\n</tool_response>"
+        );
+        // a system turn of the request keeps its text, the tools follow it; without tools shown none are added
+        let mut with_system = vec![turn("system", "Be brief.")];
+        with_system.extend(turns.clone());
+        let out = hermes_turns(with_system, Some(&tools));
+        assert!(out[0].content.starts_with("Be brief.\n\n") && out[0].content.contains("<tools>"));
+        assert_eq!(hermes_turns(turns, None)[0].role, "user");
+    }
+
     #[test]
     fn the_call_grammar_lists_only_the_allowed_functions() {
         let (tools, _) = parse_tools(Some(&weather()), None).unwrap().unwrap();
-        assert_eq!(call_grammar(&tools, &ToolChoice::Auto, true), None);
-        let g = call_grammar(&tools, &ToolChoice::Named("get_time".into()), true).unwrap();
+        assert_eq!(
+            call_grammar(&tools, &ToolChoice::Auto, true, ToolFormat::Hermes),
+            None
+        );
+        let g = call_grammar(
+            &tools,
+            &ToolChoice::Named("get_time".into()),
+            true,
+            ToolFormat::Hermes,
+        )
+        .unwrap();
         assert!(
             g.contains("\"get_time\"") && !g.contains("get_weather"),
             "{g}"
         );
         assert!(!g.contains(")*"), "a named choice is one call: {g}");
-        let g = call_grammar(&tools, &ToolChoice::Required, true).unwrap();
+        let g = call_grammar(&tools, &ToolChoice::Required, true, ToolFormat::Hermes).unwrap();
         assert!(
             g.contains("get_weather") && g.contains("get_time") && g.contains(")*"),
             "{g}"

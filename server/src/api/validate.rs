@@ -5,7 +5,9 @@
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::tools::{ToolChoice, ToolFormat, ToolUse, call_grammar, parse_tools};
 use super::types::{ChatCompletionRequest, CommonParams, CompletionRequest};
+use crate::chat::TemplateTools;
 use crate::guided::{Constraint, GuideSpec};
 
 /// Most choices per request (`n`).
@@ -23,10 +25,15 @@ pub const MAX_LOGIT_BIAS: usize = 300;
 pub const PROMPT_BYTES_PER_TOKEN: usize = 64;
 
 /// One chat turn after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChatTurn {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name", "arguments": {...}}}`,
+    /// arguments as an object (as templates that take tools read them).
+    pub tool_calls: Vec<Value>,
+    /// A `tool` turn's call id.
+    pub tool_call_id: Option<String>,
 }
 
 /// What validation needs from the tokenizer and chat template.
@@ -46,6 +53,20 @@ pub trait PromptEncoder {
         turns: &[ChatTurn],
         add_generation_prompt: bool,
     ) -> Result<String, String>;
+    /// What the chat template does with tools.
+    fn template_tools(&self) -> TemplateTools {
+        TemplateTools::Ignored
+    }
+    /// The chat template applied to `turns` with `tools` (OpenAI's list) in its context.
+    fn render_chat_tools(
+        &self,
+        turns: &[ChatTurn],
+        tools: &Value,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let _ = (turns, tools, add_generation_prompt);
+        Err("this chat template does not take tools".into())
+    }
     /// Token ids at or above this are invalid.
     fn vocab_size(&self) -> usize;
     /// Tokens that end generation unless `ignore_eos`.
@@ -132,8 +153,11 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// `Some(k)`: return the chosen token's log-probability and the `k` most likely alternatives.
     pub logprobs: Option<usize>,
-    /// The output constraint (`response_format` JSON modes, `guided_*`), compiled; each choice clones it.
+    /// The output constraint (`response_format` JSON modes, `guided_*`, a `required` or named
+    /// `tool_choice`), compiled; each choice clones it.
     pub guide: Option<Constraint>,
+    /// Tools shown to the model (not with `tool_choice: none`): calls in the output are parsed out of it.
+    pub tools: Option<ToolUse>,
 }
 
 fn bounded_f(
@@ -174,6 +198,9 @@ struct Specific<'a> {
     max_tokens: Option<i64>,
     max_tokens_param: &'a str,
     logprobs: Option<usize>,
+    /// The grammar of a `required` / named `tool_choice`.
+    tool_guide: Option<GuideSpec>,
+    tools: Option<ToolUse>,
 }
 
 fn check_common(
@@ -189,6 +216,8 @@ fn check_common(
         max_tokens,
         max_tokens_param,
         logprobs,
+        tool_guide,
+        tools,
     } = sp;
     let model = check_model(&c.model, limits)?;
     let max_seq_len = limits.max_seq_len;
@@ -291,7 +320,20 @@ fn check_common(
         seed,
         logit_bias: logit_bias(c.logit_bias.as_ref(), enc.vocab_size())?,
     };
-    let guide = match guide_spec(c)? {
+    let spec = match (guide_spec(c)?, tool_guide) {
+        (Some((param, _)), Some(_)) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                format!(
+                    "a required or named tool_choice constrains the output itself; it cannot be combined \
+                     with {param}"
+                ),
+            ));
+        }
+        (None, Some(tool)) => Some(("tool_choice", tool)),
+        (other, None) => other,
+    };
+    let guide = match spec {
         None => None,
         Some((param, spec)) => Some(
             enc.compile_guide(spec)
@@ -387,6 +429,7 @@ fn check_common(
         include_usage,
         logprobs,
         guide,
+        tools,
     })
 }
 
@@ -655,6 +698,8 @@ pub fn validate_completion(
         max_tokens: req.common.max_tokens,
         max_tokens_param: "max_tokens",
         logprobs,
+        tool_guide: None,
+        tools: None,
     };
     check_common(&req.common, sp, enc, limits)
 }
@@ -670,24 +715,63 @@ pub fn validate_chat(
         return Err(ApiError::field("messages", "messages is required"));
     };
     for (field, value) in [
-        ("tools", &req.tools),
-        ("tool_choice", &req.tool_choice),
         ("functions", &req.functions),
         ("function_call", &req.function_call),
     ] {
         if value.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::field(
                 field,
-                format!("{field} is not supported by this server: tool calling is not implemented"),
+                format!(
+                    "{field} (OpenAI's deprecated function calling) is not supported: use tools and \
+                     tool_choice"
+                ),
             ));
         }
     }
+    let tools = parse_tools(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    let parallel = match &req.parallel_tool_calls {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::field(
+                "parallel_tool_calls",
+                "parallel_tool_calls must be a boolean",
+            ));
+        }
+    };
+    let format = match enc.template_tools() {
+        TemplateTools::Ignored | TemplateTools::Hermes => ToolFormat::Hermes,
+        TemplateTools::Llama3Json => ToolFormat::Llama3Json,
+        TemplateTools::Unknown if tools.is_some() => {
+            return Err(ApiError::field(
+                "tools",
+                "this model's chat template renders tools in a format the server cannot parse calls of \
+                 (supported: Llama 3.x JSON calls and Hermes-style <tool_call> blocks, or a template that \
+                 ignores tools, for which the server describes them itself)",
+            ));
+        }
+        TemplateTools::Unknown => ToolFormat::Hermes,
+    };
+    // `tool_choice: none` hides the tools from the model (and parses nothing)
+    let shown = tools
+        .as_ref()
+        .filter(|(_, choice)| *choice != ToolChoice::None);
     let content_bytes: usize = messages
         .iter()
-        .map(|m| m.get("content").map_or(0, |c| c.to_string().len()))
-        .sum();
+        .map(|m| {
+            m.get("content").map_or(0, |c| c.to_string().len())
+                + m.get("tool_calls").map_or(0, |c| c.to_string().len())
+        })
+        .sum::<usize>()
+        + req.tools.as_ref().map_or(0, |t| t.to_string().len());
     check_prompt_bytes("messages", content_bytes, limits)?;
-    let prompt_tokens = chat_prompt_tokens(messages, true, enc)?;
+    let prompt_tokens = chat_prompt_tokens(messages, true, shown.map(|(t, _)| t.as_slice()), enc)?;
+    let tool_guide = shown
+        .and_then(|(t, choice)| call_grammar(t, choice, parallel, format).map(GuideSpec::Lark));
+    let tools = shown.map(|(t, _)| ToolUse {
+        tools: t.clone(),
+        format,
+    });
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, Some(_)) => {
             return Err(ApiError::field(
@@ -709,6 +793,8 @@ pub fn validate_chat(
         max_tokens,
         max_tokens_param: param,
         logprobs,
+        tool_guide,
+        tools,
     };
     check_common(&req.common, sp, enc, limits)
 }

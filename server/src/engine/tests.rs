@@ -130,6 +130,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> ValidRequest {
         include_usage: false,
         logprobs: None,
         guide: None,
+        tools: None,
     }
 }
 

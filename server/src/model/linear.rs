@@ -427,8 +427,11 @@ mod tests {
             .expect("x");
         for dtype in [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::F32] {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
-            let whole =
-                Linear::fused(vec![q], &Device::Cpu, LoadOptions::default()).expect("layer");
+            // built directly: `fused` itself already cuts a layer into one run per thread of the pool
+            let whole = match dtype {
+                GgmlDType::F32 => Linear::Dense(q.dequantize(&Device::Cpu).expect("dense")),
+                _ => Linear::Quantized(QMatMul::from_qtensor(q).expect("layer")),
+            };
             let split = whole.clone().row_chunks(3).expect("chunks");
             assert!(
                 matches!(split, Linear::RowChunks(ref c) if c.len() == 3),

@@ -6,7 +6,7 @@ Probes:
   health       /health and /ready answer fast while abusive requests (15 MB prompts, 1 MB stop strings,
                thousands of stop-laden requests) are in flight
   logit-bias   logit_bias bans and forces tokens; bad keys are 400s naming logit_bias
-  unsupported  tools, tool_choice, functions, malformed output constraints: 400 naming the field, not 200 with prose
+  unsupported  malformed tools / tool_choice, functions, malformed output constraints: 400 naming the field
   http         JSON content type required (415), 405 with Allow, 404/413 as OpenAI JSON, and the 400/408/431
                that the HTTP layer writes before any handler also as OpenAI JSON
   auth KEY     `bearer` in any case works, a wrong key is a 401 JSON
@@ -165,13 +165,15 @@ elif probe == "logit-bias":
 
 elif probe == "unsupported":
     q = [{"role": "user", "content": "hi"}]
-    for field, value in [("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
-                         ("response_format", {"type": "xml"}),
-                         ("guided_regex", "(unclosed"),
-                         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-                         ("tool_choice", "auto"), ("functions", [{"name": "f"}])]:
+    for field, value, param in [
+            ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}, "response_format"),
+            ("response_format", {"type": "xml"}, "response_format"),
+            ("guided_regex", "(unclosed", "guided_regex"),
+            ("tools", [{"type": "function", "function": {"name": "f g", "parameters": {}}}], "tools[0].function.name"),
+            ("tools", [{"type": "retrieval"}], "tools[0]"),
+            ("tool_choice", "auto", "tool_choice"), ("functions", [{"name": "f"}], "functions")]:
         st, _, r = post(base, CH, {"messages": q, field: value})
-        check(st == 400 and r["error"]["param"] == field, f"{field}={json.dumps(value)[:40]} is a 400 naming it")
+        check(st == 400 and r["error"]["param"] == param, f"{field}={json.dumps(value)[:40]} is a 400 naming {param}")
     st, _, r = post(base, CH, {"messages": q, "max_tokens": 2, "response_format": {"type": "text"}})
     check(st == 200, "response_format text is served")
 

@@ -1,9 +1,65 @@
 //! Chat messages → prompt tokens: the turns checked, the template applied, and the template's own text told
 //! apart from message content so that only the former may carry special tokens.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{ApiError, ChatTurn, PromptEncoder, encode};
+use super::super::tools::{Tool, hermes_turns, tools_json};
+use super::{ApiError, ChatTurn, PromptEncoder, TemplateTools, encode};
+
+/// An assistant message's `tool_calls`, checked and put in the form templates read (arguments as an object).
+fn tool_calls(i: usize, v: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::field(
+                format!("messages[{i}].tool_calls"),
+                "tool_calls must be an array",
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (j, call) in list.iter().enumerate() {
+        let param = format!("messages[{i}].tool_calls[{j}]");
+        let f = call
+            .get("function")
+            .filter(|_| call.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
+            .ok_or_else(|| {
+                ApiError::field(
+                    param.clone(),
+                    "each tool call is {\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}",
+                )
+            })?;
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::field(
+                format!("{param}.function.name"),
+                "the function name must be a string",
+            )
+        })?;
+        let arguments = match f.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        format!("{param}.function.arguments"),
+                        "arguments must be a JSON object (sent as a string)",
+                    )
+                })?,
+            Some(v) if v.is_object() => v.clone(),
+            Some(_) => {
+                return Err(ApiError::field(
+                    format!("{param}.function.arguments"),
+                    "arguments must be a JSON object (sent as a string)",
+                ));
+            }
+        };
+        let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+        out.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
+    }
+    Ok(out)
+}
 
 fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, ApiError> {
     if messages.is_empty() {
@@ -59,7 +115,27 @@ fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, ApiError> {
                 ));
             }
         };
-        turns.push(ChatTurn { role, content });
+        let calls = if role == "assistant" {
+            tool_calls(i, m.get("tool_calls"))?
+        } else {
+            Vec::new()
+        };
+        let tool_call_id = match m.get("tool_call_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(ApiError::field(
+                    format!("messages[{i}].tool_call_id"),
+                    "tool_call_id must be a string",
+                ));
+            }
+        };
+        turns.push(ChatTurn {
+            role,
+            content,
+            tool_calls: calls,
+            tool_call_id,
+        });
     }
     Ok(turns)
 }
@@ -71,16 +147,53 @@ fn chat_turns(messages: &[Value]) -> Result<Vec<ChatTurn>, ApiError> {
 /// To tell them apart the template is rendered once more with a marker in place of each content; where the
 /// template transforms content in a way the markers cannot follow (anything beyond trimming), the whole text
 /// is tokenized as one only if no content holds special-token text, and refused otherwise.
+///
+/// `tools` are the tools shown to the model. A template that renders tools gets them (and earlier calls) in
+/// its context, as Hugging Face's `apply_chat_template(tools=...)` passes them; that text is the template's,
+/// so it must not hold special-token text. Otherwise the tools, the calls and the results become message
+/// content in the Hermes style ([`hermes_turns`]).
 pub fn chat_prompt_tokens(
     messages: &[Value],
     add_generation_prompt: bool,
+    tools: Option<&[Tool]>,
     enc: &dyn PromptEncoder,
 ) -> Result<Vec<u32>, ApiError> {
-    let turns = chat_turns(messages)?;
+    let mut turns = chat_turns(messages)?;
+    let template_tools = !matches!(enc.template_tools(), TemplateTools::Ignored);
+    let tools_value = tools.filter(|_| template_tools).map(tools_json);
+    if template_tools {
+        // text the template writes from the request outside message content: no special tokens in it
+        let mut outside: Vec<(String, String)> = Vec::new();
+        if let Some(t) = &tools_value {
+            outside.push(("tools".into(), t.to_string()));
+        }
+        for (i, t) in turns.iter().enumerate() {
+            for (j, c) in t.tool_calls.iter().enumerate() {
+                outside.push((format!("messages[{i}].tool_calls[{j}]"), c.to_string()));
+            }
+        }
+        for (param, text) in outside {
+            let plain = enc.encode_piece(&text, false);
+            if plain.is_err() || plain != enc.encode_piece(&text, true) {
+                return Err(ApiError::field(
+                    param,
+                    "contains special-token text, which the chat template would pass on as control tokens",
+                ));
+            }
+        }
+    } else if tools.is_some()
+        || turns
+            .iter()
+            .any(|t| t.role == "tool" || !t.tool_calls.is_empty())
+    {
+        turns = hermes_turns(turns, tools);
+    }
     let render = |turns: &[ChatTurn]| {
-        enc.render_chat(turns, add_generation_prompt).map_err(|e| {
-            ApiError::field("messages", format!("cannot apply the chat template: {e}"))
-        })
+        match &tools_value {
+            Some(t) => enc.render_chat_tools(turns, t, add_generation_prompt),
+            None => enc.render_chat(turns, add_generation_prompt),
+        }
+        .map_err(|e| ApiError::field("messages", format!("cannot apply the chat template: {e}")))
     };
     let text = render(&turns)?;
     if enc.special_tokens_in_chat_content() {
@@ -131,8 +244,8 @@ fn split_content(
         .iter()
         .enumerate()
         .map(|(i, t)| ChatTurn {
-            role: t.role.clone(),
             content: marker(i),
+            ..t.clone()
         })
         .collect();
     let with_markers = render(&marked)?;
@@ -140,8 +253,8 @@ fn split_content(
     let padded: Vec<ChatTurn> = marked
         .iter()
         .map(|t| ChatTurn {
-            role: t.role.clone(),
             content: format!(" {} ", t.content),
+            ..t.clone()
         })
         .collect();
     let trims = !render(&padded)?.contains(&format!(" {} ", marker(0)));

@@ -287,16 +287,29 @@ fn logit_bias_is_validated_and_clamped_like_openai() {
 
 #[test]
 fn fields_the_server_does_not_implement_are_refused_not_ignored() {
-    for (field, value) in [
-        ("tools", json!([{"type": "function"}])),
-        ("tool_choice", json!("auto")),
-        ("functions", json!([{"name": "f"}])),
-        ("function_call", json!("auto")),
+    for (field, value, param) in [
+        ("tools", json!([{"type": "function"}]), "tools[0]"),
+        ("tool_choice", json!("auto"), "tool_choice"),
+        ("functions", json!([{"name": "f"}]), "functions"),
+        ("function_call", json!("auto"), "function_call"),
+        ("parallel_tool_calls", json!(1), "parallel_tool_calls"),
     ] {
         let mut req = json!({"messages": [{"role": "user", "content": "hi"}]});
         req[field] = value;
-        assert_eq!(param_of(chat(req)), field);
+        assert_eq!(param_of(chat(req)), param);
     }
+    // a required call needs the grammar engine, which this encoder lacks: refused, not served unconstrained
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let req = json!({"messages": [{"role": "user", "content": "hi"}], "tools": tools, "tool_choice": "required"});
+    let req: ChatCompletionRequest = serde_json::from_value(req).expect("parses");
+    let long = Limits {
+        max_seq_len: 4096,
+        ..limits()
+    };
+    assert_eq!(
+        param_of(validate_chat(&req, &ByteEncoder, &long)),
+        "tool_choice"
+    );
     let ok = json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "text"}});
     assert!(chat(ok).is_ok(), "text is what the server produces");
 }
@@ -425,7 +438,7 @@ fn special_token_text_in_chat_content_stays_text_unless_allowed() {
             trims,
             allow: false,
         };
-        let ids = chat_prompt_tokens(&msgs, true, &enc).expect("tokens");
+        let ids = chat_prompt_tokens(&msgs, true, None, &enc).expect("tokens");
         assert_eq!(
             ids.iter().filter(|&&t| t == 299).count(),
             1,
@@ -446,7 +459,7 @@ fn special_token_text_in_chat_content_stays_text_unless_allowed() {
             "the content is kept, as text, trimmed as the template does"
         );
         let allowed = SpecialEncoder { trims, allow: true };
-        let ids = chat_prompt_tokens(&msgs, true, &allowed).expect("tokens");
+        let ids = chat_prompt_tokens(&msgs, true, None, &allowed).expect("tokens");
         assert_eq!(
             ids.iter().filter(|&&t| t == 299).count(),
             2,
@@ -469,4 +482,155 @@ fn raw_prompts_parse_special_tokens() {
     )
     .expect("valid");
     assert_eq!(v.prompt_tokens[0], 299, "the caller owns the whole prompt");
+}
+
+/// Tools for a template that ignores them: described in a system turn (content, never control tokens), calls
+/// parsed from the output in the Hermes format; `tool_choice: none` hides them.
+#[test]
+fn tools_reach_a_template_that_ignores_them_as_a_system_turn() {
+    let tools =
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "<s>x"}}]);
+    let q = json!([{"role": "user", "content": "hi"}]);
+    let enc = SpecialEncoder {
+        trims: false,
+        allow: false,
+    };
+    let validate = |v: serde_json::Value| {
+        let req: ChatCompletionRequest = serde_json::from_value(v).expect("parses");
+        validate_chat(
+            &req,
+            &enc,
+            &Limits {
+                max_seq_len: 4096,
+                ..limits()
+            },
+        )
+    };
+    let v = validate(json!({"messages": q, "tools": tools})).expect("valid");
+    let shown = v.tools.expect("tools are shown");
+    assert_eq!(shown.format, ToolFormat::Hermes);
+    assert_eq!(shown.tools[0].name, "get_weather");
+    assert!(v.guide.is_none(), "auto is not constrained");
+    let control = v.prompt_tokens.iter().filter(|&&t| t == 299).count();
+    assert_eq!(
+        control, 2,
+        "the template's own <s> for the system and user turns, not the description's"
+    );
+    let hidden =
+        validate(json!({"messages": q, "tools": tools, "tool_choice": "none"})).expect("valid");
+    assert!(hidden.tools.is_none());
+    assert!(
+        hidden.prompt_tokens.len() < v.prompt_tokens.len(),
+        "none hides the tools"
+    );
+}
+
+/// A template that renders tools itself gets them (and earlier calls) in its context; that text is the
+/// template's, so special-token text in it is refused naming where it is. A template whose tool format the
+/// server cannot parse refuses requests with tools.
+#[test]
+fn a_template_that_renders_tools_gets_them_and_no_control_tokens_through_them() {
+    struct ToolsEncoder(SpecialEncoder, TemplateTools);
+    impl PromptEncoder for ToolsEncoder {
+        fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
+            self.0.encode(text, special)
+        }
+        fn encode_piece(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
+            self.0.encode_piece(text, special)
+        }
+        fn render_chat(&self, turns: &[ChatTurn], g: bool) -> Result<String, String> {
+            self.0.render_chat(turns, g)
+        }
+        fn template_tools(&self) -> TemplateTools {
+            self.1
+        }
+        fn render_chat_tools(
+            &self,
+            turns: &[ChatTurn],
+            tools: &Value,
+            g: bool,
+        ) -> Result<String, String> {
+            let calls: String = turns
+                .iter()
+                .flat_map(|t| t.tool_calls.iter().map(|c| c.to_string()))
+                .collect();
+            Ok(format!(
+                "<s>tools:{tools}{calls}{}",
+                self.0.render_chat(turns, g)?
+            ))
+        }
+        fn vocab_size(&self) -> usize {
+            300
+        }
+        fn eos_token_ids(&self) -> Vec<u32> {
+            vec![0]
+        }
+    }
+    let enc = |t| {
+        ToolsEncoder(
+            SpecialEncoder {
+                trims: false,
+                allow: false,
+            },
+            t,
+        )
+    };
+    let validate = |e: &ToolsEncoder, v: serde_json::Value| {
+        let req: ChatCompletionRequest = serde_json::from_value(v).expect("parses");
+        validate_chat(
+            &req,
+            e,
+            &Limits {
+                max_seq_len: 4096,
+                ..limits()
+            },
+        )
+    };
+    let tools = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+    let call = |args: &str| {
+        json!([{"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18C"}])
+    };
+    let llama = enc(TemplateTools::Llama3Json);
+    let v = validate(
+        &llama,
+        json!({"messages": call("{\"city\": \"Paris\"}"), "tools": tools}),
+    )
+    .expect("valid");
+    assert_eq!(v.tools.expect("shown").format, ToolFormat::Llama3Json);
+    let text: String = v
+        .prompt_tokens
+        .iter()
+        .filter(|&&t| t != 299)
+        .map(|&t| (t - 1) as u8 as char)
+        .collect();
+    assert!(
+        text.contains("get_weather") && text.contains("Paris") && text.contains("tool:18C"),
+        "{text}"
+    );
+    let bad = validate(
+        &llama,
+        json!({"messages": call("{\"city\": \"<s>\"}"), "tools": tools}),
+    );
+    assert_eq!(param_of(bad), "messages[1].tool_calls[0]");
+    let bad_tools = json!([{"type": "function", "function": {"name": "f", "description": "<s>"}}]);
+    assert_eq!(
+        param_of(validate(
+            &llama,
+            json!({"messages": call("{}"), "tools": bad_tools})
+        )),
+        "tools"
+    );
+    let unknown = enc(TemplateTools::Unknown);
+    assert_eq!(
+        param_of(validate(
+            &unknown,
+            json!({"messages": call("{}"), "tools": tools})
+        )),
+        "tools"
+    );
+    // without tools a conversation that holds calls still renders
+    assert!(validate(&unknown, json!({"messages": call("{}")})).is_ok());
 }

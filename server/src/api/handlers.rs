@@ -48,8 +48,9 @@ pub struct AppState {
     /// Chat message content may contain special-token text that is parsed as control tokens
     /// (`--chat-special-tokens`; off: content is user text).
     pub chat_special_tokens: bool,
-    /// The vocabulary handed to llguidance (`None` where its token bytes could not be derived: output
-    /// constraints are then refused with a 400).
+    /// The grammar engine over the model's vocabulary (built on the first constrained request; where the
+    /// vocabulary's token bytes cannot be derived, constraints are refused with a 400 naming why). `None` only
+    /// for a server built without one: constraints are then refused too.
     pub guidance: Option<Arc<Guidance>>,
 }
 

@@ -471,11 +471,17 @@ impl<M: StepModel> Engine<M> {
         // The constrained sequences' next-token masks (they depend on tokens already consumed) are computed
         // on a helper thread while the forward pass runs, off the step's critical path.
         let (model, choices) = (&mut self.model, &mut self.choices);
-        let mut pending: Vec<&mut crate::guided::Constraint> = choices
-            .iter_mut()
-            .filter(|(id, _)| out.sampling_ids().any(|s| s == **id))
-            .filter_map(|(_, c)| c.constraint.as_mut())
-            .collect();
+        let mut pending: Vec<&mut crate::guided::Constraint> =
+            if choices.values().any(|c| c.constraint.is_some()) {
+                let sampling: std::collections::HashSet<RequestId> = out.sampling_ids().collect();
+                choices
+                    .iter_mut()
+                    .filter(|(id, _)| sampling.contains(*id))
+                    .filter_map(|(_, c)| c.constraint.as_mut())
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let stepped = if pending.is_empty() {
             model.step(&out.batch)
         } else {

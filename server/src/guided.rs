@@ -30,6 +30,8 @@ pub enum GuideSpec {
     Choice(Vec<String>),
     /// `guided_grammar`: a Lark grammar (llguidance's dialect).
     Lark(String),
+    /// A `required` or named `tool_choice`: the call grammar (Lark) of `api::tools::call_grammar`.
+    ToolCall(String),
 }
 
 impl GuideSpec {
@@ -41,6 +43,7 @@ impl GuideSpec {
             Self::Regex(_) => "regex",
             Self::Choice(_) => "choice",
             Self::Lark(_) => "grammar",
+            Self::ToolCall(_) => "tool_call",
         }
     }
 
@@ -59,7 +62,7 @@ impl GuideSpec {
                     .collect::<Result<Vec<_>, _>>()?;
                 TopLevelGrammar::from_lark(format!("start: {}", alts.join(" | ")))
             }
-            Self::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+            Self::Lark(g) | Self::ToolCall(g) => TopLevelGrammar::from_lark(g.clone()),
         })
     }
 }
@@ -243,7 +246,7 @@ impl Guidance {
         let bytes = match &spec {
             GuideSpec::JsonObject => 0,
             GuideSpec::JsonSchema(v) => v.to_string().len(),
-            GuideSpec::Regex(r) | GuideSpec::Lark(r) => r.len(),
+            GuideSpec::Regex(r) | GuideSpec::Lark(r) | GuideSpec::ToolCall(r) => r.len(),
             GuideSpec::Choice(c) => c.iter().map(String::len).sum(),
         };
         if bytes > self.limits.max_spec_bytes {

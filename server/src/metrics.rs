@@ -98,7 +98,7 @@ pub struct Metrics {
     pub tokens_per_step: Histogram,
     /// Requests with an output constraint, by kind (json_object, json_schema, regex, choice, grammar).
     pub guided_requests: IntCounterVec,
-    /// Time to compute one constrained sequence's token mask (on the engine thread, per step).
+    /// Time to compute one constrained sequence's token mask (per step, on a helper thread while the forward pass runs).
     pub guided_mask_seconds: Histogram,
     /// 1 while draining.
     pub draining: IntGauge,
@@ -242,7 +242,7 @@ impl Metrics {
             guided_requests: IntCounterVec::new(
                 opts(
                     "llama_guided_requests_total",
-                    "Admitted requests with an output constraint (response_format JSON modes, guided_*).",
+                    "Admitted requests with an output constraint (response_format JSON modes, guided_*, a required or named tool_choice), by kind.",
                     m,
                 ),
                 &["kind"],

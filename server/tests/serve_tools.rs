@@ -13,7 +13,7 @@ fn tool_calls_round_trip_through_the_openai_client() {
     let (code, metrics) = http_get(server.port, "/metrics").expect("metrics");
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("llama_guided_requests_total{kind=\"grammar\""),
+        metrics.contains("llama_guided_requests_total{kind=\"tool_call\""),
         "required and named tool choices are constrained (and counted): {}",
         metrics
             .lines()

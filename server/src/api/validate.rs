@@ -669,7 +669,7 @@ pub fn validate_chat(
     check_prompt_bytes("messages", content_bytes, limits)?;
     let prompt_tokens = chat_prompt_tokens(messages, true, shown.map(|(t, _)| t.as_slice()), enc)?;
     let tool_guide = shown
-        .and_then(|(t, choice)| call_grammar(t, choice, parallel, format).map(GuideSpec::Lark));
+        .and_then(|(t, choice)| call_grammar(t, choice, parallel, format).map(GuideSpec::ToolCall));
     let tools = shown.map(|(t, _)| ToolUse {
         tools: t.clone(),
         format,

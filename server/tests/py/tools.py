@@ -57,8 +57,8 @@ def valid_calls(calls, what, allowed=("get_weather", "get_time")):
     check(len(set(ids)) == len(ids), f"{what}: call ids repeat: {ids}")
 
 
-def streamed(**kw):
-    """The stream assembled: (content, [(name, arguments)], finish_reason)."""
+def streamed(with_ids=False, **kw):
+    """The stream assembled: (content, [(name, arguments)], finish_reason) (+ the call ids with_ids)."""
     content, calls, finish = "", {}, None
     for chunk in client.chat.completions.create(model=model, stream=True, **kw):
         for ch in chunk.choices:
@@ -74,7 +74,31 @@ def streamed(**kw):
                     slot["arguments"] += tc.function.arguments
             if ch.finish_reason:
                 finish = ch.finish_reason
-    return content, [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)], finish
+    out = [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)]
+    if with_ids:
+        return content, out, finish, [calls[i]["id"] for i in sorted(calls)]
+    return content, out, finish
+
+
+def answered(calls, ids, results):
+    """The conversation after the calls (name, arguments) with these ids were answered with these results."""
+    return ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, (n, a) in zip(ids, calls)]},
+    ] + [{"role": "tool", "tool_call_id": i, "content": json.dumps(r)} for i, r in zip(ids, results)]
+
+
+def final_answer(history, stream):
+    """The text answer after tool results (tool_choice none), streamed or not: (content, finish_reason)."""
+    if stream:
+        content, calls, finish = streamed(messages=history, tools=TOOLS, tool_choice="none", max_tokens=60,
+                                          temperature=0)
+        check(not calls, f"a streamed final answer made calls: {calls}")
+        return content, finish
+    f = client.chat.completions.create(model=model, messages=history, tools=TOOLS, tool_choice="none",
+                                       max_tokens=60, temperature=0).choices[0]
+    check(not f.message.tool_calls, f"the final answer made calls: {f}")
+    return f.message.content, f.finish_reason
 
 
 # --- required, not streamed ---------------------------------------------------------------------------------
@@ -110,16 +134,10 @@ prompt = text["prompt"]
 for part in ["<tools>", "get_time", "<tool_call>", call.function.name, "<tool_response>", json.dumps(result),
              "What is the weather like in Paris"]:
     check(part in prompt, f"the prompt of the round trip lacks {part!r}:\n{prompt}")
-final = client.chat.completions.create(model=model, messages=history, tools=TOOLS, tool_choice="none",
-                                       max_tokens=60, temperature=0)
-f = final.choices[0]
-check(f.finish_reason in ("stop", "length") and not f.message.tool_calls and f.message.content,
-      f"the final answer is text: {f}")
-print(f"final answer: {f.message.content!r}")
-content, calls, finish = streamed(messages=history, tools=TOOLS, tool_choice="none", max_tokens=60,
-                                  temperature=0)
-check((content, calls, finish) == (f.message.content, [], f.finish_reason),
-      f"streamed final answer {(content, calls, finish)} differs from {f}")
+text, finish = final_answer(history, stream=False)
+check(finish in ("stop", "length") and text, f"the final answer is text: {text!r} {finish}")
+print(f"final answer: {text!r}")
+check(final_answer(history, stream=True) == (text, finish), "the streamed final answer differs")
 
 # --- a named function, streamed and not ---------------------------------------------------------------------
 named = {"type": "function", "function": {"name": "get_time"}}
@@ -133,6 +151,16 @@ check(finish == "tool_calls" and calls == [(c.message.tool_calls[0].function.nam
                                             c.message.tool_calls[0].function.arguments)],
       f"named streamed: {calls} {finish}")
 print(f"named: {c.message.tool_calls[0].function.arguments}")
+# the named round trip, streamed end to end: the call from the stream (with its id) and its result go back
+content, calls, finish, ids = streamed(with_ids=True, messages=ASK, tools=TOOLS, tool_choice=named,
+                                       max_tokens=120, temperature=0)
+check(len(ids) == 1 and ids[0] and ids[0].startswith("call_"), f"streamed call ids: {ids}")
+times = [{"timezone": json.loads(calls[0][1])["timezone"], "time": "14:05"}]
+streamed_history = answered(calls, ids, times)
+text, finish = final_answer(streamed_history, stream=True)
+check(finish in ("stop", "length") and text, f"the named round trip's final answer is text: {text!r}")
+check(final_answer(streamed_history, stream=False) == (text, finish), "named: streamed and not differ")
+print(f"named round trip: {text!r}")
 
 # --- parallel_tool_calls=false; n=2 sampled with a seed ----------------------------------------------------
 many = [{"role": "user", "content": "Tell me the weather in Paris and in Rome, and the time in Tokyo."}]

@@ -191,7 +191,10 @@ impl Guidance {
             .map_err(Clone::clone)
     }
 
-    fn build(tokenizer: &Arc<Tokenizer>) -> Result<Built, String> {
+    /// Each token's bytes through llguidance's reading of the tokenizer's JSON description (the way for a
+    /// `tokenizer.json`; also the reference the GGUF reading is tested against). The JSON round trip costs
+    /// tens of MB for a moment, which a GGUF vocabulary avoids ([`Tokenizer::token_bytes`]).
+    pub fn token_bytes_via_json(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>, String> {
         let json: Value = serde_json::from_str(
             &tokenizer
                 .inner()
@@ -200,9 +203,16 @@ impl Guidance {
         )
         .map_err(|e| format!("tokenizer as JSON: {e}"))?;
         // llguidance asserts on some malformed vocabularies; a panic here must not take the server down
-        let words = std::panic::catch_unwind(|| llguidance::token_bytes_from_tokenizer_json(&json))
+        std::panic::catch_unwind(|| llguidance::token_bytes_from_tokenizer_json(&json))
             .map_err(|_| "the vocabulary's token bytes cannot be derived".to_string())?
-            .map_err(|e| format!("the vocabulary's token bytes cannot be derived: {e}"))?;
+            .map_err(|e| format!("the vocabulary's token bytes cannot be derived: {e}"))
+    }
+
+    fn build(tokenizer: &Arc<Tokenizer>) -> Result<Built, String> {
+        let words = match tokenizer.token_bytes() {
+            Some(w) => w,
+            None => Self::token_bytes_via_json(tokenizer)?,
+        };
         let n = tokenizer.vocab_size().max(words.len());
         let mut words = words;
         words.resize(n, Vec::new());

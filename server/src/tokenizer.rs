@@ -85,6 +85,34 @@ pub struct Tokenizer {
     add_bos: bool,
     eos_token_ids: Vec<u32>,
     special_ids: Vec<u32>,
+    /// How vocabulary strings stand for bytes (`None` for a `tokenizer.json`).
+    spelling: Option<Spelling>,
+}
+
+/// How a GGUF vocabulary's token strings stand for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// GPT-2's byte-level alphabet: each character is one byte.
+    ByteLevel,
+    /// SentencePiece: `▁` is a space, `<0xNN>` the byte NN, the rest UTF-8.
+    SentencePiece,
+}
+
+/// GPT-2's `bytes_to_unicode` reversed: the byte each character of the byte-level alphabet stands for.
+fn byte_level_alphabet() -> HashMap<char, u8> {
+    let mut map = HashMap::with_capacity(256);
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, 33..=126 | 161..=172 | 174..=255);
+        let c = if printable {
+            char::from(b)
+        } else {
+            next += 1;
+            char::from_u32(next - 1).unwrap_or(char::REPLACEMENT_CHARACTER)
+        };
+        map.insert(c, b);
+    }
+    map
 }
 
 impl Tokenizer {
@@ -110,6 +138,11 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
+        let spelling = match model.as_str() {
+            "gpt2" => Some(Spelling::ByteLevel),
+            "llama" => Some(Spelling::SentencePiece),
+            _ => None,
+        };
         let (mut inner, default_add_bos) = match model.as_str() {
             "gpt2" => {
                 let merges = f.get_str_array("tokenizer.ggml.merges")?;
@@ -208,7 +241,46 @@ impl Tokenizer {
             add_bos,
             eos_token_ids,
             special_ids,
+            spelling,
         })
+    }
+
+    /// The bytes every token stands for, by id, read off the vocabulary (what a grammar engine needs): byte-level
+    /// characters or SentencePiece pieces turned back into bytes; special tokens are `0xFF` followed by their
+    /// text (llguidance's marker: no text spells them). `None` for a `tokenizer.json` vocabulary.
+    pub fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        let spelling = self.spelling?;
+        let alphabet = (spelling == Spelling::ByteLevel).then(byte_level_alphabet);
+        let n = self.vocab_size();
+        let mut out = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let Some(text) = self.inner.id_to_token(id) else {
+                out.push(Vec::new());
+                continue;
+            };
+            if self.is_special(id) {
+                out.push([&[0xFF], text.as_bytes()].concat());
+                continue;
+            }
+            let bytes = match (spelling, &alphabet) {
+                (Spelling::ByteLevel, Some(a)) => text
+                    .chars()
+                    .map(|c| a.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| text.as_bytes().to_vec()),
+                _ => match text
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => vec![b],
+                    None => text.replace('▁', " ").into_bytes(),
+                },
+            };
+            out.push(bytes);
+        }
+        Some(out)
     }
 
     /// Loads a HF `tokenizer.json`; BOS/EOS ids are taken from the model's config.
@@ -232,6 +304,7 @@ impl Tokenizer {
             add_bos,
             eos_token_ids,
             special_ids,
+            spelling: None,
         })
     }
 

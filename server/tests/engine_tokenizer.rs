@@ -97,8 +97,19 @@ fn llama_spm_vocab_matches_llama_cpp_test_vectors() {
 #[test]
 fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
     use llama_server::guided::Guidance;
-    for name in ["ggml-vocab-gpt-2", "ggml-vocab-llama-spm"] {
-        let tok = load(&data_dir().join(format!("{name}.gguf")));
+    for (name, path) in [
+        ("ggml-vocab-gpt-2", data_dir().join("ggml-vocab-gpt-2.gguf")),
+        (
+            "ggml-vocab-llama-spm",
+            data_dir().join("ggml-vocab-llama-spm.gguf"),
+        ),
+        // Llama 3's vocabulary (byte-level, 128k tokens, 256 reserved specials), from llama.cpp's sdist
+        (
+            "ggml-vocab-llama-bpe",
+            sdist_models().join("ggml-vocab-llama-bpe.gguf"),
+        ),
+    ] {
+        let tok = load(&path);
         let g = Guidance::new(&tok, Default::default()).expect("guidance");
         let mut checked = 0;
         for (text, _) in cases(name) {
@@ -113,6 +124,21 @@ fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
             checked += 1;
         }
         assert!(checked > 20, "{name}: only {checked} vectors");
+        // the bytes read off the GGUF vocabulary are llguidance's own reading of the tokenizer, token by token
+        let ours = tok.token_bytes().expect("a GGUF vocabulary");
+        let reference = Guidance::token_bytes_via_json(&tok).expect("llguidance's reading");
+        let mut compared = 0;
+        for (id, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            if tok.is_special(id as u32) || b.is_empty() {
+                continue; // marked specially by each; unnamed ids are filled in later
+            }
+            assert_eq!(a, b, "{name}: token {id} {:?}", tok.token_text(id as u32));
+            compared += 1;
+        }
+        assert!(
+            compared > tok.vocab_size() * 9 / 10,
+            "{name}: compared only {compared}"
+        );
         // special tokens are marked, never spelled by text
         for id in 0..tok.vocab_size() as u32 {
             if tok.is_special(id) {

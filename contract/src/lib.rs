@@ -342,14 +342,21 @@ pub mod tensor_parallel {
 /// numbers), so a spec that cannot fit is refused by both with the same sentence.
 ///
 /// A replica's resident memory is weights + KV cache + headroom. The headroom is everything else: the process
-/// itself, the tokenizer, HTTP and request state, allocator slack and the activations of one engine step.
+/// itself, the tokenizer, HTTP and request state, allocator slack, the activations of one engine step, and
+/// the grammar engine's tables once a request asks for structured output or a tool call.
 /// Measured on SmolLM2-135M Q4_1 (`llama-server serve` on this repo's CPU machine, a 64-stream
 /// `bench-serve --mixed` burst): 101 MB resident beyond weights + KV at idle, and at the burst's peak
-/// +22 MB more with `--max-num-batched-tokens 512`, +169 MB with 2048. The constants below cover those
-/// figures with a margin (198 MB for the default flags, 323 MB for 2048 batched tokens).
+/// +22 MB more with `--max-num-batched-tokens 512`, +169 MB with 2048. The grammar tables: +23.5 MB at the
+/// first constrained request on SmolLM2's 49k-token vocabulary, +31 MB after five tool calls; +31 MB for
+/// Llama 3's 128k vocabulary. The constants below cover those figures with a margin (240 MB for the default
+/// flags, 365 MB for 2048 batched tokens).
 pub mod memory {
     /// The process, tokenizer, HTTP side and allocator, independent of the batch.
-    pub const HEADROOM_BASE: u64 = 128 << 20;
+    pub const HEADROOM_PROCESS: u64 = 128 << 20;
+    /// llguidance's tables for the vocabulary and the parsers of constrained requests.
+    pub const HEADROOM_GRAMMAR: u64 = 40 << 20;
+    /// What does not depend on the batch.
+    pub const HEADROOM_BASE: u64 = HEADROOM_PROCESS + HEADROOM_GRAMMAR;
     /// Activations of one engine step, per batched token and per unit of the hidden size.
     pub const ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN: u64 = 160;
     /// Per running sequence: its logits row (f32, vocabularies up to 64 K tokens) and request state.
@@ -536,10 +543,10 @@ pub mod memory {
 
         #[test]
         fn headroom_and_kv_sizes_follow_the_stated_constants() {
-            // SmolLM2-135M with the server's defaults: 128 MiB + 512 × 576 × 160 + 64 × 256 KiB.
+            // SmolLM2-135M with the server's defaults: 128 + 40 MiB + 512 × 576 × 160 + 64 × 256 KiB.
             assert_eq!(
                 headroom(576, 512, 64),
-                134_217_728 + 47_185_920 + 16_777_216
+                134_217_728 + 41_943_040 + 47_185_920 + 16_777_216
             );
             // SmolLM2: 30 layers, 3 KV heads of 64, f16 → 23040 bytes per token; 100 tokens → 7 blocks of 16.
             let per_token = kv_bytes_per_token(30, 3, 64, 2);

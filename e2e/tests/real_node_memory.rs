@@ -1,6 +1,7 @@
 //! Memory limits on the real node (cgroup v1, enforced by the kubelet): the server sizes itself from its
 //! container's limit (and its threads from the CPU quota); a pod with just enough memory serves a 16-stream
-//! burst without an OOM kill; a spec that cannot fit is refused by the operator with the arithmetic; and one
+//! burst, then 16 streams of JSON-schema requests (the grammar engine's tables built inside the limit), without
+//! an OOM kill; a spec that cannot fit is refused by the operator with the arithmetic; and one
 //! forced past validation (no declared sizes) exits before ready with the same arithmetic in its termination
 //! message, which the operator's `Degraded` condition quotes with the exit code — never an OOM kill after
 //! ready. `e2e/run.sh` runs this file after `tests/real_node.rs`.
@@ -192,6 +193,36 @@ async fn real_node_memory_limits_size_the_server_and_what_cannot_fit_is_refused_
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!("{out}");
     ensure!(status.success(), "the 16-stream burst failed: {out}");
+    // then 16 streams of JSON-schema requests: the grammar engine's tables are built on the first one, inside
+    // the same limit (the headroom counts them)
+    let before_grammar = cgroup_value(&cg, "memory.usage_in_bytes")?;
+    let (mut bench, log) = bench_serve(
+        &addr,
+        MODEL,
+        &[
+            "--concurrency",
+            "16",
+            "--requests",
+            "32",
+            "--max-tokens",
+            "64",
+            "--json-schema",
+            r#"{"type":"object","properties":{"story":{"type":"string","minLength":2000}},"required":["story"]}"#,
+        ],
+    )?;
+    let status = tokio::task::spawn_blocking(move || bench.wait()).await??;
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("{out}");
+    ensure!(
+        status.success(),
+        "the 16-stream constrained burst failed: {out}"
+    );
+    let after_grammar = cgroup_value(&cg, "memory.usage_in_bytes")?;
+    eprintln!(
+        "constrained burst: cgroup usage {} MiB before, {} MiB after",
+        before_grammar / MIB,
+        after_grammar / MIB
+    );
     let peak = cgroup_value(&cg, "memory.max_usage_in_bytes")?;
     let rss_peak = std::fs::read_to_string(cg.join("memory.stat"))?
         .lines()

@@ -97,7 +97,7 @@ fn a_kv_budget_that_does_not_fit_is_refused_with_the_arithmetic() {
     assert!(
         err.contains(
             "the model and its KV cache do not fit in the memory this server may use: weights 92 MiB + \
-             headroom 189 MiB + KV cache 931322.57 GiB = 931322.85 GiB does not fit in "
+             headroom 229 MiB + KV cache 931322.57 GiB = 931322.89 GiB does not fit in "
         ),
         "{err}"
     );

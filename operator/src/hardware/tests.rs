@@ -216,21 +216,21 @@ fn cpu_smollm(memory: &str, max_seq_len: i32) -> LlamaDeploymentSpec {
 #[test]
 fn a_cpu_pod_whose_memory_cannot_hold_weights_headroom_and_one_sequence_is_refused_with_the_arithmetic()
  {
-    // Headroom 128 MiB + 512 × 576 × 160 + 16 × 256 KiB = 177 MiB; one 8192-token sequence of 23,040
-    // bytes per token = 180 MiB; weights 94 MiB. 451 MiB in all.
+    // Headroom 128 MiB + 40 MiB (grammar tables) + 512 × 576 × 160 + 16 × 256 KiB = 217 MiB; one 8192-token
+    // sequence of 23,040 bytes per token = 180 MiB; weights 94 MiB. 491 MiB in all.
     let err = validate(&cpu_smollm("400Mi", 8192), &[]).expect_err("too small");
     assert_eq!(err.reason(), "InsufficientMemory");
     assert_eq!(
         err.to_string(),
-        "spec.resources.memory: weights 94 MiB + headroom 177 MiB + KV cache for one full-length sequence \
-         180 MiB = 451 MiB does not fit in 400 MiB (resources.memory 400Mi), with spec.maxSeqLen 8192; \
+        "spec.resources.memory: weights 94 MiB + headroom 217 MiB + KV cache for one full-length sequence \
+         180 MiB = 491 MiB does not fit in 400 MiB (resources.memory 400Mi), with spec.maxSeqLen 8192; \
          raise resources.memory or lower maxSeqLen, maxBatchSize or maxBatchedTokens"
     );
     // The same pod with sequences of 2048 tokens fits, and says what it checked.
     let ok = validate(&cpu_smollm("400Mi", 2048), &[]).expect("fits");
     assert!(
         ok.message
-            .contains("resources.memory 400Mi: weights 94 MiB + headroom 177 MiB + KV cache"),
+            .contains("resources.memory 400Mi: weights 94 MiB + headroom 217 MiB + KV cache"),
         "{}",
         ok.message
     );
@@ -240,7 +240,7 @@ fn a_cpu_pod_whose_memory_cannot_hold_weights_headroom_and_one_sequence_is_refus
     let err = validate(&s, &[]).expect_err("kv too big");
     assert!(
         err.to_string().contains(
-            "weights 94 MiB + headroom 177 MiB + KV cache 900 MiB = 1171 MiB does not fit in 1024 MiB \
+            "weights 94 MiB + headroom 217 MiB + KV cache 900 MiB = 1211 MiB does not fit in 1024 MiB \
              (resources.memory 1Gi), with spec.kvCacheMemory; raise resources.memory or lower kvCacheMemory"
         ),
         "{err}"

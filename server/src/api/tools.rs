@@ -449,7 +449,7 @@ pub struct ToolCall {
 }
 
 /// Splits generated text into its content and the tool calls in it: `<tool_call>` blocks (content is what
-/// comes before the first), or a reply that is only a Llama 3 style JSON call. Calls must name one of
+/// comes before the first and after the last), or a reply that is only a Llama 3 style JSON call. Calls must name one of
 /// `tools`; text that does not parse stays content.
 pub fn parse_calls(text: &str, tools: &[Tool]) -> (String, Vec<ToolCall>) {
     let known = |n: &str| tools.iter().any(|t| t.name == n);
@@ -486,7 +486,16 @@ pub fn parse_calls(text: &str, tools: &[Tool]) -> (String, Vec<ToolCall>) {
             rest = next;
         }
         if !calls.is_empty() {
-            return (text[..first].trim_end().to_string(), calls);
+            // text around the calls stays content: what came before, and anything after the last block
+            let mut content = text[..first].trim_end().to_string();
+            let tail = rest.trim();
+            if !tail.is_empty() {
+                if !content.is_empty() {
+                    content.push('\n');
+                }
+                content.push_str(tail);
+            }
+            return (content, calls);
         }
     }
     let trimmed = text.trim();

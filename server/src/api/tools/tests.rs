@@ -118,6 +118,12 @@ fn the_catcher_gives_the_same_answer_however_the_text_is_cut() {
             "",
             vec!["get_weather"; 2],
         ),
+        (
+            ToolFormat::Hermes,
+            format!("{call}\nDone."),
+            "Done.",
+            vec!["get_weather"],
+        ),
         // not calls: everything is content, nothing is lost
         (
             ToolFormat::Hermes,

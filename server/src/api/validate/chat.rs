@@ -171,6 +171,9 @@ pub fn chat_prompt_tokens(
             for (j, c) in t.tool_calls.iter().enumerate() {
                 outside.push((format!("messages[{i}].tool_calls[{j}]"), c.to_string()));
             }
+            if let Some(id) = &t.tool_call_id {
+                outside.push((format!("messages[{i}].tool_call_id"), id.clone()));
+            }
         }
         for (param, text) in outside {
             let plain = enc.encode_piece(&text, false);

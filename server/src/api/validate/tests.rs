@@ -615,6 +615,15 @@ fn a_template_that_renders_tools_gets_them_and_no_control_tokens_through_them() 
         json!({"messages": call("{\"city\": \"<s>\"}"), "tools": tools}),
     );
     assert_eq!(param_of(bad), "messages[1].tool_calls[0]");
+    let mut bad_id = call("{}");
+    bad_id[2]["tool_call_id"] = json!("<s>");
+    assert_eq!(
+        param_of(validate(
+            &llama,
+            json!({"messages": bad_id, "tools": tools})
+        )),
+        "messages[2].tool_call_id"
+    );
     let bad_tools = json!([{"type": "function", "function": {"name": "f", "description": "<s>"}}]);
     assert_eq!(
         param_of(validate(

@@ -10,7 +10,7 @@ export RAYON_NUM_THREADS ?= 1
 
 CARGO ?= cargo
 
-.PHONY: help test lint cuda-check unit gen-check fuzz e2e llamacpp-models cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
+.PHONY: help test prune-cache lint cuda-check unit gen-check fuzz e2e llamacpp-models cluster-build cluster-up cluster-down demo demo-server images model-image model pyenv
 
 help:
 	@echo "make demo          the whole platform on the local cluster: operator (Helm) + a served SmolLM2 LlamaDeployment"
@@ -25,7 +25,11 @@ help:
 	@echo "make e2e           run the e2e suite (starts and stops the local control plane unless one is up)"
 
 ## The one test command.
-test: lint cuda-check unit gen-check fuzz e2e
+test: prune-cache lint cuda-check unit gen-check fuzz e2e
+
+# Stale build outputs removed from the shared cache when its disk runs low (scripts/prune-cache.sh).
+prune-cache:
+	@bash scripts/prune-cache.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

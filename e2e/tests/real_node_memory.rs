@@ -65,6 +65,19 @@ fn smallest_fitting_mib(node: &RealNode) -> Result<u64> {
     Ok(lo)
 }
 
+/// 16 streams of 64-token requests from `llama-server bench-serve` against `addr` (plus `flags`); its table is
+/// printed, and a failed request fails the test naming `what`.
+async fn burst(addr: &str, what: &str, flags: &[&str]) -> Result<()> {
+    let mut all = vec!["--concurrency", "16", "--max-tokens", "64"];
+    all.extend_from_slice(flags);
+    let (mut bench, log) = bench_serve(addr, MODEL, &all)?;
+    let status = tokio::task::spawn_blocking(move || bench.wait()).await??;
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("{out}");
+    ensure!(status.success(), "{what} failed: {out}");
+    Ok(())
+}
+
 /// `GET path` on `host:port` over plain HTTP/1.0; the body.
 fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut s = std::net::TcpStream::connect(addr)?;
@@ -176,47 +189,26 @@ async fn real_node_memory_limits_size_the_server_and_what_cannot_fit_is_refused_
     let idle = cgroup_value(&cg, "memory.usage_in_bytes")?;
     let base = service_base(&client, &ns.name, "fits").await?;
     let addr = base.trim_end_matches("/v1").to_owned();
-    let (mut bench, log) = bench_serve(
+    burst(
         &addr,
-        MODEL,
-        &[
-            "--concurrency",
-            "16",
-            "--requests",
-            "48",
-            "--max-tokens",
-            "64",
-            "--mixed",
-        ],
-    )?;
-    let status = tokio::task::spawn_blocking(move || bench.wait()).await??;
-    let out = std::fs::read_to_string(&log).unwrap_or_default();
-    eprintln!("{out}");
-    ensure!(status.success(), "the 16-stream burst failed: {out}");
+        "the 16-stream burst",
+        &["--requests", "48", "--mixed"],
+    )
+    .await?;
     // then 16 streams of JSON-schema requests: the grammar engine's tables are built on the first one, inside
     // the same limit (the headroom counts them)
     let before_grammar = cgroup_value(&cg, "memory.usage_in_bytes")?;
-    let (mut bench, log) = bench_serve(
+    burst(
         &addr,
-        MODEL,
+        "the 16-stream constrained burst",
         &[
-            "--concurrency",
-            "16",
             "--requests",
             "32",
-            "--max-tokens",
-            "64",
             "--json-schema",
             r#"{"type":"object","properties":{"story":{"type":"string","minLength":2000}},"required":["story"]}"#,
         ],
-    )?;
-    let status = tokio::task::spawn_blocking(move || bench.wait()).await??;
-    let out = std::fs::read_to_string(&log).unwrap_or_default();
-    eprintln!("{out}");
-    ensure!(
-        status.success(),
-        "the 16-stream constrained burst failed: {out}"
-    );
+    )
+    .await?;
     let after_grammar = cgroup_value(&cg, "memory.usage_in_bytes")?;
     eprintln!(
         "constrained burst: cgroup usage {} MiB before, {} MiB after",

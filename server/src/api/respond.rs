@@ -33,8 +33,6 @@ pub struct ChoiceState {
     emitted: usize,
     /// Tool calls are parsed out of this choice's text.
     calls: Option<CallCatcher>,
-    /// The choice ended with tool calls (`finish_reason: "tool_calls"`).
-    pub called: bool,
 }
 
 /// What one token event produced for its choice.
@@ -80,7 +78,6 @@ impl Collector {
                 finish: None,
                 emitted: 0,
                 calls: req.tools.as_ref().map(|t| CallCatcher::new(t.format)),
-                called: false,
             })
             .collect();
         Self {
@@ -140,7 +137,6 @@ impl Collector {
                 let (rest, calls) = catcher.finish(&self.tools);
                 text.push_str(&rest);
                 tool_calls = calls;
-                c.called = !tool_calls.is_empty();
             }
         }
         c.finish = finish;
@@ -296,12 +292,13 @@ impl FullResponse {
         col: &Collector,
         usage: Usage,
     ) -> serde_json::Value {
+        let calls = self.calls;
         let reason = |i: usize| {
+            let called = calls.get(i).is_some_and(|c| !c.is_empty());
             col.choices
                 .get(i)
-                .and_then(|c| c.finish.map(|f| reason_str(f, c.called).to_string()))
+                .and_then(|c| c.finish.map(|f| reason_str(f, called).to_string()))
         };
-        let calls = self.calls;
         let v = match endpoint {
             Endpoint::Chat => serde_json::to_value(ChatCompletionResponse {
                 id: meta.id.clone(),

@@ -72,14 +72,15 @@ impl Isa {
 
 /// One activation block quantized as GGML's Q8_1 (also used as Q8_0: same `d` and `qs`): `x_j ≈ d · qs_j`,
 /// `d` rounded through f16 as llama.cpp stores it; `s = d · Σ qs_j`, rounded through f16 (Q4_1's offset term);
-/// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction), `sum_lo` the same over `qs[..16]` (Q6_K's
-/// two scales per 32 values).
+/// `sum = Σ qs_j` exactly (the VNNI Q8_0 kernel's offset correction); `halves` holds `Σ qs[..16]` (low 16 bits)
+/// and `Σ qs[16..]` (high 16 bits) as two i16 (Q6_K's two scales per 32 values: one `vpdpwssd` with the run
+/// scales gives the offset term).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlockQ8_1 {
     pub(crate) d: f32,
     pub(crate) s: f32,
     pub(crate) sum: i32,
-    pub(crate) sum_lo: i32,
+    pub(crate) halves: i32,
     pub(crate) qs: [i8; 32],
 }
 
@@ -113,14 +114,26 @@ fn quantize_block(x: &[f32], isa: Isa) -> BlockQ8_1 {
         d: half::f16::from_f32(d).to_f32(),
         s: half::f16::from_f32(d * sum as f32).to_f32(),
         sum,
-        sum_lo: sum_lo(&qs),
+        halves: halves(&qs),
         qs,
     }
 }
 
-/// `Σ qs[..16]`.
-fn sum_lo(qs: &[i8; 32]) -> i32 {
-    qs[..16].iter().map(|&q| i32::from(q)).sum()
+/// `Σ qs[..16]` and `Σ qs[16..]` packed as [`BlockQ8_1::halves`] (each in −2048..2032: an i16).
+fn halves(qs: &[i8; 32]) -> i32 {
+    let sum = |q: &[i8]| q.iter().map(|&q| i32::from(q)).sum::<i32>();
+    pack_halves(sum(&qs[..16]), sum(&qs[16..]))
+}
+
+fn pack_halves(lo: i32, hi: i32) -> i32 {
+    i32::from(lo as i16 as u16) | (hi << 16)
+}
+
+impl BlockQ8_1 {
+    /// `(Σ qs[..16], Σ qs[16..])`.
+    pub(crate) fn half_sums(&self) -> (i32, i32) {
+        (i32::from(self.halves as i16), self.halves >> 16)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -145,8 +158,11 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
         let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
         _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)))
     };
-    let sum_lo = hsum8(_mm256_add_epi32(i[0], i[1]));
-    let sum = sum_lo + hsum8(_mm256_add_epi32(i[2], i[3]));
+    let (lo, hi) = (
+        hsum8(_mm256_add_epi32(i[0], i[1])),
+        hsum8(_mm256_add_epi32(i[2], i[3])),
+    );
+    let sum = lo + hi;
     // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
     let p = _mm256_packs_epi16(
         _mm256_packs_epi32(i[0], i[1]),
@@ -160,7 +176,7 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
         d: half::f16::from_f32(d).to_f32(),
         s: half::f16::from_f32(d * sum as f32).to_f32(),
         sum,
-        sum_lo,
+        halves: pack_halves(lo, hi),
         qs,
     }
 }
@@ -204,7 +220,7 @@ fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
                 d,
                 s: d * sum as f32,
                 sum,
-                sum_lo: sum_lo(&qs),
+                halves: halves(&qs),
                 qs,
             });
         }

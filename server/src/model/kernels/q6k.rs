@@ -30,7 +30,9 @@ pub struct BlockQ6 {
 /// `i`: `lo[k]` holds its values `4k..4k+4` in the low nibbles and `16+4k..16+4k+4` in the high nibbles
 /// (low four bits each); `hi[h]` holds the top two bits of values `16h + 4k + c` at bits `2k, 2k+1` of
 /// byte `4i + c`. `d` are the rows' super-block scales; lane `i` of `sc` holds row `i`'s run scales of
-/// values 0..16 (low 16 bits) and 16..32 (high 16 bits).
+/// values 0..16 (low 16 bits) and 16..32 (high 16 bits), each times 32 (the offset's factor, so that one
+/// `vpdpwssd` with the activations' half sums gives the offset term `32 · Σ_h sc_h · Σ a` of all eight
+/// rows; the plain scales are one arithmetic shift away).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(32))]
 pub struct Tile8 {
@@ -56,7 +58,8 @@ impl QuantType for Q6 {
         let mut t = Tile8::default();
         for (i, blk) in rows.iter().enumerate() {
             t.d[i] = blk.d;
-            t.sc[i] = i32::from(i16::from(blk.sc[0]) as u16) | (i32::from(blk.sc[1]) << 16);
+            t.sc[i] =
+                i32::from((32 * i16::from(blk.sc[0])) as u16) | ((32 * i32::from(blk.sc[1])) << 16);
             for k in 0..4 {
                 for c in 0..4 {
                     let (v0, v1) = (blk.qs[4 * k + c], blk.qs[16 + 4 * k + c]);
@@ -99,7 +102,7 @@ impl QuantType for Q6 {
             let (h, k, c) = (j / 16, j % 16 / 4, j % 4);
             let nib = t.lo[k][4 * i + c] >> (4 * h) & 15;
             let top = (t.hi[h][4 * i + c] >> (2 * k)) & 3;
-            let sc = (t.sc[i] >> (16 * h)) as i16 as i8;
+            let sc = ((t.sc[i] >> (16 * h)) as i16 >> 5) as i8;
             t.d[i] * f32::from(sc) * f32::from(i16::from(nib | (top << 4)) - 32)
         }))
     }
@@ -122,7 +125,11 @@ impl QuantType for Q6 {
 impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 32;
     const HAS_MIN: bool = false;
-    const SPLIT: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_vnni::<N>(w, a) }
+    }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn load(&self) -> super::quant::TileRegs {
@@ -144,7 +151,7 @@ impl super::quant::VnniTile for Tile8 {
             (
                 std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
                 _mm256_loadu_ps(self.d.as_ptr()),
-                // the run scales travel as the minimums' register (no minimums here)
+                // the run scales (times 32) travel as the minimums' register (no minimums here)
                 _mm256_castsi256_ps(_mm256_loadu_si256(self.sc.as_ptr().cast())),
             )
         }
@@ -222,7 +229,8 @@ macro_rules! q6_dot_body {
                 // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit load.
                 let $qa = unsafe { _mm256_loadu_si256(ab.qs.as_ptr().cast()) };
                 // once per half (lanes 0 and 4), since the lanes are summed at the end
-                let (lo, hi) = (32 * ab.sum_lo, 32 * (ab.sum - ab.sum_lo));
+                let (lo, hi) = ab.half_sums();
+                let (lo, hi) = (32 * lo, 32 * hi);
                 let offset = _mm256_setr_epi32(lo, 0, 0, 0, hi, 0, 0, 0);
                 let dot = _mm256_sub_epi32($dot, offset);
                 iacc[t] = _mm256_add_epi32(iacc[t], _mm256_mullo_epi32(dot, sc));
@@ -259,4 +267,65 @@ unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32;
         qw,
         qa
     ))
+}
+
+/// Eight rows × `N` tokens over a row group's tiles. Per block and token: eight `vpdpbusd` give each row's
+/// `Σ q·a` of both halves, each times its run scale; one `vpdpwssd` of the rows' `32 · sc` pairs with the
+/// token's half sums gives the offset term `32 · Σ_h sc_h · Σ a` for all eight rows. The integer is kept
+/// negated (offset minus dots: the accumulating instruction only adds), exact over the super-block, and
+/// leaves with one `fnmadd` by `d · d_a`: the same float as adding the positive integer's product.
+///
+/// # Safety
+/// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+
+    use super::quant::VnniTile;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut neg = [_mm256_setzero_si256(); N];
+    for (b, tile) in w.iter().enumerate() {
+        // SAFETY: AVX2 is enabled on this function.
+        let (wq, dv, packed) = unsafe { tile.load() };
+        let sc32 = _mm256_castps_si256(packed);
+        let sc0 = _mm256_srai_epi32(_mm256_slli_epi32(sc32, 16), 21);
+        let sc1 = _mm256_srai_epi32(sc32, 21);
+        for t in 0..N {
+            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
+            let ab = unsafe { a[t].get_unchecked(b) };
+            // the activation block as eight little-endian dwords of four i8 each
+            let q: [i32; 8] = std::array::from_fn(|i| {
+                i32::from_le_bytes([
+                    ab.qs[4 * i] as u8,
+                    ab.qs[4 * i + 1] as u8,
+                    ab.qs[4 * i + 2] as u8,
+                    ab.qs[4 * i + 3] as u8,
+                ])
+            });
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for k in 0..4 {
+                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            let n = _mm256_dpwssd_epi32(neg[t], sc32, _mm256_set1_epi32(ab.halves));
+            let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
+            neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));
+            if b % 8 == 7 {
+                acc[t] = _mm256_fnmadd_ps(
+                    _mm256_cvtepi32_ps(neg[t]),
+                    _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
+                    acc[t],
+                );
+                neg[t] = _mm256_setzero_si256();
+            }
+        }
+    }
+    std::array::from_fn(|t| {
+        let mut o = [0f32; 8];
+        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
 }

@@ -74,7 +74,7 @@ fn tile_dot<T: VnniTile, const N: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: tiles are only built when `Isa::Vnni` was detected; lengths checked above.
-        unsafe { tile_vnni::<T, N>(w, a) }
+        unsafe { T::dot::<N>(w, a) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -254,25 +254,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
                     tile_token_groups(
                         m,
                         out,
-                        |t| {
-                            if <Q::Tile as VnniTile>::SPLIT {
-                                // Q6_K's integer accumulators double the registers a token needs: two
-                                // groups of four keep them out of memory
-                                let a = tile_dot::<_, 4>(
-                                    Q::NAME,
-                                    w,
-                                    std::array::from_fn(|i| act(t + i)),
-                                );
-                                let b = tile_dot::<_, 4>(
-                                    Q::NAME,
-                                    w,
-                                    std::array::from_fn(|i| act(t + 4 + i)),
-                                );
-                                std::array::from_fn(|i| if i < 4 { a[i] } else { b[i - 4] })
-                            } else {
-                                tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i)))
-                            }
-                        },
+                        |t| tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
                         |t| tile_dot::<_, 4>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
                         |t| tile_dot::<_, 1>(Q::NAME, w, [act(t)]),
                     );
@@ -290,14 +272,22 @@ pub trait VnniTile {
     const OFFSET: i32;
     /// Whether the rows have a minimum term (`m · s`, Q4_1).
     const HAS_MIN: bool;
-    /// Q6_K's super-blocks: values 0..16 and 16..32 have integer run scales of their own (the third
-    /// register of [`TileRegs`] is then each lane's two i16 run scales, not minimums), the offset comes off
-    /// each half, and the scaled integers add up over eight blocks (256 values) before one scaling by `d`.
-    const SPLIT: bool = false;
     /// # Safety
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load(&self) -> TileRegs;
+    /// Eight rows dotted with `N` tokens (`[token][row]`): [`tile_vnni`] unless the type has its own.
+    ///
+    /// # Safety
+    /// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N]
+    where
+        Self: Sized,
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_vnni::<Self, N>(w, a) }
+    }
 }
 
 /// A tile in registers: weights (register `k` ↔ activation dword `k`), scales, minimums.
@@ -322,19 +312,9 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
 ) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut iacc = [_mm256_setzero_si256(); N];
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
         let (wq, dv, mv) = unsafe { tile.load() };
-        let (sc0, sc1) = if T::SPLIT {
-            let packed = _mm256_castps_si256(mv);
-            (
-                _mm256_srai_epi32(_mm256_slli_epi32(packed, 16), 16),
-                _mm256_srai_epi32(packed, 16),
-            )
-        } else {
-            (_mm256_setzero_si256(), _mm256_setzero_si256())
-        };
         for t in 0..N {
             // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
             let ab = unsafe { a[t].get_unchecked(b) };
@@ -352,22 +332,6 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
             for k in 0..4 {
                 s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
                 s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
-            }
-            if T::SPLIT {
-                let lo = _mm256_sub_epi32(s0, _mm256_set1_epi32(T::OFFSET * ab.sum_lo));
-                let hi = _mm256_sub_epi32(s1, _mm256_set1_epi32(T::OFFSET * (ab.sum - ab.sum_lo)));
-                let scaled =
-                    _mm256_add_epi32(_mm256_mullo_epi32(lo, sc0), _mm256_mullo_epi32(hi, sc1));
-                iacc[t] = _mm256_add_epi32(iacc[t], scaled);
-                if b % 8 == 7 {
-                    acc[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(iacc[t]),
-                        _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
-                        acc[t],
-                    );
-                    iacc[t] = _mm256_setzero_si256();
-                }
-                continue;
             }
             let mut isum = _mm256_add_epi32(s0, s1);
             if T::OFFSET != 0 {

@@ -157,7 +157,8 @@ mod tests {
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
 
-    use super::super::q6k::Q6Matrix;
+    use super::super::q6k::{Q6Matrix, q6k_blocks};
+    use super::super::quantize_rows_with;
     use super::super::tests::isas;
     use super::*;
 
@@ -377,6 +378,76 @@ mod tests {
         }
     }
 
+    /// Q6_K on the VNNI tiles is each super-block's exact integer dot scaled once: bit for bit the plain
+    /// loop `acc = fma(Σ sc · Σ (q − 32) · a, d · d_a, acc)`, with the extreme scales (−128, 127) and
+    /// values (0, 63) a file may hold against activations at ±127.
+    #[test]
+    fn q6k_tiles_give_exact_integer_dots_scaled_once() {
+        if !isas().contains(&Isa::Vnni) {
+            return;
+        }
+        for rows in [32, 24] {
+            q6k_tiles_exact(rows);
+        }
+    }
+
+    fn q6k_tiles_exact(rows: usize) {
+        let (cols, m) = (1024, 13);
+        let mut bytes = random(13, rows * cols / 256, 210, &[208]);
+        // the first super-block of row 0: every value 63 (ql, qh all ones) and scale −128; of row 1: every
+        // value 0, scale 127
+        let sb_row = cols / 256 * 210;
+        bytes[..192].fill(0xFF);
+        bytes[192..208].fill(0x80);
+        bytes[sb_row..sb_row + 192].fill(0);
+        bytes[sb_row + 192..sb_row + 208].fill(0x7F);
+        let mut s = 7u32;
+        let xs: Vec<f32> = (0..m * cols)
+            .map(|i| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                // tokens 0 and 1: every activation at the scale's maximum magnitude (then alternating in
+                // sign)
+                if i < cols {
+                    1.0
+                } else if i < 2 * cols {
+                    if i % 2 == 0 { 1.0 } else { -1.0 }
+                } else {
+                    (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+        let got = Q6Matrix::from_q6k_for(Isa::Vnni, &bytes, rows, cols)
+            .and_then(|w| w.forward_with(Isa::Vnni, &x))
+            .and_then(|y| y.to_vec2::<f32>())
+            .expect("forward");
+        let blocks = q6k_blocks(&bytes);
+        let (acts, _) = quantize_rows_with(&x, cols, "Q6_K", Acts::Per256).expect("acts");
+        let kb = cols / 32;
+        for t in 0..m {
+            for r in 0..rows {
+                let (w, a) = (&blocks[r * kb..][..kb], &acts[t * kb..][..kb]);
+                let mut acc = 0f32;
+                for (w, a) in w.chunks(8).zip(a.chunks(8)) {
+                    let mut isum = 0i64;
+                    for (w, a) in w.iter().zip(a) {
+                        for j in 0..32 {
+                            isum += i64::from(w.sc[j / 16])
+                                * (i64::from(w.qs[j]) - 32)
+                                * i64::from(a.qs[j]);
+                        }
+                    }
+                    acc = (isum as f32).mul_add(w[0].d * a[0].d, acc);
+                }
+                assert_eq!(
+                    got[t][r].to_bits(),
+                    acc.to_bits(),
+                    "{rows} rows: token {t} row {r}"
+                );
+            }
+        }
+    }
+
     /// Q6_K: our kernel against candle's (`ROWS`, `COLS`, `MS` token counts; rayon's threads). Run with
     /// `cargo test --release -p llama-server --lib q6k_speed -- --ignored --nocapture`.
     #[test]
@@ -402,23 +473,51 @@ mod tests {
                 &Device::Cpu,
             )
             .expect("x");
+            // wall time, and the process's CPU time (steadier while other work shares the machine)
+            let cpu = || {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: `ts` is a valid timespec to write into.
+                unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+                ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+            };
             let time = |f: &dyn Fn() -> Tensor| {
                 let _ = f();
                 let n = if m == 1 { 50 } else { 5 };
-                let t0 = std::time::Instant::now();
+                let (t0, c0) = (std::time::Instant::now(), cpu());
                 for _ in 0..n {
                     let _ = f();
                 }
-                t0.elapsed().as_secs_f64() / n as f64
+                (
+                    t0.elapsed().as_secs_f64() / n as f64,
+                    (cpu() - c0) / n as f64,
+                )
             };
-            let a = time(&|| ours.forward(&x).expect("ours"));
-            let b = time(&|| candle.forward(&x).expect("candle"));
+            // `WHICH=ours` or `candle` runs one side only (for `perf stat`)
+            let which = std::env::var("WHICH").unwrap_or_default();
+            let skip = (f64::NAN, f64::NAN);
+            let (a, ac) = if which == "candle" {
+                skip
+            } else {
+                time(&|| ours.forward(&x).expect("ours"))
+            };
+            let (b, bc) = if which == "ours" {
+                skip
+            } else {
+                time(&|| candle.forward(&x).expect("candle"))
+            };
             println!(
-                "m={m}: ours {:.2} ms ({:.1} GB/s of file bytes), candle {:.2} ms; candle/ours {:.2}",
+                "m={m}: ours {:.2} ms ({:.1} GB/s of file bytes; CPU {:.2} ms), candle {:.2} ms (CPU {:.2}); \
+                 candle/ours {:.2}, CPU {:.2}",
                 a * 1e3,
                 bytes.len() as f64 / a / 1e9,
+                ac * 1e3,
                 b * 1e3,
-                b / a
+                bc * 1e3,
+                b / a,
+                bc / ac
             );
         }
     }

@@ -391,8 +391,11 @@ fn activation_quantizer_rounds_half_to_even_like_llama_cpp_on_every_isa() {
         assert_eq!(got.qs.to_vec(), want);
         assert_eq!(got.sum, want.iter().map(|&q| i32::from(q)).sum::<i32>());
         assert_eq!(
-            got.sum_lo,
-            want[..16].iter().map(|&q| i32::from(q)).sum::<i32>()
+            got.half_sums(),
+            (
+                want[..16].iter().map(|&q| i32::from(q)).sum::<i32>(),
+                want[16..].iter().map(|&q| i32::from(q)).sum::<i32>()
+            )
         );
         assert_eq!(got.d, half::f16::from_f32(amax / 127.0).to_f32());
     }
@@ -471,8 +474,11 @@ fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
         for (i, b) in chunk.iter().enumerate() {
             assert_eq!(b.sum, b.qs.iter().map(|&q| i32::from(q)).sum::<i32>());
             assert_eq!(
-                b.sum_lo,
-                b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()
+                b.half_sums(),
+                (
+                    b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>(),
+                    b.qs[16..].iter().map(|&q| i32::from(q)).sum::<i32>()
+                )
             );
             assert_eq!(b.s, d * b.sum as f32);
             for (j, &q) in b.qs.iter().enumerate() {

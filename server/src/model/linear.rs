@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::kernels::{
-    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q5Matrix, Q6Matrix, Q8_0Matrix,
+    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5Matrix, Q6Matrix, Q8_0Matrix,
 };
 
 /// Options applied while turning GGUF tensors into layers.
@@ -56,8 +56,12 @@ pub enum Linear {
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),
     /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel; Q4_K
-    /// weights run here too, each 32-value sub-block re-laid out exactly as a Q4_1 block.
+    /// weights run here too on CPUs without AVX-512 VNNI, each 32-value sub-block re-laid out exactly as a
+    /// Q4_1 block.
     Q4_1(Q4_1Matrix),
+    /// A Q4_K matrix on a CPU with AVX-512 VNNI, multiplied by our own multi-token kernel with Q8_K
+    /// activations and llama.cpp's integer formulation, in the file's 4.5 bits per value.
+    Q4K(Q4KMatrix),
     /// A Q5_1 or Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by
     /// our own multi-token kernel with Q8_1 activations.
     Q5(Q5Matrix),
@@ -120,6 +124,9 @@ impl Linear {
                         rows,
                         cols,
                     )?));
+                }
+                GgmlDType::Q4K if Q4KMatrix::runs_here(rows) => {
+                    return Ok(Self::Q4K(Q4KMatrix::from_q4k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q4K => {
                     return Ok(Self::Q4_1(Q4_1Matrix::from_q4k(
@@ -296,6 +303,7 @@ impl Linear {
             Self::Q4_0(q) => q.forward(x),
             Self::Q5(q) => q.forward(x),
             Self::Q6(q) => q.forward(x),
+            Self::Q4K(q) => q.forward(x),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 // parts of one fused layer in turn; row chunks in parallel on the rayon pool
                 let outs = if matches!(self, Self::RowChunks(_)) {
@@ -322,6 +330,7 @@ impl Linear {
             Self::Half(_) => true,
             Self::Q8_0(q) => q.can_gather(),
             Self::Q6(q) => q.can_gather(),
+            Self::Q4K(q) => q.can_gather(),
             _ => false,
         }
     }
@@ -332,6 +341,7 @@ impl Linear {
             Self::Half(h) => h.gather(ids),
             Self::Q8_0(q) => q.gather(ids),
             Self::Q6(q) => q.gather(ids),
+            Self::Q4K(q) => q.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
         }
     }
@@ -348,6 +358,7 @@ impl Linear {
             Self::Q4_0(q) => Ok(q.rows()),
             Self::Q5(q) => Ok(q.rows()),
             Self::Q6(q) => Ok(q.rows()),
+            Self::Q4K(q) => Ok(q.rows()),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 parts.iter().map(Linear::out_features).sum()
             }
@@ -367,6 +378,7 @@ impl Linear {
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Q5(q) => q.source().into(),
             Self::Q6(q) => q.source().into(),
+            Self::Q4K(q) => q.source().into(),
             Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
             Self::RowChunks(chunks) => match chunks.first() {
                 Some(c) => format!("{} ×{} threads", c.kind(), chunks.len()),

@@ -1,5 +1,5 @@
-//! CPU matmul kernels for Q8_0, Q4_0 and Q4_1 weights, and the attention kernel's vector helpers (the only
-//! module tree that allows `unsafe`).
+//! CPU matmul kernels for Q8_0, Q4_0, Q4_1, Q4_K, Q5 and Q6_K weights (and the types re-laid out onto them),
+//! F16/BF16 weights, and the attention kernel's vector helpers (the only module tree that allows `unsafe`).
 //!
 //! Numerics follow llama.cpp: activations are quantized per 32 values (Q8_1 for Q4_1 weights, Q8_0 for
 //! Q8_0/Q4_0 weights) and each block pair is an exact integer dot product scaled in f32. candle-core's
@@ -15,6 +15,7 @@
 mod dense_half;
 mod q4_0;
 mod q4_1;
+mod q4k;
 mod q5;
 mod q6k;
 mod q8_0;
@@ -30,6 +31,7 @@ use candle_core::{Result, Tensor};
 pub use dense_half::{HalfMatrix, HalfType};
 pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
+pub use q4k::Q4KMatrix;
 pub use q5::Q5Matrix;
 pub use q6k::Q6Matrix;
 pub use q8_0::Q8_0Matrix;
@@ -42,7 +44,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA.
     Avx2,
-    /// AVX2 + FMA + AVX-512 VNNI/VL (`vpdpbusd` on 256-bit registers).
+    /// AVX2 + FMA + F16C + AVX-512 F/BW/VNNI/VL (`vpdpbusd` on 256-bit registers).
     Vnni,
 }
 
@@ -56,8 +58,11 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             {
                 let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-                let vnni =
-                    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+                let vnni = is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("f16c");
                 if avx2 && vnni && std::env::var_os("LLAMA_SERVER_NO_VNNI").is_none() {
                     return Self::Vnni;
                 }
@@ -193,8 +198,18 @@ pub(crate) enum Acts {
 }
 
 /// Quantizes `x: [m, k]` row by row into Q8_K-style blocks (see [`Acts::Per256`]); `k` is a multiple of 256.
-fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+/// The same blocks at every instruction set (`isa` from [`Isa::detect`]).
+pub(crate) fn quantize_row_q8k(x: &[f32], isa: Isa, out: &mut Vec<BlockQ8_1>) {
     for chunk in x.chunks_exact(256) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if isa != Isa::Scalar {
+                // SAFETY: every non-scalar ISA includes AVX2 and FMA; `chunk` holds 256 values.
+                unsafe { quantize_q8k_avx2(chunk, out) };
+                continue;
+            }
+        }
+        let _ = isa;
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in chunk {
             if v.abs() > amax {
@@ -202,12 +217,7 @@ fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
                 max = v;
             }
         }
-        let (d, iscale) = if amax == 0.0 {
-            (0.0, 0.0)
-        } else {
-            let iscale = -127.0 / max;
-            (1.0 / iscale, iscale)
-        };
+        let (d, iscale) = q8k_scale(amax, max);
         for block in chunk.chunks_exact(32) {
             let mut qs = [0i8; 32];
             let mut sum = 0i32;
@@ -227,7 +237,79 @@ fn quantize_row_q8k(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     }
 }
 
-/// Quantizes `x: [m, k]` row by row into Q8_1 blocks (`m * k / 32` of them).
+/// `(d, 1 / d)` of a Q8_K block whose value of largest magnitude is `max` (`amax = |max|`).
+fn q8k_scale(amax: f32, max: f32) -> (f32, f32) {
+    if amax == 0.0 {
+        (0.0, 0.0)
+    } else {
+        let iscale = -127.0 / max;
+        (1.0 / iscale, iscale)
+    }
+}
+
+/// [`quantize_row_q8k`] of one 256-value chunk with AVX2: the same blocks (the largest magnitude found in
+/// registers, its first occurrence's sign by a scan; products rounded half to even by `cvtps2dq` under the
+/// default MXCSR, NaN products to 0 as Rust's casts do).
+///
+/// # Safety
+/// AVX2 and FMA; `x` holds 256 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), 256, "a Q8_K block has 256 values");
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for i in (0..256).step_by(8) {
+        // SAFETY: `i + 8 <= 256 = x.len()`.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        // a NaN lane keeps the running maximum (the scalar loop's `>` skips NaN)
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+    let (d, iscale) = q8k_scale(amax, max);
+    let id = _mm256_set1_ps(iscale);
+    let top = _mm256_set1_epi32(127);
+    let hsum8 = |v: __m256i| {
+        let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+        _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)))
+    };
+    for b in 0..8 {
+        let i = [0, 8, 16, 24].map(|j| {
+            // SAFETY: `32 b + j + 8 <= 256 = x.len()`.
+            let p = _mm256_mul_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(32 * b + j)) }, id);
+            let q = _mm256_min_epi32(_mm256_cvtps_epi32(p), top);
+            _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(p, p, _CMP_UNORD_Q)), q)
+        });
+        let (lo, hi) = (
+            hsum8(_mm256_add_epi32(i[0], i[1])),
+            hsum8(_mm256_add_epi32(i[2], i[3])),
+        );
+        // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; 32];
+        // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+        let sum = lo + hi;
+        out.push(BlockQ8_1 {
+            d,
+            s: d * sum as f32,
+            sum,
+            halves: pack_halves(lo, hi),
+            qs,
+        });
+    }
+}
+
+/// Quantizes `x: [m, k]` row by row as `acts` says (`m * k / 32` blocks).
 pub(crate) fn quantize_rows_with(
     x: &Tensor,
     cols: usize,
@@ -243,8 +325,9 @@ pub(crate) fn quantize_rows_with(
     }
     let lhs = x.flatten_all()?.to_vec1::<f32>()?;
     let mut out = Vec::with_capacity(m * k / 32);
+    let isa = Isa::detect();
     for row in lhs.chunks_exact(k) {
-        quantize_row_q8k(row, &mut out);
+        quantize_row_q8k(row, isa, &mut out);
     }
     Ok((out, m))
 }

@@ -1,9 +1,11 @@
 //! GGUF types whose values are exactly representable in the blocks of one of our kernels, re-laid out at load
 //! so that they run on it (multi-token tiles, rows over the rayon pool, exact integer dots):
 //!
-//! - **Q4_K → Q4_1 blocks.** A Q4_K super-block (256 values) is eight sub-blocks of 32 with 6-bit scale and
-//!   minimum: value = `d·sc·q − dmin·m`, `q` 4-bit. Each sub-block is a Q4_1 block with scale `d·sc` and
-//!   minimum `−dmin·m`; both products are exact in f32 (an f16 times a 6-bit integer needs 17 bits).
+//! - **Q4_K → Q4_1 blocks** (on CPUs without AVX-512 VNNI, and for row counts not in eights; elsewhere Q4_K
+//!   has its own kernel, [`super::q4k`]). A Q4_K super-block (256 values) is eight sub-blocks of 32 with
+//!   6-bit scale and minimum: value = `d·sc·q − dmin·m`, `q` 4-bit. Each sub-block is a Q4_1 block with
+//!   scale `d·sc` and minimum `−dmin·m`; both products are exact in f32 (an f16 times a 6-bit integer needs
+//!   17 bits).
 //! - **Q5_0 → Q8_0 blocks.** value = `d·(q − 16)`, `q` 5-bit: int8 values with the same f16 scale.
 //! - **Q5_K → 5-bit blocks** ([`super::q5`], also Q5_1's kernel): as Q4_K, with a fifth bit per value.
 //!
@@ -26,7 +28,7 @@ fn f16(b: &[u8]) -> f32 {
 
 /// The 6-bit scale and minimum of sub-block `j` (0..8) from Q4_K's 12 packed bytes (GGML's
 /// `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -157,6 +159,7 @@ mod tests {
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
 
+    use super::super::q4k::Q4KMatrix;
     use super::super::q6k::{Q6Matrix, q6k_blocks};
     use super::super::quantize_rows_with;
     use super::super::tests::isas;
@@ -312,6 +315,13 @@ mod tests {
                     }) as Box<dyn Fn(&Tensor) -> Result<Tensor>>,
                 ),
                 (
+                    "Q4_K (own kernel)",
+                    &w4k,
+                    Box::new(|x: &Tensor| {
+                        Q4KMatrix::from_q4k_for(isa, &q4k, rows, cols)?.forward_with(isa, x)
+                    }),
+                ),
+                (
                     "Q5_0",
                     &w50,
                     Box::new(|x: &Tensor| {
@@ -448,21 +458,124 @@ mod tests {
         }
     }
 
+    /// Q4_K on its own kernel: the VNNI tiles (d and dmin put together from eight tiles' nibbles) give
+    /// bit for bit what the plain loop of exact integers gives on the row-major blocks, with the extreme
+    /// scales, minimums and values (63, 63, 15) a file may hold against activations at ±127, in batches
+    /// and alone.
+    #[test]
+    fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
+        if !isas().contains(&Isa::Vnni) {
+            return;
+        }
+        let (rows, cols, m) = (24, 1024, 13);
+        let mut bytes = random(14, rows * cols / 256, 144, &[0, 2]);
+        // row 0's first super-block: every scale and minimum 63, every value 15
+        bytes[4..144].fill(0xFF);
+        let mut s = 5u32;
+        let xs: Vec<f32> = (0..m * cols)
+            .map(|i| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if i < cols {
+                    1.0
+                } else if i < 2 * cols {
+                    if i % 2 == 0 { 1.0 } else { -1.0 }
+                } else {
+                    (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+        let run = |isa: Isa, x: &Tensor| {
+            Q4KMatrix::from_q4k_for(isa, &bytes, rows, cols)
+                .and_then(|w| w.forward_with(isa, x))
+                .and_then(|y| y.to_vec2::<f32>())
+                .expect("forward")
+        };
+        let want = run(Isa::Scalar, &x);
+        let got = run(Isa::Vnni, &x);
+        for t in 0..m {
+            let alone = run(Isa::Vnni, &x.narrow(0, t, 1).expect("token"));
+            for r in 0..rows {
+                assert_eq!(
+                    got[t][r].to_bits(),
+                    want[t][r].to_bits(),
+                    "token {t} row {r}: tiles {} vs loop {}",
+                    got[t][r],
+                    want[t][r]
+                );
+                assert_eq!(
+                    alone[0][r].to_bits(),
+                    got[t][r].to_bits(),
+                    "token {t} alone"
+                );
+            }
+        }
+    }
+
     /// Q6_K: our kernel against candle's (`ROWS`, `COLS`, `MS` token counts; rayon's threads). Run with
     /// `cargo test --release -p llama-server --lib q6k_speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn q6k_speed() {
-        use candle_core::Module;
-        use candle_core::quantized::QMatMul;
-        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().expect(k));
-        let (rows, cols) = (env("ROWS", 2048), env("COLS", 8192));
+        let (rows, cols) = speed_shape();
         let bytes = random(12, rows * cols / 256, 210, &[208]);
         let ours = Q6Matrix::from_q6k(&bytes, rows, cols).expect("ours");
-        let storage =
-            QStorage::from_data(Cow::Borrowed(&bytes), &Device::Cpu, GgmlDType::Q6K).expect("st");
+        compare_speed(
+            &bytes,
+            GgmlDType::Q6K,
+            rows,
+            cols,
+            &[("ours", &|x| ours.forward(x).expect("ours"))],
+        );
+    }
+
+    /// Q4_K: our own kernel, the Q4_1 kernel it used to run on, and candle's, as [`q6k_speed`].
+    #[test]
+    #[ignore]
+    fn q4k_speed() {
+        let (rows, cols) = speed_shape();
+        let bytes = random(15, rows * cols / 256, 144, &[0, 2]);
+        let ours = Q4KMatrix::from_q4k(&bytes, rows, cols).expect("ours");
+        let q4_1 = Q4_1Matrix::from_q4k(&bytes, rows, cols).expect("q4_1");
+        compare_speed(
+            &bytes,
+            GgmlDType::Q4K,
+            rows,
+            cols,
+            &[
+                ("ours", &|x| ours.forward(x).expect("ours")),
+                ("as Q4_1", &|x| q4_1.forward(x).expect("q4_1")),
+            ],
+        );
+    }
+
+    /// A named matmul for [`compare_speed`].
+    type Side<'a> = (&'a str, &'a dyn Fn(&Tensor) -> Tensor);
+
+    fn speed_shape() -> (usize, usize) {
+        let env = |k: &str, d: usize| std::env::var(k).map_or(d, |v| v.parse().expect(k));
+        (env("ROWS", 2048), env("COLS", 8192))
+    }
+
+    /// Times each side and candle's `QMatMul` on the same bytes for each token count in `MS`: wall time,
+    /// and the process's CPU time (steadier while other work shares the machine). `WHICH=<side>` runs one
+    /// side only (for `perf`).
+    fn compare_speed(bytes: &[u8], dtype: GgmlDType, rows: usize, cols: usize, sides: &[Side<'_>]) {
+        use candle_core::Module;
+        use candle_core::quantized::QMatMul;
+        let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype).expect("st");
         let candle = QMatMul::from_qtensor(QTensor::new(storage, (rows, cols)).expect("qt"))
             .expect("candle");
+        let cpu = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec to write into.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        };
+        let which = std::env::var("WHICH").unwrap_or_default();
         let ms = std::env::var("MS").unwrap_or_else(|_| "1,4,16,128".into());
         for m in ms.split(',').map(|v| v.parse::<usize>().expect("MS")) {
             let x = Tensor::from_vec(
@@ -473,52 +586,36 @@ mod tests {
                 &Device::Cpu,
             )
             .expect("x");
-            // wall time, and the process's CPU time (steadier while other work shares the machine)
-            let cpu = || {
-                let mut ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: `ts` is a valid timespec to write into.
-                unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-                ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-            };
-            let time = |f: &dyn Fn() -> Tensor| {
-                let _ = f();
+            let time = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let _ = f(&x);
                 let n = if m == 1 { 50 } else { 5 };
                 let (t0, c0) = (std::time::Instant::now(), cpu());
                 for _ in 0..n {
-                    let _ = f();
+                    let _ = f(&x);
                 }
                 (
                     t0.elapsed().as_secs_f64() / n as f64,
                     (cpu() - c0) / n as f64,
                 )
             };
-            // `WHICH=ours` or `candle` runs one side only (for `perf stat`)
-            let which = std::env::var("WHICH").unwrap_or_default();
-            let skip = (f64::NAN, f64::NAN);
-            let (a, ac) = if which == "candle" {
-                skip
-            } else {
-                time(&|| ours.forward(&x).expect("ours"))
-            };
-            let (b, bc) = if which == "ours" {
-                skip
-            } else {
-                time(&|| candle.forward(&x).expect("candle"))
-            };
-            println!(
-                "m={m}: ours {:.2} ms ({:.1} GB/s of file bytes; CPU {:.2} ms), candle {:.2} ms (CPU {:.2}); \
-                 candle/ours {:.2}, CPU {:.2}",
-                a * 1e3,
-                bytes.len() as f64 / a / 1e9,
-                ac * 1e3,
-                b * 1e3,
-                bc * 1e3,
-                b / a,
-                bc / ac
-            );
+            let candle_side: &dyn Fn(&Tensor) -> Tensor = &|x| candle.forward(x).expect("candle");
+            let mut line = format!("m={m}:");
+            let mut base = None;
+            for (name, f) in sides.iter().copied().chain([("candle", candle_side)]) {
+                if !which.is_empty() && which != name {
+                    continue;
+                }
+                let (wall, cpu) = time(f);
+                let base_cpu = *base.get_or_insert(cpu);
+                line += &format!(
+                    " {name} {:.2} ms (CPU {:.2} ms, {:.1} GB/s of file bytes, CPU {:.2}× the first);",
+                    wall * 1e3,
+                    cpu * 1e3,
+                    bytes.len() as f64 / wall / 1e9,
+                    cpu / base_cpu
+                );
+            }
+            println!("{line}");
         }
     }
 }

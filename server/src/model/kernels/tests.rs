@@ -26,7 +26,12 @@ pub(super) fn isas() -> Vec<Isa> {
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             v.push(Isa::Avx2);
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            if is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("f16c")
+            {
                 v.push(Isa::Vnni);
             }
         }
@@ -450,6 +455,45 @@ fn many_row_attention_helpers_match_the_per_row_ones() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The Q8_K activation quantizer gives the same blocks at every instruction set: random chunks, an all-zero
+/// one, one whose largest magnitude occurs with both signs (the first occurrence sets the sign), one with a
+/// NaN, and one of exact halves (round half to even).
+#[test]
+fn k_quant_activation_quantizer_gives_the_same_blocks_at_every_isa() {
+    let mut rng = Rng(4242);
+    let mut xs: Vec<f32> = (0..256 * 6).map(|_| rng.unit() * 3.0).collect();
+    xs[256..512].fill(0.0);
+    xs[512 + 10] = -5.0;
+    xs[512 + 200] = 5.0;
+    xs[768 + 3] = f32::NAN;
+    for (j, v) in xs[1024..1280].iter_mut().enumerate() {
+        // the largest magnitude 127 gives the scale −1: every product is an exact half
+        *v = if j == 7 {
+            127.0
+        } else {
+            (j % 120) as f32 - 60.5
+        };
+    }
+    let blocks = |isa: Isa| {
+        let mut out = Vec::new();
+        quantize_row_q8k(&xs, isa, &mut out);
+        out
+    };
+    let want = blocks(Isa::Scalar);
+    assert_eq!(want.len(), 6 * 8);
+    assert_eq!(want[32].qs[0], 60, "−60.5 · −1 rounds half to even");
+    assert_eq!(want[32].qs[1], 60, "−59.5 · −1 rounds half to even");
+    for isa in isas() {
+        for (i, (g, w)) in blocks(isa).iter().zip(&want).enumerate() {
+            assert_eq!(
+                (g.d.to_bits(), g.s.to_bits(), g.sum, g.halves, g.qs),
+                (w.d.to_bits(), w.s.to_bits(), w.sum, w.halves, w.qs),
+                "block {i} at {isa:?}"
+            );
         }
     }
 }

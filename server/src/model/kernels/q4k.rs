@@ -1,0 +1,260 @@
+//! Q4_K weights × Q8_K activations on VNNI CPUs, with llama.cpp's integer formulation and about the file's
+//! own size in memory (a Q4_K_M file's query, key, output, gate and up projections and half of its down
+//! projections). Other CPUs run Q4_K on the Q4_1 kernel ([`super::relayout`]).
+//!
+//! A Q4_K super-block is 256 four-bit values `q` in eight sub-blocks of 32, each with a 6-bit scale `sc` and
+//! minimum `m`, and two f16 `d`, `dmin`: value = `d · sc · q − dmin · m`. As llama.cpp does, a super-block's
+//! dot with a Q8_K activation block is two exact integers, `Σ sc · Σ q·a` and `Σ m · Σ a` (the second
+//! from the activations' block sums), scaled once each by `d · d_a` and `dmin · d_a`.
+//!
+//! The VNNI tile is 144 bytes per eight rows × 32 values, the file's 4.5 bits per value: the nibbles as
+//! the Q4_1 tile holds them, and per row 16 bits: `sc` (bits 0–5), `m` (6–11) and one nibble (12–15) of
+//! the row's `d | dmin << 16`, sub-block `j` of a super-block holding bits `4j..4j+4`. The kernel gathers
+//! the eight nibbles while it runs through the super-block.
+
+use candle_core::Result;
+
+use super::quant::{QuantMatrix, QuantType};
+use super::{Acts, BlockQ8_1, Isa};
+
+const Q4K_BYTES: usize = 144;
+
+/// One sub-block of 32 Q4_K values: value `j` is `d · sc · q_j − dmin · m`, `q_j` the low nibble of
+/// `qs[j]` for `j < 16` and the high nibble of `qs[j − 16]` otherwise (Q4_1's packing). `head` is the
+/// super-block's f16 `d` (low 16 bits) and `dmin` (high 16 bits), `part` this sub-block's place in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockQ4K {
+    d: f32,
+    dmin: f32,
+    head: u32,
+    sc: u8,
+    m: u8,
+    part: u8,
+    qs: [u8; 16],
+}
+
+/// Eight rows × one sub-block: `qs` as [`super::q4_1`]'s tile (lane `i` of `qs[k]` holds row `i`'s packed
+/// bytes `4k..4k+4`), `sm[i]` row `i`'s `sc | m << 6 | nibble << 12` (see the module).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+pub struct Tile8 {
+    qs: [[u8; 32]; 4],
+    sm: [u16; 8],
+}
+
+/// Q4_K on its own kernel (VNNI tiles; elsewhere the plain reference loop, which gives the same bits).
+#[derive(Debug, Clone)]
+pub struct Q4K;
+
+/// A `[rows, cols]` Q4_K matrix.
+pub type Q4KMatrix = QuantMatrix<Q4K>;
+
+impl QuantType for Q4K {
+    const NAME: &'static str = "Q4_K";
+    type Block = BlockQ4K;
+    type Tile = Tile8;
+
+    fn tile(rows: [&BlockQ4K; 8]) -> Tile8 {
+        let mut t = Tile8::default();
+        for (i, blk) in rows.iter().enumerate() {
+            let nibble = (blk.head >> (4 * u32::from(blk.part))) & 15;
+            t.sm[i] = u16::from(blk.sc) | (u16::from(blk.m) << 6) | ((nibble as u16) << 12);
+            for k in 0..4 {
+                t.qs[k][4 * i..4 * i + 4].copy_from_slice(&blk.qs[4 * k..4 * k + 4]);
+            }
+        }
+        t
+    }
+
+    fn dot_scalar(w: &[BlockQ4K], a: &[BlockQ8_1]) -> f32 {
+        let mut acc = 0f32;
+        for (w, a) in w.chunks(8).zip(a.chunks(8)) {
+            // one super-block: two exact integers, then one scaling each (the tile kernel's operations)
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for (w, a) in w.iter().zip(a) {
+                let dot: i32 = (0..16)
+                    .map(|j| {
+                        i32::from(w.qs[j] & 15) * i32::from(a.qs[j])
+                            + i32::from(w.qs[j] >> 4) * i32::from(a.qs[j + 16])
+                    })
+                    .sum();
+                isum += i32::from(w.sc) * dot;
+                msum += i32::from(w.m) * a.sum;
+            }
+            acc = (isum as f32).mul_add(w[0].d * a[0].d, acc);
+            acc = (-(msum as f32)).mul_add(w[0].dmin * a[0].d, acc);
+        }
+        acc
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86<const N: usize, const VNNI: bool>(
+        w: &[BlockQ4K],
+        a: [&[BlockQ8_1]; N],
+    ) -> [f32; N] {
+        // the row-major layout only runs where the tiles cannot (tests, CPUs without VNNI run Q4_K on the
+        // Q4_1 kernel instead)
+        a.map(|a| Self::dot_scalar(w, a))
+    }
+}
+
+impl super::quant::VnniTile for Tile8 {
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(&self) -> super::quant::TileRegs {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled here; `sm` is eight u16.
+        unsafe {
+            (
+                super::quant::unpack_nibbles(&self.qs),
+                // `sc | m << 6 | nibble << 12` widened to one i32 lane per row
+                _mm256_castsi256_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                    self.sm.as_ptr().cast(),
+                ))),
+                _mm256_setzero_ps(),
+            )
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_vnni::<N>(w, a) }
+    }
+}
+
+/// Q4_K super-blocks as sub-blocks (eight per super-block, in order).
+pub(super) fn q4k_blocks(bytes: &[u8]) -> Vec<BlockQ4K> {
+    let mut out = Vec::with_capacity(bytes.len() / Q4K_BYTES * 8);
+    for sb in bytes.chunks_exact(Q4K_BYTES) {
+        let head = u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let (d, dmin) = (f16(&sb[0..2]), f16(&sb[2..4]));
+        let qs = &sb[16..144];
+        for j in 0..8 {
+            let (sc, m) = super::relayout::scale_min_k4(j, &sb[4..16]);
+            // sub-blocks 2i and 2i+1 share 32 bytes: low nibbles, then high nibbles
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let v = |l: usize| if j % 2 == 0 { q[l] & 0x0F } else { q[l] >> 4 };
+            let mut packed = [0u8; 16];
+            for (l, p) in packed.iter_mut().enumerate() {
+                *p = v(l) | (v(l + 16) << 4);
+            }
+            out.push(BlockQ4K {
+                d,
+                dmin,
+                head,
+                sc,
+                m,
+                part: j as u8,
+                qs: packed,
+            });
+        }
+    }
+    out
+}
+
+impl Q4KMatrix {
+    /// Whether a Q4_K matrix of `rows` runs on this kernel here (VNNI tiles); else it runs on the Q4_1
+    /// kernel ([`super::Q4_1Matrix::from_q4k`]).
+    pub fn runs_here(rows: usize) -> bool {
+        Isa::detect() == Isa::Vnni && rows.is_multiple_of(8)
+    }
+
+    /// A `[rows, cols]` Q4_K tensor's GGUF bytes.
+    pub fn from_q4k(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_q4k_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    pub(super) fn from_q4k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q4K_BYTES {
+            candle_core::bail!("Q4_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
+        }
+        Self::from_blocks_for(isa, q4k_blocks(bytes), rows, cols, "Q4_K", Acts::Per256)
+    }
+}
+
+/// Eight rows × `N` tokens over a row group's tiles. Per sub-block and token: eight `vpdpbusd` give each
+/// row's `Σ q·a` of both halves, one `vpdpwssd` adds them times the row's scale into one integer; one `vpdpwssd` of the rows' `(m, m)` pairs with the
+/// token's half sums adds `m · Σ a` into the other. At the end of a super-block both leave, scaled by
+/// `d · d_a` and `dmin · d_a`, `d` and `dmin` put together from the eight tiles' nibbles.
+///
+/// # Safety
+/// AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL; every `a[t]` has `w.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+
+    use super::quant::VnniTile;
+    // the float sums stay in memory (touched once per super-block): the registers go to the integers
+    let mut out = [[0f32; 8]; N];
+    let mut iacc = [_mm256_setzero_si256(); N];
+    let mut macc = [_mm256_setzero_si256(); N];
+    let mut head = _mm256_setzero_si256();
+    let six = _mm256_set1_epi32(63);
+    for (b, tile) in w.iter().enumerate() {
+        // SAFETY: AVX2 is enabled on this function.
+        let (wq, sm, _) = unsafe { tile.load() };
+        let sm = _mm256_castps_si256(sm);
+        let sc = _mm256_and_si256(sm, six);
+        let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+        let m = _mm256_and_si256(_mm256_srli_epi32(sm, 6), six);
+        let m2 = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+        let part = b % 8;
+        let nibble = _mm256_srli_epi32(sm, 12);
+        head = _mm256_or_si256(
+            head,
+            _mm256_sll_epi32(nibble, _mm_cvtsi32_si128(4 * part as i32)),
+        );
+        let last = part == 7;
+        let (dv, dminv) = if last {
+            (
+                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head)),
+                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(head, 16))),
+            )
+        } else {
+            (_mm256_setzero_ps(), _mm256_setzero_ps())
+        };
+        for t in 0..N {
+            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
+            let ab = unsafe { a[t].get_unchecked(b) };
+            let q: [i32; 8] = std::array::from_fn(|i| {
+                i32::from_le_bytes([
+                    ab.qs[4 * i] as u8,
+                    ab.qs[4 * i + 1] as u8,
+                    ab.qs[4 * i + 2] as u8,
+                    ab.qs[4 * i + 3] as u8,
+                ])
+            });
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for k in 0..4 {
+                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 127): both in one lane, times `(sc, sc)`
+            let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
+            iacc[t] = _mm256_dpwssd_epi32(iacc[t], pair, sc2);
+            macc[t] = _mm256_dpwssd_epi32(macc[t], m2, _mm256_set1_epi32(ab.halves));
+            if last {
+                let da = _mm256_set1_ps(ab.d);
+                let o = out[t].as_mut_ptr();
+                // SAFETY: `out[t]` holds eight floats, matching the unaligned 256-bit load and store.
+                let acc = unsafe { _mm256_loadu_ps(o) };
+                let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[t]), _mm256_mul_ps(dv, da), acc);
+                let acc =
+                    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(macc[t]), _mm256_mul_ps(dminv, da), acc);
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(o, acc) };
+                iacc[t] = _mm256_setzero_si256();
+                macc[t] = _mm256_setzero_si256();
+            }
+        }
+        if last {
+            head = _mm256_setzero_si256();
+        }
+    }
+    out
+}

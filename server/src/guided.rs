@@ -239,16 +239,17 @@ impl Guidance {
         Ok(Built { factory, eos })
     }
 
-    /// The bytes llguidance takes token `id` to stand for (special tokens start with 0xFF).
-    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+    /// The bytes llguidance takes token `id` to stand for (special tokens start with 0xFF); an error where
+    /// the vocabulary could not be handed to it.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>, String> {
         self.built()
             .map(|b| b.factory.tok_env().tok_trie().token(id).to_vec())
-            .unwrap_or_default()
     }
 
-    /// The token a finished grammar allows (added to the request's stop tokens).
-    pub fn eos(&self) -> u32 {
-        self.built().map(|b| b.eos).unwrap_or_default()
+    /// The token a finished grammar allows (added to the request's stop tokens); an error as
+    /// [`Guidance::token_bytes`].
+    pub fn eos(&self) -> Result<u32, String> {
+        self.built().map(|b| b.eos)
     }
 
     /// Compiles `spec` for one request; the error names what is wrong with it (for a 400).

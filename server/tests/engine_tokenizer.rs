@@ -114,7 +114,10 @@ fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
         let mut checked = 0;
         for (text, _) in cases(name) {
             let ids = tok.encode(&text, false, false).expect("encode");
-            let bytes: Vec<u8> = ids.iter().flat_map(|&id| g.token_bytes(id)).collect();
+            let bytes: Vec<u8> = ids
+                .iter()
+                .flat_map(|&id| g.token_bytes(id).expect("token bytes"))
+                .collect();
             let spaced = [b" ".as_slice(), text.as_bytes()].concat();
             assert!(
                 bytes == text.as_bytes() || (name.ends_with("spm") && bytes == spaced),
@@ -143,7 +146,7 @@ fn the_vocabulary_handed_to_the_grammar_engine_spells_the_encoded_text() {
         for id in 0..tok.vocab_size() as u32 {
             if tok.is_special(id) {
                 assert_eq!(
-                    g.token_bytes(id).first(),
+                    g.token_bytes(id).expect("token bytes").first(),
                     Some(&0xFF),
                     "{name}: special {id}"
                 );
@@ -183,7 +186,8 @@ fn the_tool_call_grammar_admits_valid_calls_and_masks_invalid_ones() {
             c.consume(id).expect("consume");
         }
         let mut logits = vec![0f32; vocab];
-        let ends = c.mask(&mut logits).is_ok() && logits[g.eos() as usize] != f32::NEG_INFINITY;
+        let ends = c.mask(&mut logits).is_ok()
+            && logits[g.eos().expect("eos") as usize] != f32::NEG_INFINITY;
         (true, ends)
     };
     let walk_ids = |choice: &ToolChoice, parallel: bool, ids: &[u32]| {

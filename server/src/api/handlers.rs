@@ -123,7 +123,7 @@ impl PromptEncoder for Encoder<'_> {
             "structured outputs are not available for this model: its vocabulary could not be handed to \
              the grammar engine (see the server log)",
         )?;
-        Ok((g.compile(spec)?, g.eos()))
+        Ok((g.compile(spec)?, g.eos()?))
     }
 }
 
@@ -306,8 +306,7 @@ async fn generate(
             .with_label_values(&[kind])
             .inc();
     }
-    let valid = info;
-    let prefix = match valid.endpoint {
+    let prefix = match info.endpoint {
         Endpoint::Chat => "chatcmpl",
         Endpoint::Completions => "cmpl",
     };
@@ -319,12 +318,12 @@ async fn generate(
     };
     let started = Instant::now();
 
-    if !valid.stream {
+    if !info.stream {
         // Nobody polls a non-streaming handler's connection until the answer is written: watch it, so a client
         // that leaves stops its generation (as a closed stream does) instead of holding blocks to max_tokens.
         let watch = req.conn_data::<ConnWatch>().cloned();
         let mut poll = actix_web::rt::time::interval(DISCONNECT_POLL);
-        let mut full = FullResponse::new(valid.n);
+        let mut full = FullResponse::new(info.n);
         while !col.all_finished() {
             let event = tokio::select! {
                 ev = rx.recv() => ev,
@@ -360,16 +359,16 @@ async fn generate(
             }
         }
         let usage = Usage::new(prompt_tokens, col.completion_tokens());
-        log_request(&meta, &valid, usage, started, &col);
-        return Ok(HttpResponse::Ok().json(full.finish_json(valid.endpoint, &meta, &col, usage)));
+        log_request(&meta, &info, usage, started, &col);
+        return Ok(HttpResponse::Ok().json(full.finish_json(info.endpoint, &meta, &col, usage)));
     }
 
     // Streaming: the stream owns the receiver; when the client disconnects actix drops the stream, the receiver
     // closes, and the engine aborts the request before its next step.
     let state2 = state.clone();
     let mut opening: Vec<String> = Vec::new();
-    if valid.endpoint == Endpoint::Chat {
-        opening.extend((0..valid.n).map(|i| sse::event(&role_chunk(&meta, i))));
+    if info.endpoint == Endpoint::Chat {
+        opening.extend((0..info.n).map(|i| sse::event(&role_chunk(&meta, i))));
     }
     struct St {
         rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -398,12 +397,12 @@ async fn generate(
                 if st.col.all_finished() {
                     st.done = true;
                     let usage = Usage::new(prompt_tokens, st.col.completion_tokens());
-                    if valid.include_usage {
+                    if info.include_usage {
                         st.queue
-                            .push_back(sse::event(&usage_chunk(valid.endpoint, &meta, usage)));
+                            .push_back(sse::event(&usage_chunk(info.endpoint, &meta, usage)));
                     }
                     st.queue.push_back(sse::DONE.to_string());
-                    log_request(&meta, &valid, usage, started, &st.col);
+                    log_request(&meta, &info, usage, started, &st.col);
                     continue;
                 }
                 match st.rx.recv().await {
@@ -417,7 +416,7 @@ async fn generate(
                             if p.hit_stop_string {
                                 engine.abort_choice(id, index, FinishReason::Stop);
                             }
-                            if let Some(v) = chunk_json(valid.endpoint, &meta, &p) {
+                            if let Some(v) = chunk_json(info.endpoint, &meta, &p) {
                                 st.queue.push_back(sse::event(&v));
                             }
                         }

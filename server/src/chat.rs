@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::gguf::GgufFile;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, …
     pub role: String,

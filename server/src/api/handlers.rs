@@ -10,7 +10,7 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 
-use crate::chat::{ChatMessage, ChatTemplate, TemplateTools};
+use crate::chat::{ChatTemplate, TemplateTools};
 use crate::engine::{EngineHandle, Event, SubmitError};
 use crate::guided::{Constraint, Guidance, GuideSpec};
 use crate::metrics::Metrics;
@@ -96,7 +96,7 @@ impl PromptEncoder for Encoder<'_> {
         add_generation_prompt: bool,
     ) -> Result<String, String> {
         self.chat_template
-            .render(&messages(turns), add_generation_prompt)
+            .render(turns, add_generation_prompt)
             .map_err(|e| e.to_string())
     }
     fn template_tools(&self) -> TemplateTools {
@@ -109,7 +109,7 @@ impl PromptEncoder for Encoder<'_> {
         add_generation_prompt: bool,
     ) -> Result<String, String> {
         self.chat_template
-            .render_with_tools(&messages(turns), Some(tools), add_generation_prompt)
+            .render_with_tools(turns, Some(tools), add_generation_prompt)
             .map_err(|e| e.to_string())
     }
     fn vocab_size(&self) -> usize {
@@ -125,18 +125,6 @@ impl PromptEncoder for Encoder<'_> {
         )?;
         Ok((g.compile(spec)?, g.eos()?))
     }
-}
-
-fn messages(turns: &[ChatTurn]) -> Vec<ChatMessage> {
-    turns
-        .iter()
-        .map(|t| ChatMessage {
-            role: t.role.clone(),
-            content: t.content.clone(),
-            tool_calls: t.tool_calls.clone(),
-            tool_call_id: t.tool_call_id.clone(),
-        })
-        .collect()
 }
 
 fn now_unix() -> u64 {

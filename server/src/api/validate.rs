@@ -24,17 +24,8 @@ pub const MAX_LOGIT_BIAS: usize = 300;
 /// and is refused before it is tokenized (no token of any vocabulary we serve is that long on average).
 pub const PROMPT_BYTES_PER_TOKEN: usize = 64;
 
-/// One chat turn after validation.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ChatTurn {
-    pub role: String,
-    pub content: String,
-    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name", "arguments": {...}}}`,
-    /// arguments as an object (as templates that take tools read them).
-    pub tool_calls: Vec<Value>,
-    /// A `tool` turn's call id.
-    pub tool_call_id: Option<String>,
-}
+/// One chat turn after validation: the message the chat template renders.
+pub type ChatTurn = crate::chat::ChatMessage;
 
 /// What validation needs from the tokenizer and chat template.
 pub trait PromptEncoder {

@@ -370,6 +370,10 @@ pub struct BenchArgs {
     /// Multiply Q6_K weights with candle's kernels instead of ours (to measure one against the other).
     #[arg(long)]
     pub candle_q6k: bool,
+    /// Run Q4_K weights on the Q4_1 kernel (re-laid out, as on CPUs without AVX-512 VNNI) instead of their
+    /// own (to measure one against the other).
+    #[arg(long)]
+    pub q4k_as_q4_1: bool,
     /// BF16 weights: multiply with f32 activations (exact f32 math on the stored weights) instead of
     /// rounding the activations to bf16 for AVX-512 BF16's `vdpbf16ps`, as llama.cpp does (about 1.6× the
     /// prefill speed; logits within ~3e-3 relative of exact).
@@ -451,6 +455,9 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
             if args.candle_q6k {
                 cmd.arg("--candle-q6k");
             }
+            if args.q4k_as_q4_1 {
+                cmd.arg("--q4k-as-q4-1");
+            }
             if args.replicate_lm_head {
                 cmd.arg("--replicate-lm-head");
             }
@@ -479,6 +486,7 @@ fn bench_one(path: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         replicate_lm_head: args.replicate_lm_head,
         exact_bf16: args.exact_bf16,
         candle_q6k: args.candle_q6k,
+        q4k_as_q4_1: args.q4k_as_q4_1,
     };
     let tp = args.tensor_parallel_size.first().copied().unwrap_or(1);
     let single = single_sequence_blocks(args.prompt_tokens + args.gen_tokens);

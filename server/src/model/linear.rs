@@ -34,6 +34,9 @@ pub struct LoadOptions {
     /// ours: for side-by-side benchmarks only (`bench --candle-q6k`). candle's two paths round differently,
     /// so a token's logits then depend on how many tokens share its step.
     pub candle_q6k: bool,
+    /// Q4_K weights on the Q4_1 kernel (re-laid out) even where their own runs: for side-by-side
+    /// benchmarks only (`bench --q4k-as-q4-1`).
+    pub q4k_as_q4_1: bool,
 }
 
 /// A weight matrix `[out, in]` and how it is multiplied.
@@ -125,7 +128,7 @@ impl Linear {
                         cols,
                     )?));
                 }
-                GgmlDType::Q4K if Q4KMatrix::runs_here(rows) => {
+                GgmlDType::Q4K if Q4KMatrix::runs_here(rows) && !opts.q4k_as_q4_1 => {
                     return Ok(Self::Q4K(Q4KMatrix::from_q4k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q4K => {

@@ -158,16 +158,28 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     // round half to even (the default MXCSR mode of cvtps2dq), as llama.cpp's _mm256_round_ps(NEAREST)
     let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
+    let (qs, lo, hi) = narrow_block(i);
+    let sum = lo + hi;
+    BlockQ8_1 {
+        d: half::f16::from_f32(d).to_f32(),
+        s: half::f16::from_f32(d * sum as f32).to_f32(),
+        sum,
+        halves: pack_halves(lo, hi),
+        qs,
+    }
+}
+
+/// 32 quantized values in four registers of i32 (in order) as the block's i8 (saturating, in order) and the
+/// sums of its two halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn narrow_block(i: [std::arch::x86_64::__m256i; 4]) -> ([i8; 32], i32, i32) {
+    use std::arch::x86_64::*;
     let hsum8 = |v: __m256i| {
         let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
         _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)))
     };
-    let (lo, hi) = (
-        hsum8(_mm256_add_epi32(i[0], i[1])),
-        hsum8(_mm256_add_epi32(i[2], i[3])),
-    );
-    let sum = lo + hi;
     // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
     let p = _mm256_packs_epi16(
         _mm256_packs_epi32(i[0], i[1]),
@@ -177,13 +189,11 @@ unsafe fn quantize_q8_1_avx2(x: &[f32]) -> BlockQ8_1 {
     let mut qs = [0i8; 32];
     // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit store.
     unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
-    BlockQ8_1 {
-        d: half::f16::from_f32(d).to_f32(),
-        s: half::f16::from_f32(d * sum as f32).to_f32(),
-        sum,
-        halves: pack_halves(lo, hi),
+    (
         qs,
-    }
+        hsum8(_mm256_add_epi32(i[0], i[1])),
+        hsum8(_mm256_add_epi32(i[2], i[3])),
+    )
 }
 
 /// How a matrix's activations are quantized before the integer dots.
@@ -273,11 +283,6 @@ unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     let (d, iscale) = q8k_scale(amax, max);
     let id = _mm256_set1_ps(iscale);
     let top = _mm256_set1_epi32(127);
-    let hsum8 = |v: __m256i| {
-        let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
-        _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)))
-    };
     for b in 0..8 {
         let i = [0, 8, 16, 24].map(|j| {
             // SAFETY: `32 b + j + 8 <= 256 = x.len()`.
@@ -285,19 +290,7 @@ unsafe fn quantize_q8k_avx2(x: &[f32], out: &mut Vec<BlockQ8_1>) {
             let q = _mm256_min_epi32(_mm256_cvtps_epi32(p), top);
             _mm256_andnot_si256(_mm256_castps_si256(_mm256_cmp_ps(p, p, _CMP_UNORD_Q)), q)
         });
-        let (lo, hi) = (
-            hsum8(_mm256_add_epi32(i[0], i[1])),
-            hsum8(_mm256_add_epi32(i[2], i[3])),
-        );
-        // i32 → i16 → i8 packs interleave 128-bit lanes; the permute restores element order
-        let p = _mm256_packs_epi16(
-            _mm256_packs_epi32(i[0], i[1]),
-            _mm256_packs_epi32(i[2], i[3]),
-        );
-        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        let mut qs = [0i8; 32];
-        // SAFETY: `qs` is 32 bytes, matching the unaligned 256-bit store.
-        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+        let (qs, lo, hi) = narrow_block(i);
         let sum = lo + hi;
         out.push(BlockQ8_1 {
             d,

@@ -294,21 +294,7 @@ unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32;
         for t in 0..N {
             // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
             let ab = unsafe { a[t].get_unchecked(b) };
-            // the activation block as eight little-endian dwords of four i8 each
-            let q: [i32; 8] = std::array::from_fn(|i| {
-                i32::from_le_bytes([
-                    ab.qs[4 * i] as u8,
-                    ab.qs[4 * i + 1] as u8,
-                    ab.qs[4 * i + 2] as u8,
-                    ab.qs[4 * i + 3] as u8,
-                ])
-            });
-            let mut s0 = _mm256_setzero_si256();
-            let mut s1 = _mm256_setzero_si256();
-            for k in 0..4 {
-                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
-                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
-            }
+            let (s0, s1) = super::quant::half_dots(&wq, ab);
             let n = _mm256_dpwssd_epi32(neg[t], sc32, _mm256_set1_epi32(ab.halves));
             let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
             neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));

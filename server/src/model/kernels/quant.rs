@@ -318,21 +318,7 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
         for t in 0..N {
             // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
             let ab = unsafe { a[t].get_unchecked(b) };
-            // the activation block as eight little-endian dwords of four i8 each
-            let q: [i32; 8] = std::array::from_fn(|i| {
-                i32::from_le_bytes([
-                    ab.qs[4 * i] as u8,
-                    ab.qs[4 * i + 1] as u8,
-                    ab.qs[4 * i + 2] as u8,
-                    ab.qs[4 * i + 3] as u8,
-                ])
-            });
-            let mut s0 = _mm256_setzero_si256();
-            let mut s1 = _mm256_setzero_si256();
-            for k in 0..4 {
-                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
-                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
-            }
+            let (s0, s1) = half_dots(&wq, ab);
             let mut isum = _mm256_add_epi32(s0, s1);
             if T::OFFSET != 0 {
                 isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(T::OFFSET * ab.sum));
@@ -353,6 +339,34 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
         unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
         o
     })
+}
+
+/// Each row's `Σ u·a` over values 0..16 and 16..32 of a tile (weight registers 0–3 and 4–7, lane `i` = row
+/// `i`) with one token's activation block, whose dwords are broadcast: two chains of four `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+#[inline]
+pub(super) fn half_dots(
+    wq: &[std::arch::x86_64::__m256i; 8],
+    ab: &BlockQ8_1,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // the activation block as eight little-endian dwords of four i8 each
+    let q: [i32; 8] = std::array::from_fn(|i| {
+        i32::from_le_bytes([
+            ab.qs[4 * i] as u8,
+            ab.qs[4 * i + 1] as u8,
+            ab.qs[4 * i + 2] as u8,
+            ab.qs[4 * i + 3] as u8,
+        ])
+    });
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    for k in 0..4 {
+        s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+        s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+    }
+    (s0, s1)
 }
 
 /// Splits four registers of packed nibbles into eight of values (low nibbles: values 0–15 of each row's

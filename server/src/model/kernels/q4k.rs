@@ -17,7 +17,7 @@ use candle_core::Result;
 use super::quant::{QuantMatrix, QuantType};
 use super::{Acts, BlockQ8_1, Isa};
 
-const Q4K_BYTES: usize = 144;
+pub(super) const Q4K_BYTES: usize = 144;
 
 /// One sub-block of 32 Q4_K values: value `j` is `d · sc · q_j − dmin · m`, `q_j` the low nibble of
 /// `qs[j]` for `j < 16` and the high nibble of `qs[j − 16]` otherwise (Q4_1's packing). `head` is the
@@ -121,6 +121,18 @@ impl super::quant::VnniTile for Tile8 {
     unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
         unsafe { tile_vnni::<N>(w, a) }
+    }
+}
+
+impl BlockQ4K {
+    /// The same 32 values as a Q4_1 block: scale `d·sc`, minimum `−dmin·m` (both exact in f32: an f16
+    /// times a 6-bit integer needs 17 bits).
+    pub(super) fn as_q4_1(&self) -> super::q4_1::BlockQ4_1 {
+        super::q4_1::BlockQ4_1 {
+            d: self.d * f32::from(self.sc),
+            m: -(self.dmin * f32::from(self.m)),
+            qs: self.qs,
+        }
     }
 }
 

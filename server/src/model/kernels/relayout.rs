@@ -18,7 +18,6 @@ use super::q5::{BlockQ5, Q5Matrix};
 use super::q8_0::{BlockQ8, Q8_0Matrix};
 use super::{Acts, Isa};
 
-const Q4K_BYTES: usize = 144;
 const Q5K_BYTES: usize = 176;
 const Q5_0_BYTES: usize = 22;
 
@@ -39,30 +38,12 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Q4_K super-blocks as Q4_1 blocks (eight per super-block, in order).
+/// Q4_K super-blocks as Q4_1 blocks (eight per super-block, in order), from [`super::q4k`]'s parse.
 pub(super) fn q4k_blocks(bytes: &[u8]) -> Vec<BlockQ4_1> {
-    let mut out = Vec::with_capacity(bytes.len() / Q4K_BYTES * 8);
-    for sb in bytes.chunks_exact(Q4K_BYTES) {
-        let (d, dmin) = (f16(&sb[0..2]), f16(&sb[2..4]));
-        let scales = &sb[4..16];
-        let qs = &sb[16..144];
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            // sub-blocks 2i and 2i+1 share 32 bytes: low nibbles, then high nibbles
-            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-            let v = |l: usize| if j % 2 == 0 { q[l] & 0x0F } else { q[l] >> 4 };
-            let mut packed = [0u8; 16];
-            for (l, p) in packed.iter_mut().enumerate() {
-                *p = v(l) | (v(l + 16) << 4);
-            }
-            out.push(BlockQ4_1 {
-                d: d * f32::from(sc),
-                m: -(dmin * f32::from(m)),
-                qs: packed,
-            });
-        }
-    }
-    out
+    super::q4k::q4k_blocks(bytes)
+        .iter()
+        .map(super::q4k::BlockQ4K::as_q4_1)
+        .collect()
 }
 
 /// Q5_K super-blocks as 5-bit blocks with minimum (eight per super-block, in order).
@@ -118,7 +99,7 @@ impl Q4_1Matrix {
     }
 
     pub(super) fn from_q4k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q4K_BYTES {
+        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * super::q4k::Q4K_BYTES {
             candle_core::bail!("Q4_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
         }
         Self::from_blocks_for(isa, q4k_blocks(bytes), rows, cols, "Q4_K", Acts::Per256)

@@ -98,29 +98,31 @@ impl QuantType for Q4K {
     }
 }
 
-impl super::quant::VnniTile for Tile8 {
-    const OFFSET: i32 = 0;
-    const HAS_MIN: bool = true;
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `sm` is eight u16.
-        unsafe {
-            (
-                super::quant::unpack_nibbles(&self.qs),
-                // `sc | m << 6 | nibble << 12` widened to one i32 lane per row
-                _mm256_castsi256_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128(
-                    self.sm.as_ptr().cast(),
-                ))),
-                _mm256_setzero_ps(),
-            )
-        }
-    }
+impl super::quant::TileKernel for Tile8 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
         unsafe { tile_vnni::<N>(w, a) }
+    }
+}
+
+impl Tile8 {
+    /// The eight weight registers (values 0..15, register `k` ↔ activation dword `k`) and the rows'
+    /// `sc | m << 6 | nibble << 12`, one i32 lane per row.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(&self) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled here; `qs` is four 32-byte rows, `sm` eight u16.
+        unsafe {
+            (
+                super::quant::unpack_nibbles(&self.qs),
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(self.sm.as_ptr().cast())),
+            )
+        }
     }
 }
 
@@ -199,7 +201,6 @@ impl Q4KMatrix {
 unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
 
-    use super::quant::VnniTile;
     // the float sums stay in memory (touched once per super-block): the registers go to the integers
     let mut out = [[0f32; 8]; N];
     let mut iacc = [_mm256_setzero_si256(); N];
@@ -208,8 +209,7 @@ unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32;
     let six = _mm256_set1_epi32(63);
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
-        let (wq, sm, _) = unsafe { tile.load() };
-        let sm = _mm256_castps_si256(sm);
+        let (wq, sm) = unsafe { tile.load() };
         let sc = _mm256_and_si256(sm, six);
         let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
         let m = _mm256_and_si256(_mm256_srli_epi32(sm, 6), six);

@@ -122,17 +122,29 @@ impl QuantType for Q6 {
     }
 }
 
-impl super::quant::VnniTile for Tile8 {
-    const OFFSET: i32 = 32;
-    const HAS_MIN: bool = false;
+impl super::quant::TileKernel for Tile8 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
         unsafe { tile_vnni::<N>(w, a) }
     }
+}
+
+impl Tile8 {
+    /// The eight weight registers (values 0..63, register `k` ↔ activation dword `k`), the rows' `d` and
+    /// their `32 · sc` pairs.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    unsafe fn load(
+        &self,
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        std::arch::x86_64::__m256,
+        std::arch::x86_64::__m256i,
+    ) {
         use std::arch::x86_64::*;
         // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `d` eight floats, `sc` eight
         // i32.
@@ -151,8 +163,7 @@ impl super::quant::VnniTile for Tile8 {
             (
                 std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
                 _mm256_loadu_ps(self.d.as_ptr()),
-                // the run scales (times 32) travel as the minimums' register (no minimums here)
-                _mm256_castsi256_ps(_mm256_loadu_si256(self.sc.as_ptr().cast())),
+                _mm256_loadu_si256(self.sc.as_ptr().cast()),
             )
         }
     }
@@ -282,13 +293,11 @@ unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32;
 unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
 
-    use super::quant::VnniTile;
     let mut acc = [_mm256_setzero_ps(); N];
     let mut neg = [_mm256_setzero_si256(); N];
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
-        let (wq, dv, packed) = unsafe { tile.load() };
-        let sc32 = _mm256_castps_si256(packed);
+        let (wq, dv, sc32) = unsafe { tile.load() };
         let sc0 = _mm256_srai_epi32(_mm256_slli_epi32(sc32, 16), 21);
         let sc1 = _mm256_srai_epi32(sc32, 21);
         for t in 0..N {

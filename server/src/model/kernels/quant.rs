@@ -15,7 +15,7 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
     /// A block in the row-major layout.
     type Block: Copy + Send + Sync + std::fmt::Debug;
     /// Eight rows × one block column in the VNNI layout.
-    type Tile: Copy + Send + Sync + std::fmt::Debug + VnniTile;
+    type Tile: Copy + Send + Sync + std::fmt::Debug + TileKernel;
     /// Interleaves the same block column of eight consecutive rows.
     fn tile(rows: [&Self::Block; 8]) -> Self::Tile;
     /// One row dotted with one token's activations, portable reference code.
@@ -65,7 +65,7 @@ pub trait GgufBlocks: QuantType {
 
 /// Eight rows dotted with `N` tokens on the tile layout (`[token][row]`). Panics unless every `a[t]` has
 /// `w.len()` blocks; tiles are only built on VNNI CPUs.
-fn tile_dot<T: VnniTile, const N: usize>(
+fn tile_dot<T: TileKernel, const N: usize>(
     name: &str,
     w: &[T],
     a: [&[BlockQ8_1]; N],
@@ -264,9 +264,20 @@ impl<Q: QuantType> QuantMatrix<Q> {
     }
 }
 
-/// What the VNNI tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k` lining
-/// up with activation dword `k` (lane `i` = row `i`), the rows' scales and minimums, and the offset the
-/// unsigned encoding adds (`w = d · (u − OFFSET) + m`).
+/// Eight rows × one block column in the VNNI layout, multiplied by its kernel: [`tile_vnni`] for the types
+/// that describe their tiles as [`VnniTile`], a kernel of its own otherwise (Q4_K, Q6_K).
+pub trait TileKernel: Sized {
+    /// Eight rows dotted with `N` tokens (`[token][row]`).
+    ///
+    /// # Safety
+    /// The features of [`Isa::Vnni`]; every `a[t]` has `w.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N];
+}
+
+/// What the generic VNNI tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k`
+/// lining up with activation dword `k` (lane `i` = row `i`), the rows' scales and minimums, and the offset
+/// the unsigned encoding adds (`w = d · (u − OFFSET) + m`).
 pub trait VnniTile {
     /// 0 for Q4_1, 8 for Q4_0, 128 for Q8_0 (stored as `q + 128`).
     const OFFSET: i32;
@@ -276,15 +287,11 @@ pub trait VnniTile {
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load(&self) -> TileRegs;
-    /// Eight rows dotted with `N` tokens (`[token][row]`): [`tile_vnni`] unless the type has its own.
-    ///
-    /// # Safety
-    /// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+}
+
+impl<T: VnniTile> TileKernel for T {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N]
-    where
-        Self: Sized,
-    {
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
         unsafe { tile_vnni::<Self, N>(w, a) }
     }

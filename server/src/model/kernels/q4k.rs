@@ -87,6 +87,24 @@ impl QuantType for Q4K {
         acc
     }
 
+    fn values(b: &BlockQ4K) -> Option<[f32; 32]> {
+        Some(values(b.d, b.dmin, b.sc, b.m, |l| b.qs[l]))
+    }
+
+    fn tile_values(tiles: &[Tile8], b: usize, i: usize) -> Option<[f32; 32]> {
+        // the row's f16 `d | dmin << 16`, one nibble from each of its super-block's eight tiles
+        let head = tiles[b / 8 * 8..][..8]
+            .iter()
+            .enumerate()
+            .fold(0u32, |h, (p, t)| h | (u32::from(t.sm[i] >> 12) << (4 * p)));
+        let f16 = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
+        let t = &tiles[b];
+        let (sc, m) = ((t.sm[i] & 63) as u8, ((t.sm[i] >> 6) & 63) as u8);
+        Some(values(f16(head & 0xFFFF), f16(head >> 16), sc, m, |l| {
+            t.qs[l / 4][4 * i + l % 4]
+        }))
+    }
+
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_x86<const N: usize, const VNNI: bool>(
         w: &[BlockQ4K],
@@ -136,6 +154,20 @@ impl BlockQ4K {
             qs: self.qs,
         }
     }
+}
+
+/// A sub-block's 32 values as GGML's (and candle's) Q4_K dequantization computes them in f32:
+/// `(d·sc)·q − dmin·m`; `packed(l)` is byte `l` of the Q4_1-packed nibbles.
+fn values(d: f32, dmin: f32, sc: u8, m: u8, packed: impl Fn(usize) -> u8) -> [f32; 32] {
+    let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+    std::array::from_fn(|j| {
+        let q = if j < 16 {
+            packed(j) & 15
+        } else {
+            packed(j - 16) >> 4
+        };
+        d1 * f32::from(q) - m1
+    })
 }
 
 /// Q4_K super-blocks as sub-blocks (eight per super-block, in order).

@@ -8,8 +8,10 @@
 //! scaled once by `d · d_a`: one float rounding per 256 values.
 //!
 //! The VNNI tile keeps the six bits packed as the file does (four bits in a nibble plane, two in a plane of
-//! bit pairs) and unpacks them in registers: 32 bytes per 32 values with the scales, against the file's
-//! 26.25 (the row-major block layout of the other CPUs holds one byte per value, 40 bytes).
+//! bit pairs) and unpacks them in registers; with the int8 scales and two bits of each row's f16 `d` per
+//! tile (the kernel puts `d` together over the super-block's eight tiles) it holds 26.25 bytes per 32
+//! values, the file's own size (the row-major block layout of the other CPUs holds one byte per value, 40
+//! bytes).
 
 use candle_core::Result;
 
@@ -18,28 +20,29 @@ use super::{Acts, BlockQ8_1, Isa};
 
 const Q6K_BYTES: usize = 210;
 
-/// 32 Q6_K values: value `j` is `d · sc[j / 16] · (q_j − 32)`, `q_j` in 0..63, `d` the super-block's.
+/// 32 Q6_K values: value `j` is `d · sc[j / 16] · (q_j − 32)`, `q_j` in 0..63, `d` the super-block's (an
+/// f16), `part` this block's place in it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlockQ6 {
     pub(super) d: f32,
     pub(super) sc: [i8; 2],
+    pub(super) part: u8,
     pub(super) qs: [u8; 32],
 }
 
 /// Eight rows × one 32-value block for the VNNI kernel. Lane `i` (bytes `4i..4i+4`) of each register is row
 /// `i`: `lo[k]` holds its values `4k..4k+4` in the low nibbles and `16+4k..16+4k+4` in the high nibbles
 /// (low four bits each); `hi[h]` holds the top two bits of values `16h + 4k + c` at bits `2k, 2k+1` of
-/// byte `4i + c`. `d` are the rows' super-block scales; lane `i` of `sc` holds row `i`'s run scales of
-/// values 0..16 (low 16 bits) and 16..32 (high 16 bits), each times 32 (the offset's factor, so that one
-/// `vpdpwssd` with the activations' half sums gives the offset term `32 · Σ_h sc_h · Σ a` of all eight
-/// rows; the plain scales are one arithmetic shift away).
+/// byte `4i + c`. `sc[2i]`, `sc[2i + 1]` are row `i`'s run scales of values 0..16 and 16..32; bits
+/// `2i, 2i + 1` of `d` are bits `2p, 2p + 1` of row `i`'s f16 `d`, `p` the block's place in its
+/// super-block. 210 bytes.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub struct Tile8 {
-    d: [f32; 8],
-    sc: [i32; 8],
     lo: [[u8; 32]; 4],
     hi: [[u8; 32]; 2],
+    sc: [i8; 16],
+    d: u16,
 }
 
 /// Q6_K, run on blocks of 32 with Q8_K activations (per 256, as llama.cpp quantizes them for K-quants).
@@ -57,9 +60,9 @@ impl QuantType for Q6 {
     fn tile(rows: [&BlockQ6; 8]) -> Tile8 {
         let mut t = Tile8::default();
         for (i, blk) in rows.iter().enumerate() {
-            t.d[i] = blk.d;
-            t.sc[i] =
-                i32::from((32 * i16::from(blk.sc[0])) as u16) | ((32 * i32::from(blk.sc[1])) << 16);
+            let d = half::f16::from_f32(blk.d).to_bits();
+            t.d |= ((d >> (2 * u16::from(blk.part))) & 3) << (2 * i);
+            t.sc[2 * i..2 * i + 2].copy_from_slice(&blk.sc);
             for k in 0..4 {
                 for c in 0..4 {
                     let (v0, v1) = (blk.qs[4 * k + c], blk.qs[16 + 4 * k + c]);
@@ -97,13 +100,20 @@ impl QuantType for Q6 {
         }))
     }
 
-    fn tile_values(t: &Tile8, i: usize) -> Option<[f32; 32]> {
+    fn tile_values(tiles: &[Tile8], b: usize, i: usize) -> Option<[f32; 32]> {
+        // the row's f16 `d`, two bits from each of its super-block's eight tiles
+        let d = tiles[b / 8 * 8..][..8]
+            .iter()
+            .enumerate()
+            .fold(0u16, |d, (p, t)| d | (((t.d >> (2 * i)) & 3) << (2 * p)));
+        let d = half::f16::from_bits(d).to_f32();
+        let t = &tiles[b];
         Some(std::array::from_fn(|j| {
             let (h, k, c) = (j / 16, j % 16 / 4, j % 4);
             let nib = t.lo[k][4 * i + c] >> (4 * h) & 15;
             let top = (t.hi[h][4 * i + c] >> (2 * k)) & 3;
-            let sc = ((t.sc[i] >> (16 * h)) as i16 >> 5) as i8;
-            t.d[i] * f32::from(sc) * f32::from(i16::from(nib | (top << 4)) - 32)
+            let sc = t.sc[2 * i + h];
+            d * f32::from(sc) * f32::from(i16::from(nib | (top << 4)) - 32)
         }))
     }
 
@@ -131,8 +141,11 @@ impl super::quant::TileKernel for Tile8 {
 }
 
 impl Tile8 {
-    /// The eight weight registers (values 0..63, register `k` ↔ activation dword `k`), the rows' `d` and
-    /// their `32 · sc` pairs.
+    /// The eight weight registers (values 0..63, register `k` ↔ activation dword `k`), the rows' `32 · sc`
+    /// pairs (lane `i`: row `i`'s first run scale in the low 16 bits, the second in the high; 32 is the
+    /// offset's factor, so that one `vpdpwssd` with the activations' half sums gives the offset term
+    /// `32 · Σ_h sc_h · Σ a` of all eight rows, and the plain scales are one arithmetic shift away), and
+    /// the rows' two bits of `d` (lane `i`: row `i`'s, in bits 0 and 1).
     ///
     /// # Safety
     /// The CPU must have AVX2.
@@ -142,12 +155,11 @@ impl Tile8 {
         &self,
     ) -> (
         [std::arch::x86_64::__m256i; 8],
-        std::arch::x86_64::__m256,
+        std::arch::x86_64::__m256i,
         std::arch::x86_64::__m256i,
     ) {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `d` eight floats, `sc` eight
-        // i32.
+        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `sc` 16 bytes.
         unsafe {
             let nib = super::quant::unpack_nibbles(&self.lo);
             let h = [0, 1].map(|r| _mm256_loadu_si256(self.hi[r].as_ptr().cast()));
@@ -162,8 +174,17 @@ impl Tile8 {
             };
             (
                 std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
-                _mm256_loadu_ps(self.d.as_ptr()),
-                _mm256_loadu_si256(self.sc.as_ptr().cast()),
+                _mm256_slli_epi16(
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(self.sc.as_ptr().cast())),
+                    5,
+                ),
+                _mm256_and_si256(
+                    _mm256_srlv_epi32(
+                        _mm256_set1_epi32(i32::from(self.d)),
+                        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
+                    ),
+                    _mm256_set1_epi32(3),
+                ),
             )
         }
     }
@@ -199,6 +220,7 @@ pub(super) fn q6k_blocks(bytes: &[u8]) -> Vec<BlockQ6> {
             out.push(BlockQ6 {
                 d,
                 sc: [sc[2 * j], sc[2 * j + 1]],
+                part: j as u8,
                 qs,
             });
         }
@@ -284,20 +306,34 @@ unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32;
 /// `Σ q·a` of both halves, each times its run scale; one `vpdpwssd` of the rows' `32 · sc` pairs with the
 /// token's half sums gives the offset term `32 · Σ_h sc_h · Σ a` for all eight rows. The integer is kept
 /// negated (offset minus dots: the accumulating instruction only adds), exact over the super-block, and
-/// leaves with one `fnmadd` by `d · d_a`: the same float as adding the positive integer's product.
+/// leaves with one `fnmadd` by `d · d_a`: the same float as adding the positive integer's product. `d`
+/// is put together from the super-block's eight tiles, two bits each.
 ///
 /// # Safety
-/// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+/// AVX2, FMA, F16C, AVX-512 F, VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
 unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
 
     let mut acc = [_mm256_setzero_ps(); N];
     let mut neg = [_mm256_setzero_si256(); N];
+    let mut head = _mm256_setzero_si256();
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
-        let (wq, dv, sc32) = unsafe { tile.load() };
+        let (wq, sc32, dbits) = unsafe { tile.load() };
+        let part = b % 8;
+        head = _mm256_or_si256(
+            head,
+            _mm256_sll_epi32(dbits, _mm_cvtsi32_si128(2 * part as i32)),
+        );
+        let dv = if part == 7 {
+            let dv = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head));
+            head = _mm256_setzero_si256();
+            dv
+        } else {
+            _mm256_setzero_ps()
+        };
         let sc0 = _mm256_srai_epi32(_mm256_slli_epi32(sc32, 16), 21);
         let sc1 = _mm256_srai_epi32(sc32, 21);
         for t in 0..N {

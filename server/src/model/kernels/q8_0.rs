@@ -67,7 +67,8 @@ impl QuantType for Q8_0 {
         Some(std::array::from_fn(|j| f32::from(b.qs[j]) * b.d))
     }
 
-    fn tile_values(t: &Tile8, i: usize) -> Option<[f32; 32]> {
+    fn tile_values(t: &[Tile8], b: usize, i: usize) -> Option<[f32; 32]> {
+        let t = &t[b];
         Some(std::array::from_fn(|j| {
             let q = i16::from(t.qs[j / 4][4 * i + j % 4]) - 128;
             f32::from(q) * t.d[i]

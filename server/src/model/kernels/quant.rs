@@ -25,8 +25,9 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
     fn values(_block: &Self::Block) -> Option<[f32; 32]> {
         None
     }
-    /// Row `i`'s 32 values of a tile, as [`QuantType::values`].
-    fn tile_values(_tile: &Self::Tile, _i: usize) -> Option<[f32; 32]> {
+    /// Row `i`'s 32 values of block column `b` of a row group's tiles (all of them: a K-quant tile may
+    /// hold only part of its super-block's scale), as [`QuantType::values`].
+    fn tile_values(_tiles: &[Self::Tile], _b: usize, _i: usize) -> Option<[f32; 32]> {
         None
     }
     /// One row dotted with `N` tokens with AVX2 (+ AVX-512 VNNI when `VNNI`).
@@ -190,7 +191,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
     pub fn can_gather(&self) -> bool {
         match &self.layout {
             Layout::Blocks(b) => b.first().is_none_or(|b| Q::values(b).is_some()),
-            Layout::Tiles(t) => t.first().is_none_or(|t| Q::tile_values(t, 0).is_some()),
+            Layout::Tiles(t) => t.is_empty() || Q::tile_values(t, 0, 0).is_some(),
         }
     }
 
@@ -207,7 +208,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
             for b in 0..kb {
                 let vals = match &self.layout {
                     Layout::Blocks(blocks) => Q::values(&blocks[r * kb + b]),
-                    Layout::Tiles(tiles) => Q::tile_values(&tiles[r / 8 * kb + b], r % 8),
+                    Layout::Tiles(tiles) => Q::tile_values(&tiles[r / 8 * kb..][..kb], b, r % 8),
                 };
                 let Some(vals) = vals else {
                     candle_core::bail!("{} rows cannot be gathered", Q::NAME);

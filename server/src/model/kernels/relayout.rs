@@ -242,6 +242,23 @@ mod tests {
                 "Q5_1 value {i}: {g} vs {w}"
             );
         }
+        // Q4_K on its own kernel: bit for bit, from the row-major blocks and from the VNNI tiles (16 rows:
+        // two row groups)
+        let (rows16, q4k) = (16, random(12, 16 * cols / 256, 144, &[0, 2]));
+        let ids: Vec<u32> = (0..rows16 as u32).collect();
+        let want4k: Vec<f32> = candle_values(&q4k, GgmlDType::Q4K, rows16, cols)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        for isa in isas() {
+            let m = Q4KMatrix::from_q4k_for(isa, &q4k, rows16, cols).expect("q4_k");
+            assert!(m.can_gather());
+            assert_eq!(
+                m.gather(&ids).expect("gather"),
+                want4k,
+                "Q4_K values at {isa:?}"
+            );
+        }
         // Q6_K: bit for bit, from the row-major blocks and from the VNNI tiles (gather reads either)
         let (rows8, q6k) = (8, random(9, 8 * cols / 256, 210, &[208]));
         let want: Vec<f32> = candle_values(&q6k, GgmlDType::Q6K, rows8, cols)

@@ -14,7 +14,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::kernels::{
-    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5Matrix, Q6Matrix, Q8_0Matrix,
+    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5Matrix, Q6Matrix,
+    Q8_0Matrix,
 };
 
 /// Options applied while turning GGUF tensors into layers.
@@ -54,8 +55,11 @@ pub enum Linear {
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
     /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization by our own
-    /// multi-token kernel (see [`super::kernels`]); Q5_0 weights run here too, re-laid out exactly.
+    /// multi-token kernel (see [`super::kernels`]).
     Q8_0(Q8_0Matrix),
+    /// A Q5_0 matrix on the CPU: the file's 5.5 bits per value on VNNI CPUs, Q8_0's blocks elsewhere, with
+    /// Q8_0's numerics either way.
+    Q5_0(Q5_0Matrix),
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),
     /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel; Q4_K
@@ -155,7 +159,7 @@ impl Linear {
                     return Ok(Self::Q6(Q6Matrix::from_q6k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q5_0 => {
-                    return Ok(Self::Q8_0(Q8_0Matrix::from_q5_0(
+                    return Ok(Self::Q5_0(Q5_0Matrix::from_q5_0(
                         &bytes(&parts)?,
                         rows,
                         cols,
@@ -302,6 +306,7 @@ impl Linear {
             Self::Quantized(q) => q.forward(x),
             Self::Half(h) => h.forward(x),
             Self::Q8_0(q) => q.forward(x),
+            Self::Q5_0(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
             Self::Q5(q) => q.forward(x),
@@ -332,6 +337,7 @@ impl Linear {
         match self {
             Self::Half(_) => true,
             Self::Q8_0(q) => q.can_gather(),
+            Self::Q5_0(q) => q.can_gather(),
             Self::Q6(q) => q.can_gather(),
             Self::Q4K(q) => q.can_gather(),
             _ => false,
@@ -343,6 +349,7 @@ impl Linear {
         match self {
             Self::Half(h) => h.gather(ids),
             Self::Q8_0(q) => q.gather(ids),
+            Self::Q5_0(q) => q.gather(ids),
             Self::Q6(q) => q.gather(ids),
             Self::Q4K(q) => q.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
@@ -357,6 +364,7 @@ impl Linear {
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
             Self::Half(h) => Ok(h.rows()),
             Self::Q8_0(q) => Ok(q.rows()),
+            Self::Q5_0(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
             Self::Q5(q) => Ok(q.rows()),
@@ -377,6 +385,7 @@ impl Linear {
             Self::Quantized(_) => "dequantized".into(),
             Self::Half(h) => format!("{} (half kernel)", h.kind().name()),
             Self::Q8_0(q) => q.source().into(),
+            Self::Q5_0(q) => q.source().into(),
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Q5(q) => q.source().into(),

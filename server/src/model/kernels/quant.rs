@@ -311,9 +311,9 @@ pub type TileRegs = (
 /// plus `m · s` where the type has minimums.
 ///
 /// # Safety
-/// AVX2, FMA, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+/// AVX2, FMA, F16C, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
     w: &[T],
     a: [&[BlockQ8_1]; N],

@@ -6,20 +6,18 @@
 //!   6-bit scale and minimum: value = `d·sc·q − dmin·m`, `q` 4-bit. Each sub-block is a Q4_1 block with
 //!   scale `d·sc` and minimum `−dmin·m`; both products are exact in f32 (an f16 times a 6-bit integer needs
 //!   17 bits).
-//! - **Q5_0 → Q8_0 blocks.** value = `d·(q − 16)`, `q` 5-bit: int8 values with the same f16 scale.
 //! - **Q5_K → 5-bit blocks** ([`super::q5`], also Q5_1's kernel): as Q4_K, with a fifth bit per value.
 //!
-//! Memory: 24 bytes per 32 Q4_K values instead of 18, 36 instead of 22 for Q5_0.
+//! Memory: 24 bytes per 32 Q4_K values instead of 18, 40 per 32 Q5_K values instead of 22. (Q5_0 has its
+//! own tiles, [`super::q5_0`].)
 
 use candle_core::Result;
 
 use super::q4_1::{BlockQ4_1, Q4_1Matrix};
 use super::q5::{BlockQ5, Q5Matrix};
-use super::q8_0::{BlockQ8, Q8_0Matrix};
 use super::{Acts, Isa};
 
 const Q5K_BYTES: usize = 176;
-const Q5_0_BYTES: usize = 22;
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -72,26 +70,6 @@ pub(super) fn q5k_blocks(bytes: &[u8]) -> Vec<BlockQ5> {
     out
 }
 
-/// Q5_0 blocks as Q8_0 blocks.
-pub(super) fn q5_0_blocks(bytes: &[u8]) -> Vec<BlockQ8> {
-    bytes
-        .chunks_exact(Q5_0_BYTES)
-        .map(|b| {
-            let d = f16(&b[0..2]);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            let qs = &b[6..22];
-            let mut v = [0i8; 32];
-            for j in 0..16 {
-                let hi0 = ((qh >> j) & 1) as u8;
-                let hi1 = ((qh >> (j + 16)) & 1) as u8;
-                v[j] = ((qs[j] & 0x0F) | (hi0 << 4)) as i8 - 16;
-                v[j + 16] = ((qs[j] >> 4) | (hi1 << 4)) as i8 - 16;
-            }
-            BlockQ8 { d, qs: v }
-        })
-        .collect()
-}
-
 impl Q4_1Matrix {
     /// A `[rows, cols]` Q4_K tensor's GGUF bytes, run by the Q4_1 kernel.
     pub fn from_q4k(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
@@ -120,20 +98,6 @@ impl Q5Matrix {
     }
 }
 
-impl Q8_0Matrix {
-    /// A `[rows, cols]` Q5_0 tensor's GGUF bytes, run by the Q8_0 kernel.
-    pub fn from_q5_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        Self::from_q5_0_for(Isa::detect(), bytes, rows, cols)
-    }
-
-    pub(super) fn from_q5_0_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(32) || bytes.len() != rows * cols / 32 * Q5_0_BYTES {
-            candle_core::bail!("Q5_0 matrix [{rows}, {cols}]: {} bytes", bytes.len());
-        }
-        Self::from_blocks_for(isa, q5_0_blocks(bytes), rows, cols, "Q5_0", Acts::Per32)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -141,6 +105,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::super::q4k::Q4KMatrix;
+    use super::super::q5_0::Q5_0Matrix;
     use super::super::q6k::{Q6Matrix, q6k_blocks};
     use super::super::quantize_rows_with;
     use super::super::tests::isas;
@@ -208,7 +173,7 @@ mod tests {
         }
         let q50 = random(2, rows * cols / 32, 22, &[0]);
         let want = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
-        let got: Vec<f64> = q5_0_blocks(&q50)
+        let got: Vec<f64> = super::super::q5_0::q5_0_blocks(&q50)
             .iter()
             .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d * f32::from(q))))
             .collect();
@@ -323,7 +288,7 @@ mod tests {
                     "Q5_0",
                     &w50,
                     Box::new(|x: &Tensor| {
-                        Q8_0Matrix::from_q5_0_for(isa, &q50, rows, cols)?.forward_with(isa, x)
+                        Q5_0Matrix::from_q5_0_for(isa, &q50, rows, cols)?.forward_with(isa, x)
                     }),
                 ),
                 (

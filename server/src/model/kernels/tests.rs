@@ -539,7 +539,7 @@ fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
     assert_eq!(blocks[9].qs[12], -127);
 }
 
-/// Rows gathered from a Q8_0 matrix (both layouts, and Q5_0 re-laid out onto it) are, bit for bit, the rows
+/// Rows gathered from a Q8_0 or Q5_0 matrix (both layouts each) are, bit for bit, the rows
 /// candle's dequantization of the file's blocks gives: a tied head can serve the embedding lookups.
 #[test]
 fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
@@ -574,14 +574,18 @@ fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
     ] {
         let want = dequant(bytes, dtype);
         for isa in isas() {
-            let m = if dtype == GgmlDType::Q8_0 {
-                Q8_0Matrix::from_bytes_for(isa, bytes, rows, cols)
-            } else {
-                Q8_0Matrix::from_q5_0_for(isa, bytes, rows, cols)
-            }
-            .expect("matrix");
-            assert!(m.can_gather());
-            let got = m.gather(&ids).expect("gather");
+            let gather = |ids: &[u32]| {
+                if dtype == GgmlDType::Q8_0 {
+                    let m = Q8_0Matrix::from_bytes_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                } else {
+                    let m = Q5_0Matrix::from_q5_0_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                }
+            };
+            let got = gather(&ids).expect("gather");
             for (j, &id) in ids.iter().enumerate() {
                 let row = &want[id as usize * cols..(id as usize + 1) * cols];
                 let g = &got[j * cols..(j + 1) * cols];
@@ -590,7 +594,7 @@ fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
                     "{name} {isa:?} row {id}"
                 );
             }
-            let e = m.gather(&[rows as u32]).expect_err("outside");
+            let e = gather(&[rows as u32]).expect_err("outside");
             assert!(e.to_string().contains("outside the vocabulary"), "{e}");
         }
     }

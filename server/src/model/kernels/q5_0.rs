@@ -1,0 +1,155 @@
+//! Q5_0 weights × Q8_0 activations (most of the matrices of a Q4_K_M or Q5_K_M file whose rows are not a
+//! multiple of 256 values long, SmolLM2's among them: llama.cpp's quantizer falls back to Q5_0 there).
+//!
+//! A Q5_0 block is 32 five-bit values `q` (0..31) and an f16 `d`: value = `d · (q − 16)`. On VNNI CPUs the
+//! tile keeps the file's 22 bytes per 32 values: the low four bits as the Q4_1 tile packs its nibbles, the
+//! fifth bits in a plane of their own, and the rows' f16 `d`; the generic tile kernel
+//! ([`super::quant::tile_vnni`]) subtracts `16 · Σ a` from `Σ q·a`, the same exact integer as
+//! `Σ (q − 16)·a`. Elsewhere the blocks are Q8_0's (`q − 16` as int8, 36 bytes per 32 values) and run on
+//! its kernel. Either way the result is, bit for bit, what the Q8_0 kernel gives on the same values.
+
+use candle_core::Result;
+
+use super::q8_0::{BlockQ8, Q8_0};
+use super::quant::{QuantMatrix, QuantType};
+use super::{Acts, BlockQ8_1, Isa};
+
+const Q5_0_BYTES: usize = 22;
+
+/// Eight rows × one 32-value block for the VNNI kernel. Lane `i` (bytes `4i..4i+4`) of each register is row
+/// `i`: `lo[k]` holds its values `4k..4k+4` in the low nibbles and `16+4k..16+4k+4` in the high nibbles
+/// (low four bits each); bit `r` of `hi[4i + c]` is the fifth bit of value `4r + c` (register `r` of the
+/// eight the kernel unpacks). `d` are the rows' f16 scales. 176 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Tile8 {
+    lo: [[u8; 32]; 4],
+    hi: [u8; 32],
+    d: [u16; 8],
+}
+
+/// Q5_0 on file-sized tiles (VNNI), on Q8_0's blocks and kernel elsewhere.
+#[derive(Debug, Clone)]
+pub struct Q5_0;
+
+/// A `[rows, cols]` Q5_0 matrix.
+pub type Q5_0Matrix = QuantMatrix<Q5_0>;
+
+impl QuantType for Q5_0 {
+    const NAME: &'static str = "Q5_0";
+    type Block = BlockQ8;
+    type Tile = Tile8;
+
+    fn tile(rows: [&BlockQ8; 8]) -> Tile8 {
+        let mut t = Tile8::default();
+        for (i, blk) in rows.iter().enumerate() {
+            t.d[i] = half::f16::from_f32(blk.d).to_bits();
+            let q = |j: usize| (i16::from(blk.qs[j]) + 16) as u8;
+            for k in 0..4 {
+                for c in 0..4 {
+                    let (v0, v1) = (q(4 * k + c), q(16 + 4 * k + c));
+                    t.lo[k][4 * i + c] = (v0 & 15) | ((v1 & 15) << 4);
+                    t.hi[4 * i + c] |= ((v0 >> 4) << k) | ((v1 >> 4) << (4 + k));
+                }
+            }
+        }
+        t
+    }
+
+    fn dot_scalar(w: &[BlockQ8], a: &[BlockQ8_1]) -> f32 {
+        Q8_0::dot_scalar(w, a)
+    }
+
+    fn values(b: &BlockQ8) -> Option<[f32; 32]> {
+        Q8_0::values(b)
+    }
+
+    fn tile_values(t: &[Tile8], b: usize, i: usize) -> Option<[f32; 32]> {
+        let t = &t[b];
+        let d = half::f16::from_bits(t.d[i]).to_f32();
+        Some(std::array::from_fn(|j| {
+            let (h, k, c) = (j / 16, j % 16 / 4, j % 4);
+            let nib = (t.lo[k][4 * i + c] >> (4 * h)) & 15;
+            let top = (t.hi[4 * i + c] >> (4 * h + k)) & 1;
+            // `(q − 16) · d` in f32, as GGML's (and candle's) Q5_0 dequantization computes it
+            f32::from(i16::from(nib | (top << 4)) - 16) * d
+        }))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86<const N: usize, const VNNI: bool>(
+        w: &[BlockQ8],
+        a: [&[BlockQ8_1]; N],
+    ) -> [f32; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { Q8_0::dot_x86::<N, VNNI>(w, a) }
+    }
+}
+
+impl super::quant::VnniTile for Tile8 {
+    const OFFSET: i32 = 16;
+    const HAS_MIN: bool = false;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn load(&self) -> super::quant::TileRegs {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 and F16C are enabled here; `lo` is four 32-byte rows, `hi` 32 bytes, `d` eight
+        // f16.
+        unsafe {
+            let nib = super::quant::unpack_nibbles(&self.lo);
+            let h = _mm256_loadu_si256(self.hi.as_ptr().cast());
+            let mask = _mm256_set1_epi8(0x10);
+            // bit `r` of each byte moved to bit 4 (16-bit shifts: what crosses a byte lands outside the
+            // mask)
+            let top = |r: usize| match r {
+                0 => _mm256_and_si256(_mm256_slli_epi16(h, 4), mask),
+                1 => _mm256_and_si256(_mm256_slli_epi16(h, 3), mask),
+                2 => _mm256_and_si256(_mm256_slli_epi16(h, 2), mask),
+                3 => _mm256_and_si256(_mm256_slli_epi16(h, 1), mask),
+                4 => _mm256_and_si256(h, mask),
+                5 => _mm256_and_si256(_mm256_srli_epi16(h, 1), mask),
+                6 => _mm256_and_si256(_mm256_srli_epi16(h, 2), mask),
+                _ => _mm256_and_si256(_mm256_srli_epi16(h, 3), mask),
+            };
+            (
+                std::array::from_fn(|r| _mm256_or_si256(nib[r], top(r))),
+                _mm256_cvtph_ps(_mm_loadu_si128(self.d.as_ptr().cast())),
+                _mm256_setzero_ps(),
+            )
+        }
+    }
+}
+
+/// Q5_0 blocks as Q8_0 blocks: value `q − 16` as int8, the same f16 scale.
+pub(super) fn q5_0_blocks(bytes: &[u8]) -> Vec<BlockQ8> {
+    bytes
+        .chunks_exact(Q5_0_BYTES)
+        .map(|b| {
+            let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            let mut v = [0i8; 32];
+            for j in 0..16 {
+                let hi0 = ((qh >> j) & 1) as u8;
+                let hi1 = ((qh >> (j + 16)) & 1) as u8;
+                v[j] = ((qs[j] & 0x0F) | (hi0 << 4)) as i8 - 16;
+                v[j + 16] = ((qs[j] >> 4) | (hi1 << 4)) as i8 - 16;
+            }
+            BlockQ8 { d, qs: v }
+        })
+        .collect()
+}
+
+impl Q5_0Matrix {
+    /// A `[rows, cols]` Q5_0 tensor's GGUF bytes.
+    pub fn from_q5_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_q5_0_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    pub(super) fn from_q5_0_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(32) || bytes.len() != rows * cols / 32 * Q5_0_BYTES {
+            candle_core::bail!("Q5_0 matrix [{rows}, {cols}]: {} bytes", bytes.len());
+        }
+        Self::from_blocks_for(isa, q5_0_blocks(bytes), rows, cols, "Q5_0", Acts::Per32)
+    }
+}

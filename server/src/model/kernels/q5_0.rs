@@ -89,6 +89,7 @@ impl QuantType for Q5_0 {
 impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
+    const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn load(&self) -> super::quant::TileRegs {

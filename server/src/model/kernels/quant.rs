@@ -252,13 +252,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
                 }
                 matmul_rows(self.rows, m, 8, x, |r0, out| {
                     let w = &tiles[r0 / 8 * kb..(r0 / 8 + 1) * kb];
-                    tile_token_groups(
-                        m,
-                        out,
-                        |t| tile_dot::<_, 8>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
-                        |t| tile_dot::<_, 4>(Q::NAME, w, std::array::from_fn(|i| act(t + i))),
-                        |t| tile_dot::<_, 1>(Q::NAME, w, [act(t)]),
-                    );
+                    Q::Tile::dot_tokens(Q::NAME, w, m, act, out);
                 })
             }
         }
@@ -274,6 +268,35 @@ pub trait TileKernel: Sized {
     /// The features of [`Isa::Vnni`]; every `a[t]` has `w.len()` blocks.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N];
+
+    /// A row group's tiles (`w`) dotted with tokens `0..m` (`act(t)`), written as `out[t * 8 + i]` (token
+    /// `t`, row `i`): groups of 8, 4 and 1 tokens on the tiles as they are.
+    fn dot_tokens<'a>(
+        name: &str,
+        w: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        token_groups(name, w, m, act, out);
+    }
+}
+
+/// [`TileKernel::dot_tokens`]' default: groups of 8, 4 and 1 tokens on the tiles as they are.
+fn token_groups<'a, T: TileKernel>(
+    name: &str,
+    w: &[T],
+    m: usize,
+    act: impl Fn(usize) -> &'a [BlockQ8_1],
+    out: &mut [f32],
+) {
+    tile_token_groups(
+        m,
+        out,
+        |t| tile_dot::<_, 8>(name, w, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot::<_, 4>(name, w, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot::<_, 1>(name, w, [act(t)]),
+    );
 }
 
 /// What the generic VNNI tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k`
@@ -284,6 +307,10 @@ pub trait VnniTile {
     const OFFSET: i32;
     /// Whether the rows have a minimum term (`m · s`, Q4_1).
     const HAS_MIN: bool;
+    /// Whether a matmul of more than eight tokens should unpack a row group's tiles once into plain
+    /// registers' worth of bytes ([`Unpacked`]) rather than once per group of eight tokens: worth it where
+    /// [`VnniTile::load`] is much more than loads (Q5_0's fifth bits).
+    const UNPACK: bool = false;
     /// # Safety
     /// The CPU must have AVX2.
     #[cfg(target_arch = "x86_64")]
@@ -296,6 +323,81 @@ impl<T: VnniTile> TileKernel for T {
         // SAFETY: forwarded from the caller.
         unsafe { tile_vnni::<Self, N>(w, a) }
     }
+
+    fn dot_tokens<'a>(
+        name: &str,
+        w: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if T::UNPACK && m > 8 {
+            // SAFETY: tiles are only built when `Isa::Vnni` was detected (AVX2 and F16C included).
+            let plain = unsafe { unpack(w) };
+            return token_groups(name, &plain, m, act, out);
+        }
+        token_groups(name, w, m, act, out);
+    }
+}
+
+/// A tile as [`VnniTile::load`] gives it, stored: the generic kernel then runs on plain loads (the same
+/// integers and floats, so the same bits).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct Unpacked<T> {
+    w: [[u8; 32]; 8],
+    d: [f32; 8],
+    m: [f32; 8],
+    tile: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: VnniTile> VnniTile for Unpacked<T> {
+    const OFFSET: i32 = T::OFFSET;
+    const HAS_MIN: bool = T::HAS_MIN;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(&self) -> TileRegs {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled here; each `w[k]` is 32 bytes, `d` and `m` eight floats each.
+        unsafe {
+            (
+                std::array::from_fn(|k| _mm256_load_si256(self.w[k].as_ptr().cast())),
+                _mm256_load_ps(self.d.as_ptr()),
+                _mm256_load_ps(self.m.as_ptr()),
+            )
+        }
+    }
+}
+
+/// A row group's tiles, each loaded once and stored as [`Unpacked`].
+///
+/// # Safety
+/// AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
+    use std::arch::x86_64::*;
+    w.iter()
+        .map(|t| {
+            let mut u = Unpacked {
+                w: [[0u8; 32]; 8],
+                d: [0.0; 8],
+                m: [0.0; 8],
+                tile: std::marker::PhantomData,
+            };
+            // SAFETY: AVX2 and F16C are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
+            unsafe {
+                let (regs, d, m) = t.load();
+                for (k, r) in regs.iter().enumerate() {
+                    _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
+                }
+                _mm256_store_ps(u.d.as_mut_ptr(), d);
+                _mm256_store_ps(u.m.as_mut_ptr(), m);
+            }
+            u
+        })
+        .collect()
 }
 
 /// A tile in registers: weights (register `k` ↔ activation dword `k`), scales, minimums.

@@ -1,0 +1,378 @@
+//! The K-quant and re-laid-out kernels (Q4_K, Q5_0, Q5_1, Q5_K, Q6_K) against candle's dequantization and
+//! against plain integer loops, at every ISA present.
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Result, Tensor};
+use std::borrow::Cow;
+
+use super::q4_1::Q4_1Matrix;
+use super::q4k::Q4KMatrix;
+use super::q5::{BlockQ5, Q5Matrix};
+use super::q5_0::Q5_0Matrix;
+use super::q6k::{Q6Matrix, q6k_blocks};
+use super::relayout::{q4k_blocks, q5k_blocks};
+use super::tests::isas;
+use super::{Acts, Isa, quantize_rows_with};
+
+/// Random bytes with sane f16 scales at `scale_at` (everything else random, as any file may hold).
+pub(super) fn random(seed: u64, blocks: usize, size: usize, scale_at: &[usize]) -> Vec<u8> {
+    let mut s = seed;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut out = Vec::with_capacity(blocks * size);
+    for _ in 0..blocks {
+        let mut b: Vec<u8> = (0..size).map(|_| next() as u8).collect();
+        for &at in scale_at {
+            let d = half::f16::from_f32(0.002 + (next() % 100) as f32 * 1e-4);
+            b[at..at + 2].copy_from_slice(&d.to_le_bytes());
+        }
+        out.extend(b);
+    }
+    out
+}
+
+/// candle's own dequantization: the independent definition of the values.
+fn candle_values(bytes: &[u8], dtype: GgmlDType, rows: usize, cols: usize) -> Vec<f64> {
+    let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype).expect("storage");
+    let t = QTensor::new(storage, (rows, cols)).expect("qtensor");
+    let w = t.dequantize(&Device::Cpu).expect("dequantize");
+    w.flatten_all()
+        .and_then(|w| w.to_vec1::<f32>())
+        .expect("values")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+#[test]
+fn relaid_blocks_hold_exactly_the_values_candle_dequantizes() {
+    let (rows, cols) = (3, 512);
+    let q4k = random(1, rows * cols / 256, 144, &[0, 2]);
+    let want = candle_values(&q4k, GgmlDType::Q4K, rows, cols);
+    let got: Vec<f64> = q4k_blocks(&q4k)
+        .iter()
+        .flat_map(|b| {
+            (0..32).map(move |j| {
+                let q = if j < 16 {
+                    b.qs[j] & 15
+                } else {
+                    b.qs[j - 16] >> 4
+                };
+                f64::from(b.d * f32::from(q) + b.m)
+            })
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "Q4_K value {i}: {g} vs {w}"
+        );
+    }
+    let q50 = random(2, rows * cols / 32, 22, &[0]);
+    let want = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
+    let got: Vec<f64> = super::q5_0::q5_0_blocks(&q50)
+        .iter()
+        .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d * f32::from(q))))
+        .collect();
+    assert_eq!(got, want, "Q5_0 values");
+    let five = |blocks: Vec<BlockQ5>| -> Vec<f64> {
+        blocks
+            .iter()
+            .flat_map(|b| {
+                b.qs.iter()
+                    .map(move |&q| f64::from(b.d * f32::from(q) + b.m))
+            })
+            .collect()
+    };
+    let q5k = random(5, rows * cols / 256, 176, &[0, 2]);
+    let want = candle_values(&q5k, GgmlDType::Q5K, rows, cols);
+    for (i, (g, w)) in five(q5k_blocks(&q5k)).iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "Q5_K value {i}: {g} vs {w}"
+        );
+    }
+    let q51 = random(6, rows * cols / 32, 24, &[0, 2]);
+    let want = candle_values(&q51, GgmlDType::Q5_1, rows, cols);
+    let parsed: Vec<BlockQ5> = q51
+        .chunks_exact(24)
+        .map(<super::q5::Q5 as super::quant::GgufBlocks>::parse)
+        .collect();
+    for (i, (g, w)) in five(parsed).iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+            "Q5_1 value {i}: {g} vs {w}"
+        );
+    }
+    // Q4_K on its own kernel: bit for bit, from the row-major blocks and from the VNNI tiles (16 rows:
+    // two row groups)
+    let (rows16, q4k) = (16, random(12, 16 * cols / 256, 144, &[0, 2]));
+    let ids: Vec<u32> = (0..rows16 as u32).collect();
+    let want4k: Vec<f32> = candle_values(&q4k, GgmlDType::Q4K, rows16, cols)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    for isa in isas() {
+        let m = Q4KMatrix::from_q4k_for(isa, &q4k, rows16, cols).expect("q4_k");
+        assert!(m.can_gather());
+        assert_eq!(
+            m.gather(&ids).expect("gather"),
+            want4k,
+            "Q4_K values at {isa:?}"
+        );
+    }
+    // Q6_K: bit for bit, from the row-major blocks and from the VNNI tiles (gather reads either)
+    let (rows8, q6k) = (8, random(9, 8 * cols / 256, 210, &[208]));
+    let want: Vec<f32> = candle_values(&q6k, GgmlDType::Q6K, rows8, cols)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let ids: Vec<u32> = (0..rows8 as u32).collect();
+    for isa in isas() {
+        let m = Q6Matrix::from_q6k_for(isa, &q6k, rows8, cols).expect("q6_k");
+        assert!(m.can_gather());
+        assert_eq!(
+            m.gather(&ids).expect("gather"),
+            want,
+            "Q6_K values at {isa:?}"
+        );
+    }
+}
+
+/// Within activation-quantization error of f64 math on candle's dequantized weights at every ISA, and
+/// a batch of 13 tokens equal, bit for bit, to each token alone.
+#[test]
+fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
+    let (rows, cols) = (40, 512);
+    let q4k = random(3, rows * cols / 256, 144, &[0, 2]);
+    let q50 = random(4, rows * cols / 32, 22, &[0]);
+    let q5k = random(7, rows * cols / 256, 176, &[0, 2]);
+    let q51 = random(8, rows * cols / 32, 24, &[0, 2]);
+    let q6k = random(10, rows * cols / 256, 210, &[208]);
+    let q6k_odd = random(11, 13 * cols / 256, 210, &[208]);
+    let w6k = candle_values(&q6k, GgmlDType::Q6K, rows, cols);
+    let w6k_odd = candle_values(&q6k_odd, GgmlDType::Q6K, 13, cols);
+    let w4k = candle_values(&q4k, GgmlDType::Q4K, rows, cols);
+    let w50 = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
+    let w5k = candle_values(&q5k, GgmlDType::Q5K, rows, cols);
+    let w51 = candle_values(&q51, GgmlDType::Q5_1, rows, cols);
+    let m = 13;
+    let mut s = 99u32;
+    let xs: Vec<f32> = (0..m * cols)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    let x = Tensor::from_vec(xs.clone(), (m, cols), &Device::Cpu).expect("x");
+    for isa in isas() {
+        for (name, w, run) in [
+            (
+                "Q4_K",
+                &w4k,
+                Box::new(|x: &Tensor| {
+                    Q4_1Matrix::from_q4k_for(isa, &q4k, rows, cols)?.forward_with(isa, x)
+                }) as Box<dyn Fn(&Tensor) -> Result<Tensor>>,
+            ),
+            (
+                "Q4_K (own kernel)",
+                &w4k,
+                Box::new(|x: &Tensor| {
+                    Q4KMatrix::from_q4k_for(isa, &q4k, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q5_0",
+                &w50,
+                Box::new(|x: &Tensor| {
+                    Q5_0Matrix::from_q5_0_for(isa, &q50, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q5_K",
+                &w5k,
+                Box::new(|x: &Tensor| {
+                    Q5Matrix::from_q5k_for(isa, &q5k, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q6_K",
+                &w6k,
+                Box::new(|x: &Tensor| {
+                    Q6Matrix::from_q6k_for(isa, &q6k, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q6_K, 13 rows (blocks, not tiles)",
+                &w6k_odd,
+                Box::new(|x: &Tensor| {
+                    Q6Matrix::from_q6k_for(isa, &q6k_odd, 13, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q5_1",
+                &w51,
+                Box::new(|x: &Tensor| {
+                    Q5Matrix::from_bytes_for(isa, &q51, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+        ] {
+            let got = run(&x).and_then(|y| y.to_vec2::<f32>()).expect("forward");
+            for t in 0..m {
+                let want: Vec<f64> = (0..w.len() / cols)
+                    .map(|r| {
+                        (0..cols)
+                            .map(|c| w[r * cols + c] * f64::from(xs[t * cols + c]))
+                            .sum()
+                    })
+                    .collect();
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                assert_eq!(got[t].len(), want.len(), "{name}: rows");
+                for (r, (g, e)) in got[t].iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*g) - e).abs() < 2e-2 * scale,
+                        "{name} {isa:?} token {t} row {r}: {g} vs exact {e}"
+                    );
+                }
+                let alone = x
+                    .narrow(0, t, 1)
+                    .and_then(|xt| run(&xt))
+                    .and_then(|y| y.to_vec2::<f32>())
+                    .expect("one token");
+                assert_eq!(
+                    alone[0], got[t],
+                    "{name} {isa:?}: token {t} in a batch of {m} differs"
+                );
+            }
+        }
+    }
+}
+
+/// Q6_K on the VNNI tiles is each super-block's exact integer dot scaled once: bit for bit the plain
+/// loop `acc = fma(Σ sc · Σ (q − 32) · a, d · d_a, acc)`, with the extreme scales (−128, 127) and
+/// values (0, 63) a file may hold against activations at ±127.
+#[test]
+fn q6k_tiles_give_exact_integer_dots_scaled_once() {
+    if !isas().contains(&Isa::Vnni) {
+        return;
+    }
+    for rows in [32, 24] {
+        q6k_tiles_exact(rows);
+    }
+}
+
+fn q6k_tiles_exact(rows: usize) {
+    let (cols, m) = (1024, 13);
+    let mut bytes = random(13, rows * cols / 256, 210, &[208]);
+    // the first super-block of row 0: every value 63 (ql, qh all ones) and scale −128; of row 1: every
+    // value 0, scale 127
+    let sb_row = cols / 256 * 210;
+    bytes[..192].fill(0xFF);
+    bytes[192..208].fill(0x80);
+    bytes[sb_row..sb_row + 192].fill(0);
+    bytes[sb_row + 192..sb_row + 208].fill(0x7F);
+    let mut s = 7u32;
+    let xs: Vec<f32> = (0..m * cols)
+        .map(|i| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            // tokens 0 and 1: every activation at the scale's maximum magnitude (then alternating in
+            // sign)
+            if i < cols {
+                1.0
+            } else if i < 2 * cols {
+                if i % 2 == 0 { 1.0 } else { -1.0 }
+            } else {
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            }
+        })
+        .collect();
+    let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+    let got = Q6Matrix::from_q6k_for(Isa::Vnni, &bytes, rows, cols)
+        .and_then(|w| w.forward_with(Isa::Vnni, &x))
+        .and_then(|y| y.to_vec2::<f32>())
+        .expect("forward");
+    let blocks = q6k_blocks(&bytes);
+    let (acts, _) = quantize_rows_with(&x, cols, "Q6_K", Acts::Per256).expect("acts");
+    let kb = cols / 32;
+    for t in 0..m {
+        for r in 0..rows {
+            let (w, a) = (&blocks[r * kb..][..kb], &acts[t * kb..][..kb]);
+            let mut acc = 0f32;
+            for (w, a) in w.chunks(8).zip(a.chunks(8)) {
+                let mut isum = 0i64;
+                for (w, a) in w.iter().zip(a) {
+                    for j in 0..32 {
+                        isum += i64::from(w.sc[j / 16])
+                            * (i64::from(w.qs[j]) - 32)
+                            * i64::from(a.qs[j]);
+                    }
+                }
+                acc = (isum as f32).mul_add(w[0].d * a[0].d, acc);
+            }
+            assert_eq!(
+                got[t][r].to_bits(),
+                acc.to_bits(),
+                "{rows} rows: token {t} row {r}"
+            );
+        }
+    }
+}
+
+/// Q4_K on its own kernel: the VNNI tiles (d and dmin put together from eight tiles' nibbles) give
+/// bit for bit what the plain loop of exact integers gives on the row-major blocks, with the extreme
+/// scales, minimums and values (63, 63, 15) a file may hold against activations at ±127, in batches
+/// and alone.
+#[test]
+fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
+    if !isas().contains(&Isa::Vnni) {
+        return;
+    }
+    let (rows, cols, m) = (24, 1024, 13);
+    let mut bytes = random(14, rows * cols / 256, 144, &[0, 2]);
+    // row 0's first super-block: every scale and minimum 63, every value 15
+    bytes[4..144].fill(0xFF);
+    let mut s = 5u32;
+    let xs: Vec<f32> = (0..m * cols)
+        .map(|i| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            if i < cols {
+                1.0
+            } else if i < 2 * cols {
+                if i % 2 == 0 { 1.0 } else { -1.0 }
+            } else {
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            }
+        })
+        .collect();
+    let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+    let run = |isa: Isa, x: &Tensor| {
+        Q4KMatrix::from_q4k_for(isa, &bytes, rows, cols)
+            .and_then(|w| w.forward_with(isa, x))
+            .and_then(|y| y.to_vec2::<f32>())
+            .expect("forward")
+    };
+    let want = run(Isa::Scalar, &x);
+    let got = run(Isa::Vnni, &x);
+    for t in 0..m {
+        let alone = run(Isa::Vnni, &x.narrow(0, t, 1).expect("token"));
+        for r in 0..rows {
+            assert_eq!(
+                got[t][r].to_bits(),
+                want[t][r].to_bits(),
+                "token {t} row {r}: tiles {} vs loop {}",
+                got[t][r],
+                want[t][r]
+            );
+            assert_eq!(
+                alone[0][r].to_bits(),
+                got[t][r].to_bits(),
+                "token {t} alone"
+            );
+        }
+    }
+}

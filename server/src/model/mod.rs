@@ -386,6 +386,7 @@ impl Model {
             name: "rope tables".into(),
             source,
         })?;
+        kernels::release_free_heap();
         Ok(Self {
             rank_config: cfg.for_rank(tp.size()),
             config: cfg,

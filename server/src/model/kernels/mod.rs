@@ -324,6 +324,17 @@ pub(crate) fn huge_page_vec<T>(len: usize) -> Vec<T> {
     v
 }
 
+/// Hands the heap's free memory back to the kernel (glibc's `malloc_trim`). Loading parses each matrix into
+/// temporary blocks before laying it out in tiles; glibc keeps much of what is freed in its arenas, where it
+/// would stay resident (and counted against the pod's memory) for the life of the process.
+pub(crate) fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel; no live allocation is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn hsum(acc: std::arch::x86_64::__m256) -> f32 {

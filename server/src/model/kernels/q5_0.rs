@@ -91,29 +91,32 @@ impl super::quant::VnniTile for Tile8 {
     const HAS_MIN: bool = false;
     const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512vl")]
     unsafe fn load(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 and F16C are enabled here; `lo` is four 32-byte rows, `hi` 32 bytes, `d` eight
-        // f16.
+        // SAFETY: AVX2, F16C and AVX-512 F/VL are enabled here (tiles exist only on VNNI CPUs, which have
+        // them); `lo` is four 32-byte rows, `hi` 32 bytes, `d` eight f16.
         unsafe {
             let nib = super::quant::unpack_nibbles(&self.lo);
             let h = _mm256_loadu_si256(self.hi.as_ptr().cast());
             let mask = _mm256_set1_epi8(0x10);
             // bit `r` of each byte moved to bit 4 (16-bit shifts: what crosses a byte lands outside the
             // mask)
-            let top = |r: usize| match r {
-                0 => _mm256_and_si256(_mm256_slli_epi16(h, 4), mask),
-                1 => _mm256_and_si256(_mm256_slli_epi16(h, 3), mask),
-                2 => _mm256_and_si256(_mm256_slli_epi16(h, 2), mask),
-                3 => _mm256_and_si256(_mm256_slli_epi16(h, 1), mask),
-                4 => _mm256_and_si256(h, mask),
-                5 => _mm256_and_si256(_mm256_srli_epi16(h, 1), mask),
-                6 => _mm256_and_si256(_mm256_srli_epi16(h, 2), mask),
-                _ => _mm256_and_si256(_mm256_srli_epi16(h, 3), mask),
+            let shifted = |r: usize| match r {
+                0 => _mm256_slli_epi16(h, 4),
+                1 => _mm256_slli_epi16(h, 3),
+                2 => _mm256_slli_epi16(h, 2),
+                3 => _mm256_slli_epi16(h, 1),
+                4 => h,
+                5 => _mm256_srli_epi16(h, 1),
+                6 => _mm256_srli_epi16(h, 2),
+                _ => _mm256_srli_epi16(h, 3),
             };
             (
-                std::array::from_fn(|r| _mm256_or_si256(nib[r], top(r))),
+                // nibbles | (shifted & mask) in one instruction
+                std::array::from_fn(|r| {
+                    _mm256_ternarylogic_epi32::<0xF8>(nib[r], shifted(r), mask)
+                }),
                 _mm256_cvtph_ps(_mm_loadu_si128(self.d.as_ptr().cast())),
                 _mm256_setzero_ps(),
             )

@@ -333,7 +333,7 @@ impl<T: VnniTile> TileKernel for T {
     ) {
         #[cfg(target_arch = "x86_64")]
         if T::UNPACK && m > 8 {
-            // SAFETY: tiles are only built when `Isa::Vnni` was detected (AVX2 and F16C included).
+            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
             let plain = unsafe { unpack(w) };
             return token_groups(name, &plain, m, act, out);
         }
@@ -373,9 +373,9 @@ impl<T: VnniTile> VnniTile for Unpacked<T> {
 /// A row group's tiles, each loaded once and stored as [`Unpacked`].
 ///
 /// # Safety
-/// AVX2 and F16C.
+/// The features of [`Isa::Vnni`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
     use std::arch::x86_64::*;
     w.iter()
@@ -386,7 +386,7 @@ unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
                 m: [0.0; 8],
                 tile: std::marker::PhantomData,
             };
-            // SAFETY: AVX2 and F16C are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
+            // SAFETY: the features are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
             unsafe {
                 let (regs, d, m) = t.load();
                 for (k, r) in regs.iter().enumerate() {
@@ -413,9 +413,9 @@ pub type TileRegs = (
 /// plus `m · s` where the type has minimums.
 ///
 /// # Safety
-/// AVX2, FMA, F16C, AVX-512 VNNI and VL; every `a[t]` has `w.len()` blocks.
+/// The features of [`Isa::Vnni`]; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
     w: &[T],
     a: [&[BlockQ8_1]; N],

@@ -14,8 +14,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::kernels::{
-    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5Matrix, Q6Matrix,
-    Q8_0Matrix,
+    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5_1Matrix, Q5Matrix,
+    Q6Matrix, Q8_0Matrix,
 };
 
 /// Options applied while turning GGUF tensors into layers.
@@ -69,9 +69,12 @@ pub enum Linear {
     /// A Q4_K matrix on a CPU with AVX-512 VNNI, multiplied by our own multi-token kernel with Q8_K
     /// activations and llama.cpp's integer formulation, in the file's 4.5 bits per value.
     Q4K(Q4KMatrix),
-    /// A Q5_1 or Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by
-    /// our own multi-token kernel with Q8_1 activations.
+    /// A Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by our own
+    /// multi-token kernel with Q8_1 activations.
     Q5(Q5Matrix),
+    /// A Q5_1 matrix on the CPU: the file's 6 bits per value on VNNI CPUs, [`Linear::Q5`]'s blocks
+    /// elsewhere, with that kernel's numerics either way.
+    Q5_1(Q5_1Matrix),
     /// A Q6_K matrix on the CPU, multiplied by our own multi-token kernel with Q8_K activations (the six-bit
     /// values unpacked in registers on VNNI CPUs).
     Q6(Q6Matrix),
@@ -150,7 +153,11 @@ impl Linear {
                     )?));
                 }
                 GgmlDType::Q5_1 => {
-                    return Ok(Self::Q5(Q5Matrix::from_bytes(&bytes(&parts)?, rows, cols)?));
+                    return Ok(Self::Q5_1(Q5_1Matrix::from_bytes(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
                 }
                 GgmlDType::Q5K => {
                     return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
@@ -307,6 +314,7 @@ impl Linear {
             Self::Half(h) => h.forward(x),
             Self::Q8_0(q) => q.forward(x),
             Self::Q5_0(q) => q.forward(x),
+            Self::Q5_1(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
             Self::Q5(q) => q.forward(x),
@@ -338,6 +346,7 @@ impl Linear {
             Self::Half(_) => true,
             Self::Q8_0(q) => q.can_gather(),
             Self::Q5_0(q) => q.can_gather(),
+            Self::Q5_1(q) => q.can_gather(),
             Self::Q6(q) => q.can_gather(),
             Self::Q4K(q) => q.can_gather(),
             _ => false,
@@ -350,6 +359,7 @@ impl Linear {
             Self::Half(h) => h.gather(ids),
             Self::Q8_0(q) => q.gather(ids),
             Self::Q5_0(q) => q.gather(ids),
+            Self::Q5_1(q) => q.gather(ids),
             Self::Q6(q) => q.gather(ids),
             Self::Q4K(q) => q.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
@@ -365,6 +375,7 @@ impl Linear {
             Self::Half(h) => Ok(h.rows()),
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q5_0(q) => Ok(q.rows()),
+            Self::Q5_1(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
             Self::Q5(q) => Ok(q.rows()),
@@ -386,6 +397,7 @@ impl Linear {
             Self::Half(h) => format!("{} (half kernel)", h.kind().name()),
             Self::Q8_0(q) => q.source().into(),
             Self::Q5_0(q) => q.source().into(),
+            Self::Q5_1(q) => q.source().into(),
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Q5(q) => q.source().into(),

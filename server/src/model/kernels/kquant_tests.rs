@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use super::q4_1::Q4_1Matrix;
 use super::q4k::Q4KMatrix;
 use super::q5::{BlockQ5, Q5Matrix};
-use super::q5_0::Q5_0Matrix;
+use super::q5_tiles::{Q5_0Matrix, Q5_1Matrix};
 use super::q6k::{Q6Matrix, q6k_blocks};
 use super::relayout::{q4k_blocks, q5k_blocks};
 use super::tests::isas;
@@ -75,7 +75,7 @@ fn relaid_blocks_hold_exactly_the_values_candle_dequantizes() {
     }
     let q50 = random(2, rows * cols / 32, 22, &[0]);
     let want = candle_values(&q50, GgmlDType::Q5_0, rows, cols);
-    let got: Vec<f64> = super::q5_0::q5_0_blocks(&q50)
+    let got: Vec<f64> = super::q5_tiles::q5_0_blocks(&q50)
         .iter()
         .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d * f32::from(q))))
         .collect();
@@ -218,7 +218,7 @@ fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
                 "Q5_1",
                 &w51,
                 Box::new(|x: &Tensor| {
-                    Q5Matrix::from_bytes_for(isa, &q51, rows, cols)?.forward_with(isa, x)
+                    Q5_1Matrix::from_bytes_for(isa, &q51, rows, cols)?.forward_with(isa, x)
                 }),
             ),
         ] {

@@ -539,10 +539,10 @@ fn k_quant_activations_share_one_scale_per_256_values_like_q8_k() {
     assert_eq!(blocks[9].qs[12], -127);
 }
 
-/// Rows gathered from a Q8_0 or Q5_0 matrix (both layouts each) are, bit for bit, the rows
+/// Rows gathered from a Q8_0, Q5_0 or Q5_1 matrix (both layouts each) are, bit for bit, the rows
 /// candle's dequantization of the file's blocks gives: a tied head can serve the embedding lookups.
 #[test]
-fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
+fn q8_0_and_q5_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
     use candle_core::quantized::{GgmlDType, QStorage, QTensor};
     let mut rng = Rng(777);
     let (rows, cols) = (24, 3 * 32);
@@ -558,6 +558,17 @@ fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
     )
     .expect("q5_0");
     let q50_bytes = q50.data().expect("bytes").to_vec();
+    let q51 = QTensor::quantize(
+        &Tensor::from_vec(
+            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .expect("w"),
+        GgmlDType::Q5_1,
+    )
+    .expect("q5_1");
+    let q51_bytes = q51.data().expect("bytes").to_vec();
     let dequant = |bytes: &[u8], dtype| -> Vec<f32> {
         let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)
             .expect("storage");
@@ -571,6 +582,7 @@ fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
     for (name, bytes, dtype) in [
         ("Q8_0", &q80, GgmlDType::Q8_0),
         ("Q5_0", &q50_bytes, GgmlDType::Q5_0),
+        ("Q5_1", &q51_bytes, GgmlDType::Q5_1),
     ] {
         let want = dequant(bytes, dtype);
         for isa in isas() {
@@ -579,8 +591,12 @@ fn q8_0_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
                     let m = Q8_0Matrix::from_bytes_for(isa, bytes, rows, cols).expect("matrix");
                     assert!(m.can_gather());
                     m.gather(ids)
-                } else {
+                } else if dtype == GgmlDType::Q5_0 {
                     let m = Q5_0Matrix::from_q5_0_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                } else {
+                    let m = Q5_1Matrix::from_bytes_for(isa, bytes, rows, cols).expect("matrix");
                     assert!(m.can_gather());
                     m.gather(ids)
                 }

@@ -14,8 +14,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::kernels::{
-    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5_1Matrix, Q5Matrix,
-    Q6Matrix, Q8_0Matrix,
+    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5_1Matrix, Q5KMatrix,
+    Q5Matrix, Q6Matrix, Q8_0Matrix,
 };
 
 /// Options applied while turning GGUF tensors into layers.
@@ -70,8 +70,11 @@ pub enum Linear {
     /// activations and llama.cpp's integer formulation, in the file's 4.5 bits per value.
     Q4K(Q4KMatrix),
     /// A Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by our own
-    /// multi-token kernel with Q8_1 activations.
+    /// multi-token kernel with Q8_1 activations (CPUs without AVX-512 VNNI, rows not in eights).
     Q5(Q5Matrix),
+    /// A Q5_K matrix on a CPU with AVX-512 VNNI, in the file's 5.5 bits per value, unpacked a row group at a
+    /// time onto [`Linear::Q5`]'s kernel (the same numerics).
+    Q5K(Q5KMatrix),
     /// A Q5_1 matrix on the CPU: the file's 6 bits per value on VNNI CPUs, [`Linear::Q5`]'s blocks
     /// elsewhere, with that kernel's numerics either way.
     Q5_1(Q5_1Matrix),
@@ -158,6 +161,9 @@ impl Linear {
                         rows,
                         cols,
                     )?));
+                }
+                GgmlDType::Q5K if Q5KMatrix::runs_here(rows) => {
+                    return Ok(Self::Q5K(Q5KMatrix::from_q5k(&bytes(&parts)?, rows, cols)?));
                 }
                 GgmlDType::Q5K => {
                     return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
@@ -315,6 +321,7 @@ impl Linear {
             Self::Q8_0(q) => q.forward(x),
             Self::Q5_0(q) => q.forward(x),
             Self::Q5_1(q) => q.forward(x),
+            Self::Q5K(q) => q.forward(x),
             Self::Q4_1(q) => q.forward(x),
             Self::Q4_0(q) => q.forward(x),
             Self::Q5(q) => q.forward(x),
@@ -347,6 +354,7 @@ impl Linear {
             Self::Q8_0(q) => q.can_gather(),
             Self::Q5_0(q) => q.can_gather(),
             Self::Q5_1(q) => q.can_gather(),
+            Self::Q5K(q) => q.can_gather(),
             Self::Q6(q) => q.can_gather(),
             Self::Q4K(q) => q.can_gather(),
             _ => false,
@@ -360,6 +368,7 @@ impl Linear {
             Self::Q8_0(q) => q.gather(ids),
             Self::Q5_0(q) => q.gather(ids),
             Self::Q5_1(q) => q.gather(ids),
+            Self::Q5K(q) => q.gather(ids),
             Self::Q6(q) => q.gather(ids),
             Self::Q4K(q) => q.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
@@ -376,6 +385,7 @@ impl Linear {
             Self::Q8_0(q) => Ok(q.rows()),
             Self::Q5_0(q) => Ok(q.rows()),
             Self::Q5_1(q) => Ok(q.rows()),
+            Self::Q5K(q) => Ok(q.rows()),
             Self::Q4_1(q) => Ok(q.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
             Self::Q5(q) => Ok(q.rows()),
@@ -398,6 +408,7 @@ impl Linear {
             Self::Q8_0(q) => q.source().into(),
             Self::Q5_0(q) => q.source().into(),
             Self::Q5_1(q) => q.source().into(),
+            Self::Q5K(q) => q.source().into(),
             Self::Q4_1(q) => q.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
             Self::Q5(q) => q.source().into(),

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use super::q4_1::Q4_1Matrix;
 use super::q4k::Q4KMatrix;
 use super::q5::{BlockQ5, Q5Matrix};
-use super::q5_tiles::{Q5_0Matrix, Q5_1Matrix};
+use super::q5_tiles::{Q5_0Matrix, Q5_1Matrix, Q5KMatrix};
 use super::q6k::{Q6Matrix, q6k_blocks};
 use super::relayout::{q4k_blocks, q5k_blocks};
 use super::tests::isas;
@@ -126,6 +126,21 @@ fn relaid_blocks_hold_exactly_the_values_candle_dequantizes() {
             "Q4_K values at {isa:?}"
         );
     }
+    // Q5_K on file-sized tiles: bit for bit, from either layout
+    let q5k16 = random(13, 16 * cols / 256, 176, &[0, 2]);
+    let want5k: Vec<f32> = candle_values(&q5k16, GgmlDType::Q5K, rows16, cols)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    for isa in isas() {
+        let m = Q5KMatrix::from_q5k_for(isa, &q5k16, rows16, cols).expect("q5_k");
+        assert!(m.can_gather());
+        assert_eq!(
+            m.gather(&ids).expect("gather"),
+            want5k,
+            "Q5_K values at {isa:?}"
+        );
+    }
     // Q6_K: bit for bit, from the row-major blocks and from the VNNI tiles (gather reads either)
     let (rows8, q6k) = (8, random(9, 8 * cols / 256, 210, &[208]));
     let want: Vec<f32> = candle_values(&q6k, GgmlDType::Q6K, rows8, cols)
@@ -198,6 +213,13 @@ fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
                 &w5k,
                 Box::new(|x: &Tensor| {
                     Q5Matrix::from_q5k_for(isa, &q5k, rows, cols)?.forward_with(isa, x)
+                }),
+            ),
+            (
+                "Q5_K (file-sized tiles)",
+                &w5k,
+                Box::new(|x: &Tensor| {
+                    Q5KMatrix::from_q5k_for(isa, &q5k, rows, cols)?.forward_with(isa, x)
                 }),
             ),
             (
@@ -374,5 +396,54 @@ fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
                 "token {t} alone"
             );
         }
+    }
+}
+
+/// Q5_K on file-sized tiles (unpacked per row group in the matmul) gives, bit for bit, what Q5_K re-laid
+/// out at load onto the 5-bit kernel gives, for one token and for batches, with the extreme scales and
+/// minimums (63) and values (31) a file may hold.
+#[test]
+fn q5k_file_sized_tiles_equal_the_relaid_kernel_bit_for_bit() {
+    if !isas().contains(&Isa::Vnni) {
+        return;
+    }
+    let (rows, cols) = (24, 1024);
+    let mut bytes = random(16, rows * cols / 256, 176, &[0, 2]);
+    // row 0's first super-block: every scale and minimum 63, every value 31
+    bytes[4..176].fill(0xFF);
+    for m in [1, 4, 8, 13, 16] {
+        let mut s = 21u32 + m as u32;
+        let xs: Vec<f32> = (0..m * cols)
+            .map(|i| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if i < cols {
+                    if i % 2 == 0 { 1.0 } else { -1.0 }
+                } else {
+                    (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                }
+            })
+            .collect();
+        let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+        let run = |tiles: bool| {
+            let y = if tiles {
+                Q5KMatrix::from_q5k_for(Isa::Vnni, &bytes, rows, cols)
+                    .and_then(|w| w.forward_with(Isa::Vnni, &x))
+            } else {
+                Q5Matrix::from_q5k_for(Isa::Vnni, &bytes, rows, cols)
+                    .and_then(|w| w.forward_with(Isa::Vnni, &x))
+            };
+            y.and_then(|y| y.flatten_all())
+                .and_then(|y| y.to_vec1::<f32>())
+                .expect("forward")
+        };
+        let (got, want) = (run(true), run(false));
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits()),
+            "{m} tokens: {:?} vs {:?}",
+            &got[..4],
+            &want[..4]
+        );
     }
 }

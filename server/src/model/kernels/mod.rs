@@ -39,7 +39,7 @@ pub use q4_0::Q4_0Matrix;
 pub use q4_1::Q4_1Matrix;
 pub use q4k::Q4KMatrix;
 pub use q5::Q5Matrix;
-pub use q5_tiles::{Q5_0Matrix, Q5_1Matrix};
+pub use q5_tiles::{Q5_0Matrix, Q5_1Matrix, Q5KMatrix};
 pub use q6k::Q6Matrix;
 pub use q8_0::Q8_0Matrix;
 

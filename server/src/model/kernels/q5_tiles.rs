@@ -9,6 +9,12 @@
 //! subtracts `16 · Σ a` from `Σ q·a`, the same exact integer as `Σ (q − 16)·a`. Elsewhere the blocks are
 //! Q8_0's (`q − 16` as int8, 36 bytes per 32 values) and [`super::q5`]'s (40 bytes) and run on their
 //! kernels. Either way the results are, bit for bit, what those kernels give on the same values.
+//!
+//! Q5_K (a Q5_K_M file's main type) keeps the file's 22 bytes per 32 values the same way on VNNI CPUs, with
+//! Q4_K's per-row `sc | m << 6 | nibble << 12` ([`super::q4k`]). Its scale `d · sc` and minimum `−dmin · m`
+//! need the super-block's `d` and `dmin`, put together from eight tiles, so a row group's tiles are always
+//! unpacked once per matmul into [`super::q5`]'s tiles (one row group at a time, in L1/L2), which that
+//! kernel then runs: bit for bit what it gives on Q5_K re-laid out at load, at 0.55 × the resident size.
 
 use candle_core::Result;
 
@@ -18,6 +24,7 @@ use super::quant::{GgufBlocks, QuantMatrix, QuantType};
 use super::{Acts, BlockQ8_1, Isa};
 
 const Q5_0_BYTES: usize = 22;
+pub(super) const Q5K_BYTES: usize = 176;
 
 /// Row `i`'s 32 values `q(j)` (0..31) into a tile's planes: `lo[k]` byte `4i + c` holds values `4k + c`
 /// (low nibble) and `16 + 4k + c` (high nibble), low four bits each; bit `r` of `hi[4i + c]` is the fifth
@@ -275,5 +282,259 @@ impl Q5_0Matrix {
             candle_core::bail!("Q5_0 matrix [{rows}, {cols}]: {} bytes", bytes.len());
         }
         Self::from_blocks_for(isa, q5_0_blocks(bytes), rows, cols, "Q5_0", Acts::Per32)
+    }
+}
+
+/// One 32-value sub-block of a Q5_K super-block: value `j` is `d · sc · q_j − dmin · m`, `q_j` in 0..31;
+/// `head` is the super-block's f16 `d` (low 16 bits) and `dmin` (high 16 bits), `part` this sub-block's
+/// place in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockQ5K {
+    d: f32,
+    dmin: f32,
+    head: u32,
+    sc: u8,
+    m: u8,
+    part: u8,
+    qs: [u8; 32],
+}
+
+impl BlockQ5K {
+    /// The same 32 values as a [`super::q5`] block: scale `d·sc`, minimum `−dmin·m` (both exact in f32).
+    pub(super) fn as_q5(&self) -> BlockQ5 {
+        BlockQ5 {
+            d: self.d * f32::from(self.sc),
+            m: -(self.dmin * f32::from(self.m)),
+            qs: self.qs,
+        }
+    }
+}
+
+/// Q5_K super-blocks as sub-blocks (eight per super-block, in order).
+pub(super) fn q5k_blocks(bytes: &[u8]) -> Vec<BlockQ5K> {
+    let mut out = Vec::with_capacity(bytes.len() / Q5K_BYTES * 8);
+    for sb in bytes.chunks_exact(Q5K_BYTES) {
+        let head = u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let (d, dmin) = (f16(&sb[0..2]), f16(&sb[2..4]));
+        let (qh, qs) = (&sb[16..48], &sb[48..176]);
+        for j in 0..8 {
+            let (sc, m) = super::relayout::scale_min_k4(j, &sb[4..16]);
+            // sub-blocks 2i and 2i+1 share 32 bytes of nibbles (low, then high); bit j of `qh[l]` is the
+            // fifth bit of value l of sub-block j
+            let ql = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let mut v = [0u8; 32];
+            for (l, x) in v.iter_mut().enumerate() {
+                let lo = if j % 2 == 0 { ql[l] & 0x0F } else { ql[l] >> 4 };
+                *x = lo | (((qh[l] >> j) & 1) << 4);
+            }
+            out.push(BlockQ5K {
+                d,
+                dmin,
+                head,
+                sc,
+                m,
+                part: j as u8,
+                qs: v,
+            });
+        }
+    }
+    out
+}
+
+/// Eight rows × one Q5_K sub-block for the VNNI kernel: the values' planes ([`pack5`]) and per row
+/// `sc | m << 6 | nibble << 12`, sub-block `j` of a super-block holding bits `4j..4j+4` of the row's
+/// `d | dmin << 16`. 176 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Tile8K {
+    lo: [[u8; 32]; 4],
+    hi: [u8; 32],
+    sm: [u16; 8],
+}
+
+/// Q5_K on file-sized tiles (VNNI CPUs, rows in eights; elsewhere Q5_K is re-laid out onto
+/// [`super::q5`]'s blocks at load).
+#[derive(Debug, Clone)]
+pub struct Q5K;
+
+/// A `[rows, cols]` Q5_K matrix on file-sized tiles.
+pub type Q5KMatrix = QuantMatrix<Q5K>;
+
+impl QuantType for Q5K {
+    const NAME: &'static str = "Q5_K";
+    type Block = BlockQ5K;
+    type Tile = Tile8K;
+
+    fn tile(rows: [&BlockQ5K; 8]) -> Tile8K {
+        let mut t = Tile8K::default();
+        for (i, blk) in rows.iter().enumerate() {
+            let nibble = (blk.head >> (4 * u32::from(blk.part))) & 15;
+            t.sm[i] = u16::from(blk.sc) | (u16::from(blk.m) << 6) | ((nibble as u16) << 12);
+            pack5(|j| blk.qs[j], i, &mut t.lo, &mut t.hi);
+        }
+        t
+    }
+
+    fn dot_scalar(w: &[BlockQ5K], a: &[BlockQ8_1]) -> f32 {
+        // the generic tile kernel's operations on the re-laid-out block (one `fma` for the dot, one for the
+        // minimum), so that either layout gives the same bits
+        let mut acc = 0f32;
+        for (w, a) in w.iter().zip(a) {
+            let b = w.as_q5();
+            let dot: i32 =
+                b.qs.iter()
+                    .zip(&a.qs)
+                    .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                    .sum();
+            acc = (dot as f32).mul_add(b.d * a.d, acc);
+            acc = b.m.mul_add(a.s, acc);
+        }
+        acc
+    }
+
+    fn values(b: &BlockQ5K) -> Option<[f32; 32]> {
+        Some(k_values(b.d, b.dmin, b.sc, b.m, |j| b.qs[j]))
+    }
+
+    fn tile_values(tiles: &[Tile8K], b: usize, i: usize) -> Option<[f32; 32]> {
+        let head = super_head(&tiles[b / 8 * 8..][..8], i);
+        let f16 = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
+        let t = &tiles[b];
+        let (sc, m) = ((t.sm[i] & 63) as u8, ((t.sm[i] >> 6) & 63) as u8);
+        Some(k_values(f16(head & 0xFFFF), f16(head >> 16), sc, m, |j| {
+            unpack5(&t.lo, &t.hi, i, j)
+        }))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_x86<const N: usize, const VNNI: bool>(
+        w: &[BlockQ5K],
+        a: [&[BlockQ8_1]; N],
+    ) -> [f32; N] {
+        // the row-major layout only runs where the tiles cannot (tests; other CPUs re-lay Q5_K out onto
+        // the 5-bit kernel instead)
+        a.map(|a| Self::dot_scalar(w, a))
+    }
+}
+
+/// Row `i`'s `d | dmin << 16` from the eight tiles of its super-block.
+fn super_head(tiles: &[Tile8K], i: usize) -> u32 {
+    tiles
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (p, t)| h | (u32::from(t.sm[i] >> 12) << (4 * p)))
+}
+
+/// A sub-block's 32 values as GGML's (and candle's) Q5_K dequantization computes them in f32:
+/// `(d·sc)·q − dmin·m`.
+fn k_values(d: f32, dmin: f32, sc: u8, m: u8, q: impl Fn(usize) -> u8) -> [f32; 32] {
+    let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+    std::array::from_fn(|j| d1 * f32::from(q(j)) - m1)
+}
+
+impl super::quant::TileKernel for Tile8K {
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+        // SAFETY: forwarded from the caller (the features of `Isa::Vnni`).
+        unsafe {
+            let plain = unpack_k(w);
+            <super::quant::Unpacked<super::q5::Tile8> as super::quant::TileKernel>::dot::<N>(
+                &plain, a,
+            )
+        }
+    }
+
+    fn dot_tokens<'a>(
+        name: &str,
+        w: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
+            let plain = unsafe { unpack_k(w) };
+            super::quant::TileKernel::dot_tokens(name, &plain, m, act, out);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (name, w, m, act, out);
+            unreachable!("tiles are only built on x86_64");
+        }
+    }
+}
+
+/// A row group's Q5_K tiles (whole super-blocks) as [`super::q5`]'s tiles, in registers' layout: values
+/// 0..31, scale `d · sc` and minimum `−dmin · m` per row (the products exact in f32, the negation a sign
+/// flip: the same floats as the re-layout at load).
+///
+/// # Safety
+/// The features of [`Isa::Vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+    use std::arch::x86_64::*;
+    let mut out = Vec::with_capacity(w.len());
+    let six = _mm256_set1_epi32(63);
+    let sign = _mm256_set1_ps(-0.0);
+    for sb in w.chunks_exact(8) {
+        // SAFETY: the features are enabled here; each `sm` is eight u16.
+        let sm: [__m256i; 8] = std::array::from_fn(|p| unsafe {
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(sb[p].sm.as_ptr().cast()))
+        });
+        let mut head = _mm256_setzero_si256();
+        for (p, s) in sm.iter().enumerate() {
+            head = _mm256_or_si256(
+                head,
+                _mm256_sll_epi32(_mm256_srli_epi32(*s, 12), _mm_cvtsi32_si128(4 * p as i32)),
+            );
+        }
+        let d = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head));
+        let dmin = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(head, 16)));
+        for (t, s) in sb.iter().zip(&sm) {
+            let sc = _mm256_cvtepi32_ps(_mm256_and_si256(*s, six));
+            let m = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(*s, 6), six));
+            let mut u = super::quant::Unpacked {
+                w: [[0u8; 32]; 8],
+                d: [0.0; 8],
+                m: [0.0; 8],
+                tile: std::marker::PhantomData,
+            };
+            // SAFETY: the features are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
+            unsafe {
+                for (k, r) in load5(&t.lo, &t.hi).iter().enumerate() {
+                    _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
+                }
+                _mm256_store_ps(u.d.as_mut_ptr(), _mm256_mul_ps(d, sc));
+                _mm256_store_ps(
+                    u.m.as_mut_ptr(),
+                    _mm256_xor_ps(_mm256_mul_ps(dmin, m), sign),
+                );
+            }
+            out.push(u);
+        }
+    }
+    out
+}
+
+impl Q5KMatrix {
+    /// Whether a Q5_K matrix of `rows` runs on file-sized tiles here (VNNI, rows in eights); else it is
+    /// re-laid out onto [`super::Q5Matrix`].
+    pub fn runs_here(rows: usize) -> bool {
+        Isa::detect() == Isa::Vnni && rows.is_multiple_of(8)
+    }
+
+    /// A `[rows, cols]` Q5_K tensor's GGUF bytes.
+    pub fn from_q5k(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        Self::from_q5k_for(Isa::detect(), bytes, rows, cols)
+    }
+
+    pub(super) fn from_q5k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q5K_BYTES {
+            candle_core::bail!("Q5_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
+        }
+        Self::from_blocks_for(isa, q5k_blocks(bytes), rows, cols, "Q5_K", Acts::Per256)
     }
 }

@@ -346,10 +346,10 @@ impl<T: VnniTile> TileKernel for T {
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(32))]
 pub struct Unpacked<T> {
-    w: [[u8; 32]; 8],
-    d: [f32; 8],
-    m: [f32; 8],
-    tile: std::marker::PhantomData<fn() -> T>,
+    pub(super) w: [[u8; 32]; 8],
+    pub(super) d: [f32; 8],
+    pub(super) m: [f32; 8],
+    pub(super) tile: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: VnniTile> VnniTile for Unpacked<T> {
@@ -376,7 +376,7 @@ impl<T: VnniTile> VnniTile for Unpacked<T> {
 /// The features of [`Isa::Vnni`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
+pub(super) unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
     use std::arch::x86_64::*;
     w.iter()
         .map(|t| {

@@ -17,12 +17,6 @@ use super::q4_1::{BlockQ4_1, Q4_1Matrix};
 use super::q5::{BlockQ5, Q5Matrix};
 use super::{Acts, Isa};
 
-const Q5K_BYTES: usize = 176;
-
-fn f16(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
 /// The 6-bit scale and minimum of sub-block `j` (0..8) from Q4_K's 12 packed bytes (GGML's
 /// `get_scale_min_k4`).
 pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
@@ -44,30 +38,13 @@ pub(super) fn q4k_blocks(bytes: &[u8]) -> Vec<BlockQ4_1> {
         .collect()
 }
 
-/// Q5_K super-blocks as 5-bit blocks with minimum (eight per super-block, in order).
+/// Q5_K super-blocks as 5-bit blocks with minimum (eight per super-block, in order), from
+/// [`super::q5_tiles`]' parse.
 pub(super) fn q5k_blocks(bytes: &[u8]) -> Vec<BlockQ5> {
-    let mut out = Vec::with_capacity(bytes.len() / Q5K_BYTES * 8);
-    for sb in bytes.chunks_exact(Q5K_BYTES) {
-        let (d, dmin) = (f16(&sb[0..2]), f16(&sb[2..4]));
-        let scales = &sb[4..16];
-        let qh = &sb[16..48];
-        let qs = &sb[48..176];
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            let ql = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-            let mut v = [0u8; 32];
-            for (l, x) in v.iter_mut().enumerate() {
-                let lo = if j % 2 == 0 { ql[l] & 0x0F } else { ql[l] >> 4 };
-                *x = lo | (((qh[l] >> j) & 1) << 4);
-            }
-            out.push(BlockQ5 {
-                d: d * f32::from(sc),
-                m: -(dmin * f32::from(m)),
-                qs: v,
-            });
-        }
-    }
-    out
+    super::q5_tiles::q5k_blocks(bytes)
+        .iter()
+        .map(super::q5_tiles::BlockQ5K::as_q5)
+        .collect()
 }
 
 impl Q4_1Matrix {
@@ -91,7 +68,9 @@ impl Q5Matrix {
     }
 
     pub(super) fn from_q5k_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(256) || bytes.len() != rows * cols / 256 * Q5K_BYTES {
+        if !cols.is_multiple_of(256)
+            || bytes.len() != rows * cols / 256 * super::q5_tiles::Q5K_BYTES
+        {
             candle_core::bail!("Q5_K matrix [{rows}, {cols}]: {} bytes", bytes.len());
         }
         Self::from_blocks_for(isa, q5k_blocks(bytes), rows, cols, "Q5_K", Acts::Per256)

@@ -275,6 +275,25 @@ fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
     }
 }
 
+/// `[m, cols]` activations for the exact-integer tests: token 0 every value 1.0 and token 1 ±1.0 in turn
+/// (each block's activations then quantize to ±127, the largest magnitude), the rest random in −1..1.
+fn extreme_acts(seed: u32, m: usize, cols: usize) -> Tensor {
+    let mut s = seed;
+    let xs: Vec<f32> = (0..m * cols)
+        .map(|i| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            if i < cols {
+                1.0
+            } else if i < 2 * cols {
+                if i % 2 == 0 { 1.0 } else { -1.0 }
+            } else {
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x")
+}
+
 /// Q6_K on the VNNI tiles is each super-block's exact integer dot scaled once: bit for bit the plain
 /// loop `acc = fma(Σ sc · Σ (q − 32) · a, d · d_a, acc)`, with the extreme scales (−128, 127) and
 /// values (0, 63) a file may hold against activations at ±127.
@@ -298,22 +317,7 @@ fn q6k_tiles_exact(rows: usize) {
     bytes[192..208].fill(0x80);
     bytes[sb_row..sb_row + 192].fill(0);
     bytes[sb_row + 192..sb_row + 208].fill(0x7F);
-    let mut s = 7u32;
-    let xs: Vec<f32> = (0..m * cols)
-        .map(|i| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            // tokens 0 and 1: every activation at the scale's maximum magnitude (then alternating in
-            // sign)
-            if i < cols {
-                1.0
-            } else if i < 2 * cols {
-                if i % 2 == 0 { 1.0 } else { -1.0 }
-            } else {
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            }
-        })
-        .collect();
-    let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+    let x = extreme_acts(7, m, cols);
     let got = Q6Matrix::from_q6k_for(Isa::Vnni, &bytes, rows, cols)
         .and_then(|w| w.forward_with(Isa::Vnni, &x))
         .and_then(|y| y.to_vec2::<f32>())
@@ -358,20 +362,7 @@ fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
     let mut bytes = random(14, rows * cols / 256, 144, &[0, 2]);
     // row 0's first super-block: every scale and minimum 63, every value 15
     bytes[4..144].fill(0xFF);
-    let mut s = 5u32;
-    let xs: Vec<f32> = (0..m * cols)
-        .map(|i| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            if i < cols {
-                1.0
-            } else if i < 2 * cols {
-                if i % 2 == 0 { 1.0 } else { -1.0 }
-            } else {
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            }
-        })
-        .collect();
-    let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+    let x = extreme_acts(5, m, cols);
     let run = |isa: Isa, x: &Tensor| {
         Q4KMatrix::from_q4k_for(isa, &bytes, rows, cols)
             .and_then(|w| w.forward_with(isa, x))
@@ -412,18 +403,7 @@ fn q5k_file_sized_tiles_equal_the_relaid_kernel_bit_for_bit() {
     // row 0's first super-block: every scale and minimum 63, every value 31
     bytes[4..176].fill(0xFF);
     for m in [1, 4, 8, 13, 16] {
-        let mut s = 21u32 + m as u32;
-        let xs: Vec<f32> = (0..m * cols)
-            .map(|i| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                if i < cols {
-                    if i % 2 == 0 { 1.0 } else { -1.0 }
-                } else {
-                    (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-                }
-            })
-            .collect();
-        let x = Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x");
+        let x = extreme_acts(21 + m as u32, m, cols);
         let run = |tiles: bool| {
             let y = if tiles {
                 Q5KMatrix::from_q5k_for(Isa::Vnni, &bytes, rows, cols)

@@ -136,8 +136,124 @@ impl super::quant::TileKernel for Tile8 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_vnni::<N>(w, a) }
+        unsafe { tile_vnni::<Self, N>(w, a) }
     }
+
+    fn dot_tokens<'a>(
+        name: &str,
+        w: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        // prompt-sized matmuls: each tile unpacked once for the whole matmul, not once per 8-token group
+        #[cfg(target_arch = "x86_64")]
+        if m > 32 {
+            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
+            let plain = unsafe { unpack(w) };
+            return super::quant::TileKernel::dot_tokens(name, &plain, m, act, out);
+        }
+        super::quant::token_groups(name, w, m, act, out);
+    }
+}
+
+/// A tile as [`Tile8::load`] gives it, stored: the kernel then runs on plain loads (the same integers and
+/// floats, so the same bits).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct Plain {
+    w: [[u8; 32]; 8],
+    sc32: [i32; 8],
+    dbits: [i32; 8],
+}
+
+impl super::quant::TileKernel for Plain {
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_vnni::<Self, N>(w, a) }
+    }
+}
+
+/// What [`tile_vnni`] reads of a tile: the weight registers, the `32 · sc` pairs and the bits of `d`
+/// ([`Tile8::load`]).
+#[cfg(target_arch = "x86_64")]
+trait Q6Regs {
+    /// # Safety
+    /// The features of [`Isa::Vnni`].
+    unsafe fn regs(
+        &self,
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Q6Regs for Tile8 {
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    unsafe fn regs(
+        &self,
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.load() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Q6Regs for Plain {
+    #[target_feature(enable = "avx2")]
+    unsafe fn regs(
+        &self,
+    ) -> (
+        [std::arch::x86_64::__m256i; 8],
+        std::arch::x86_64::__m256i,
+        std::arch::x86_64::__m256i,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has AVX2; the arrays are 32-byte aligned and 32 bytes each.
+        unsafe {
+            (
+                std::array::from_fn(|k| _mm256_load_si256(self.w[k].as_ptr().cast())),
+                _mm256_load_si256(self.sc32.as_ptr().cast()),
+                _mm256_load_si256(self.dbits.as_ptr().cast()),
+            )
+        }
+    }
+}
+
+/// A row group's tiles, each loaded once and stored as [`Plain`].
+///
+/// # Safety
+/// The features of [`Isa::Vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn unpack(w: &[Tile8]) -> Vec<Plain> {
+    use std::arch::x86_64::*;
+    w.iter()
+        .map(|t| {
+            let mut p = Plain {
+                w: [[0u8; 32]; 8],
+                sc32: [0; 8],
+                dbits: [0; 8],
+            };
+            // SAFETY: the features are enabled here; the stores fill `p`'s 32-byte-aligned arrays.
+            unsafe {
+                let (regs, sc32, dbits) = t.load();
+                for (k, r) in regs.iter().enumerate() {
+                    _mm256_store_si256(p.w[k].as_mut_ptr().cast(), *r);
+                }
+                _mm256_store_si256(p.sc32.as_mut_ptr().cast(), sc32);
+                _mm256_store_si256(p.dbits.as_mut_ptr().cast(), dbits);
+            }
+            p
+        })
+        .collect()
 }
 
 impl Tile8 {
@@ -148,9 +264,9 @@ impl Tile8 {
     /// the rows' two bits of `d` (lane `i`: row `i`'s, in bits 0 and 1).
     ///
     /// # Safety
-    /// The CPU must have AVX2.
+    /// AVX2 and AVX-512 F and VL.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
     unsafe fn load(
         &self,
     ) -> (
@@ -159,21 +275,25 @@ impl Tile8 {
         std::arch::x86_64::__m256i,
     ) {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `lo` is four 32-byte rows, `hi` two, `sc` 16 bytes.
+        // SAFETY: AVX2 and AVX-512 F/VL are enabled here; `lo` is four 32-byte rows, `hi` two, `sc` 16
+        // bytes.
         unsafe {
             let nib = super::quant::unpack_nibbles(&self.lo);
             let h = [0, 1].map(|r| _mm256_loadu_si256(self.hi[r].as_ptr().cast()));
             let mask = _mm256_set1_epi8(0x30);
             // bits 2k, 2k+1 of each byte moved to bits 4, 5 (16-bit shifts: what crosses a byte lands
             // outside the mask)
-            let top = |h: __m256i, k: usize| match k {
-                0 => _mm256_and_si256(_mm256_slli_epi16(h, 4), mask),
-                1 => _mm256_and_si256(_mm256_slli_epi16(h, 2), mask),
-                2 => _mm256_and_si256(h, mask),
-                _ => _mm256_and_si256(_mm256_srli_epi16(h, 2), mask),
+            let shifted = |h: __m256i, k: usize| match k {
+                0 => _mm256_slli_epi16(h, 4),
+                1 => _mm256_slli_epi16(h, 2),
+                2 => h,
+                _ => _mm256_srli_epi16(h, 2),
             };
             (
-                std::array::from_fn(|r| _mm256_or_si256(nib[r], top(h[r / 4], r % 4))),
+                // nibbles | (shifted & mask) in one instruction
+                std::array::from_fn(|r| {
+                    _mm256_ternarylogic_epi32::<0xF8>(nib[r], shifted(h[r / 4], r % 4), mask)
+                }),
                 _mm256_slli_epi16(
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(self.sc.as_ptr().cast())),
                     5,
@@ -312,8 +432,8 @@ unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32;
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F, VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn tile_vnni<T: Q6Regs, const N: usize>(w: &[T], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     use std::arch::x86_64::*;
 
     let mut acc = [_mm256_setzero_ps(); N];
@@ -321,7 +441,7 @@ unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32;
     let mut head = _mm256_setzero_si256();
     for (b, tile) in w.iter().enumerate() {
         // SAFETY: AVX2 is enabled on this function.
-        let (wq, sc32, dbits) = unsafe { tile.load() };
+        let (wq, sc32, dbits) = unsafe { tile.regs() };
         let part = b % 8;
         head = _mm256_or_si256(
             head,

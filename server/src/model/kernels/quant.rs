@@ -283,7 +283,7 @@ pub trait TileKernel: Sized {
 }
 
 /// [`TileKernel::dot_tokens`]' default: groups of 8, 4 and 1 tokens on the tiles as they are.
-fn token_groups<'a, T: TileKernel>(
+pub(super) fn token_groups<'a, T: TileKernel>(
     name: &str,
     w: &[T],
     m: usize,

@@ -57,8 +57,7 @@ impl QuantType for Q4K {
     fn tile(rows: [&BlockQ4K; 8]) -> Tile8 {
         let mut t = Tile8::default();
         for (i, blk) in rows.iter().enumerate() {
-            let nibble = (blk.head >> (4 * u32::from(blk.part))) & 15;
-            t.sm[i] = u16::from(blk.sc) | (u16::from(blk.m) << 6) | ((nibble as u16) << 12);
+            t.sm[i] = sm_word(blk.sc, blk.m, blk.head, blk.part);
             for k in 0..4 {
                 t.qs[k][4 * i..4 * i + 4].copy_from_slice(&blk.qs[4 * k..4 * k + 4]);
             }
@@ -88,20 +87,14 @@ impl QuantType for Q4K {
     }
 
     fn values(b: &BlockQ4K) -> Option<[f32; 32]> {
-        Some(values(b.d, b.dmin, b.sc, b.m, |l| b.qs[l]))
+        Some(k_values(b.d, b.dmin, b.sc, b.m, |j| nibble(|l| b.qs[l], j)))
     }
 
     fn tile_values(tiles: &[Tile8], b: usize, i: usize) -> Option<[f32; 32]> {
-        // the row's f16 `d | dmin << 16`, one nibble from each of its super-block's eight tiles
-        let head = tiles[b / 8 * 8..][..8]
-            .iter()
-            .enumerate()
-            .fold(0u32, |h, (p, t)| h | (u32::from(t.sm[i] >> 12) << (4 * p)));
-        let f16 = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
         let t = &tiles[b];
-        let (sc, m) = ((t.sm[i] & 63) as u8, ((t.sm[i] >> 6) & 63) as u8);
-        Some(values(f16(head & 0xFFFF), f16(head >> 16), sc, m, |l| {
-            t.qs[l / 4][4 * i + l % 4]
+        let words = std::array::from_fn(|p| tiles[b / 8 * 8 + p].sm[i]);
+        Some(sub_block_values(words, b % 8, |j| {
+            nibble(|l| t.qs[l / 4][4 * i + l % 4], j)
         }))
     }
 
@@ -156,18 +149,45 @@ impl BlockQ4K {
     }
 }
 
-/// A sub-block's 32 values as GGML's (and candle's) Q4_K dequantization computes them in f32:
-/// `(d·sc)·q − dmin·m`; `packed(l)` is byte `l` of the Q4_1-packed nibbles.
-fn values(d: f32, dmin: f32, sc: u8, m: u8, packed: impl Fn(usize) -> u8) -> [f32; 32] {
+/// Value `j` of 32 nibbles packed as Q4_1 packs them (`packed(l)` is byte `l`).
+fn nibble(packed: impl Fn(usize) -> u8, j: usize) -> u8 {
+    if j < 16 {
+        packed(j) & 15
+    } else {
+        packed(j - 16) >> 4
+    }
+}
+
+/// A K-quant tile row's 16-bit word for one sub-block: `sc | m << 6 | nibble << 12`, the nibble being
+/// bits `4·part..4·part+4` of the super-block's `d | dmin << 16` (Q4_K's and Q5_K's tiles).
+pub(super) fn sm_word(sc: u8, m: u8, head: u32, part: u8) -> u16 {
+    let nibble = (head >> (4 * u32::from(part))) & 15;
+    u16::from(sc) | (u16::from(m) << 6) | ((nibble as u16) << 12)
+}
+
+/// The 32 values of sub-block `part` of a row whose eight words of the super-block ([`sm_word`]) are
+/// `words`; `q(j)` is value `j`'s integer.
+pub(super) fn sub_block_values(words: [u16; 8], part: usize, q: impl Fn(usize) -> u8) -> [f32; 32] {
+    let head = words
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (p, w)| h | (u32::from(w >> 12) << (4 * p)));
+    let f16 = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
+    let w = words[part];
+    k_values(
+        f16(head & 0xFFFF),
+        f16(head >> 16),
+        (w & 63) as u8,
+        ((w >> 6) & 63) as u8,
+        q,
+    )
+}
+
+/// A sub-block's 32 values as GGML's (and candle's) Q4_K and Q5_K dequantizations compute them in f32:
+/// `(d·sc)·q − dmin·m`.
+pub(super) fn k_values(d: f32, dmin: f32, sc: u8, m: u8, q: impl Fn(usize) -> u8) -> [f32; 32] {
     let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
-    std::array::from_fn(|j| {
-        let q = if j < 16 {
-            packed(j) & 15
-        } else {
-            packed(j - 16) >> 4
-        };
-        d1 * f32::from(q) - m1
-    })
+    std::array::from_fn(|j| d1 * f32::from(q(j)) - m1)
 }
 
 /// Q4_K super-blocks as sub-blocks (eight per super-block, in order).

@@ -369,8 +369,7 @@ impl QuantType for Q5K {
     fn tile(rows: [&BlockQ5K; 8]) -> Tile8K {
         let mut t = Tile8K::default();
         for (i, blk) in rows.iter().enumerate() {
-            let nibble = (blk.head >> (4 * u32::from(blk.part))) & 15;
-            t.sm[i] = u16::from(blk.sc) | (u16::from(blk.m) << 6) | ((nibble as u16) << 12);
+            t.sm[i] = super::q4k::sm_word(blk.sc, blk.m, blk.head, blk.part);
             pack5(|j| blk.qs[j], i, &mut t.lo, &mut t.hi);
         }
         t
@@ -394,15 +393,13 @@ impl QuantType for Q5K {
     }
 
     fn values(b: &BlockQ5K) -> Option<[f32; 32]> {
-        Some(k_values(b.d, b.dmin, b.sc, b.m, |j| b.qs[j]))
+        Some(super::q4k::k_values(b.d, b.dmin, b.sc, b.m, |j| b.qs[j]))
     }
 
     fn tile_values(tiles: &[Tile8K], b: usize, i: usize) -> Option<[f32; 32]> {
-        let head = super_head(&tiles[b / 8 * 8..][..8], i);
-        let f16 = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
         let t = &tiles[b];
-        let (sc, m) = ((t.sm[i] & 63) as u8, ((t.sm[i] >> 6) & 63) as u8);
-        Some(k_values(f16(head & 0xFFFF), f16(head >> 16), sc, m, |j| {
+        let words = std::array::from_fn(|p| tiles[b / 8 * 8 + p].sm[i]);
+        Some(super::q4k::sub_block_values(words, b % 8, |j| {
             unpack5(&t.lo, &t.hi, i, j)
         }))
     }
@@ -416,21 +413,6 @@ impl QuantType for Q5K {
         // the 5-bit kernel instead)
         a.map(|a| Self::dot_scalar(w, a))
     }
-}
-
-/// Row `i`'s `d | dmin << 16` from the eight tiles of its super-block.
-fn super_head(tiles: &[Tile8K], i: usize) -> u32 {
-    tiles
-        .iter()
-        .enumerate()
-        .fold(0u32, |h, (p, t)| h | (u32::from(t.sm[i] >> 12) << (4 * p)))
-}
-
-/// A sub-block's 32 values as GGML's (and candle's) Q5_K dequantization computes them in f32:
-/// `(d·sc)·q − dmin·m`.
-fn k_values(d: f32, dmin: f32, sc: u8, m: u8, q: impl Fn(usize) -> u8) -> [f32; 32] {
-    let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
-    std::array::from_fn(|j| d1 * f32::from(q(j)) - m1)
 }
 
 impl super::quant::TileKernel for Tile8K {

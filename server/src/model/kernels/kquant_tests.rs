@@ -10,8 +10,9 @@ use super::q4k::Q4KMatrix;
 use super::q5::{BlockQ5, Q5Matrix};
 use super::q5_tiles::{Q5_0Matrix, Q5_1Matrix, Q5KMatrix};
 use super::q6k::{Q6Matrix, q6k_blocks};
+use super::q8_0::Q8_0Matrix;
 use super::relayout::{q4k_blocks, q5k_blocks};
-use super::tests::isas;
+use super::tests::{Rng, isas, q8_0_bytes};
 use super::{Acts, Isa, quantize_rows_with};
 
 /// Random bytes with sane f16 scales at `scale_at` (everything else random, as any file may hold).
@@ -426,5 +427,82 @@ fn q5k_file_sized_tiles_equal_the_relaid_kernel_bit_for_bit() {
             &got[..4],
             &want[..4]
         );
+    }
+}
+
+/// Rows gathered from a Q8_0, Q5_0 or Q5_1 matrix (both layouts each) are, bit for bit, the rows
+/// candle's dequantization of the file's blocks gives: a tied head can serve the embedding lookups.
+#[test]
+fn q8_0_and_q5_rows_gathered_from_either_layout_are_the_files_dequantized_rows() {
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    let mut rng = Rng(777);
+    let (rows, cols) = (24, 3 * 32);
+    let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
+    let q50 = QTensor::quantize(
+        &Tensor::from_vec(
+            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .expect("w"),
+        GgmlDType::Q5_0,
+    )
+    .expect("q5_0");
+    let q50_bytes = q50.data().expect("bytes").to_vec();
+    let q51 = QTensor::quantize(
+        &Tensor::from_vec(
+            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )
+        .expect("w"),
+        GgmlDType::Q5_1,
+    )
+    .expect("q5_1");
+    let q51_bytes = q51.data().expect("bytes").to_vec();
+    let dequant = |bytes: &[u8], dtype| -> Vec<f32> {
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)
+            .expect("storage");
+        QTensor::new(storage, (rows, cols))
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("dequantize")
+    };
+    let ids = [5u32, 0, 23, 5, 16];
+    for (name, bytes, dtype) in [
+        ("Q8_0", &q80, GgmlDType::Q8_0),
+        ("Q5_0", &q50_bytes, GgmlDType::Q5_0),
+        ("Q5_1", &q51_bytes, GgmlDType::Q5_1),
+    ] {
+        let want = dequant(bytes, dtype);
+        for isa in isas() {
+            let gather = |ids: &[u32]| {
+                if dtype == GgmlDType::Q8_0 {
+                    let m = Q8_0Matrix::from_bytes_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                } else if dtype == GgmlDType::Q5_0 {
+                    let m = Q5_0Matrix::from_q5_0_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                } else {
+                    let m = Q5_1Matrix::from_bytes_for(isa, bytes, rows, cols).expect("matrix");
+                    assert!(m.can_gather());
+                    m.gather(ids)
+                }
+            };
+            let got = gather(&ids).expect("gather");
+            for (j, &id) in ids.iter().enumerate() {
+                let row = &want[id as usize * cols..(id as usize + 1) * cols];
+                let g = &got[j * cols..(j + 1) * cols];
+                assert!(
+                    g.iter().zip(row).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} {isa:?} row {id}"
+                );
+            }
+            let e = gather(&[rows as u32]).expect_err("outside");
+            assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        }
     }
 }

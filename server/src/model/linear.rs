@@ -9,13 +9,14 @@
 //! columns and all-reduce) without touching the model's `forward`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::kernels::{
-    HalfMatrix, HalfType, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5_1Matrix, Q5KMatrix,
-    Q5Matrix, Q6Matrix, Q8_0Matrix,
+    HalfMatrix, HalfType, KernelMatrix, Q4_0Matrix, Q4_1Matrix, Q4KMatrix, Q5_0Matrix, Q5_1Matrix,
+    Q5KMatrix, Q5Matrix, Q6Matrix, Q8_0Matrix,
 };
 
 /// Options applied while turning GGUF tensors into layers.
@@ -54,33 +55,13 @@ pub enum Linear {
     DenseHalf(Tensor),
     /// A block-quantized matrix, multiplied by candle's quantized kernels.
     Quantized(QMatMul),
-    /// A Q8_0 matrix on the CPU, multiplied with llama.cpp's per-32 activation quantization by our own
-    /// multi-token kernel (see [`super::kernels`]).
-    Q8_0(Q8_0Matrix),
-    /// A Q5_0 matrix on the CPU: the file's 5.5 bits per value on VNNI CPUs, Q8_0's blocks elsewhere, with
-    /// Q8_0's numerics either way.
-    Q5_0(Q5_0Matrix),
+    /// A block-quantized matrix on the CPU multiplied by one of our own multi-token kernels, with llama.cpp's
+    /// activation quantization and exact integer dots (see [`super::kernels`]): Q8_0, Q4_1, and Q4_K, Q5_0,
+    /// Q5_1, Q5_K and Q6_K (at the file's size on AVX-512 VNNI CPUs, re-laid out exactly onto the Q4_1, Q8_0
+    /// or 5-bit kernel elsewhere).
+    Kernel(Arc<dyn KernelMatrix>),
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),
-    /// A Q4_1 matrix on the CPU, multiplied with llama.cpp's numerics by our own multi-token kernel; Q4_K
-    /// weights run here too on CPUs without AVX-512 VNNI, each 32-value sub-block re-laid out exactly as a
-    /// Q4_1 block.
-    Q4_1(Q4_1Matrix),
-    /// A Q4_K matrix on a CPU with AVX-512 VNNI, multiplied by our own multi-token kernel with Q8_K
-    /// activations and llama.cpp's integer formulation, in the file's 4.5 bits per value.
-    Q4K(Q4KMatrix),
-    /// A Q5_K matrix on the CPU (5-bit values with scale and minimum, one byte each), multiplied by our own
-    /// multi-token kernel with Q8_1 activations (CPUs without AVX-512 VNNI, rows not in eights).
-    Q5(Q5Matrix),
-    /// A Q5_K matrix on a CPU with AVX-512 VNNI, in the file's 5.5 bits per value, unpacked a row group at a
-    /// time onto [`Linear::Q5`]'s kernel (the same numerics).
-    Q5K(Q5KMatrix),
-    /// A Q5_1 matrix on the CPU: the file's 6 bits per value on VNNI CPUs, [`Linear::Q5`]'s blocks
-    /// elsewhere, with that kernel's numerics either way.
-    Q5_1(Q5_1Matrix),
-    /// A Q6_K matrix on the CPU, multiplied by our own multi-token kernel with Q8_K activations (the six-bit
-    /// values unpacked in registers on VNNI CPUs).
-    Q6(Q6Matrix),
     /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
     /// own type and multiplied by its own kernel; the outputs are concatenated.
     Parts(Vec<Linear>),
@@ -93,6 +74,11 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// A layer multiplied by one of our quantized kernels.
+    fn kernel(m: impl KernelMatrix + 'static) -> Self {
+        Self::Kernel(Arc::new(m))
+    }
+
     /// A layer from one GGUF tensor, moved to `device`.
     pub fn new(w: QTensor, device: &Device, opts: LoadOptions) -> Result<Self> {
         Self::fused(vec![w], device, opts)
@@ -132,17 +118,21 @@ impl Linear {
         if same_type && device.is_cpu() {
             match dtype {
                 GgmlDType::Q4_1 => {
-                    return Ok(Self::Q4_1(Q4_1Matrix::from_bytes(
+                    return Ok(Self::kernel(Q4_1Matrix::from_bytes(
                         &bytes(&parts)?,
                         rows,
                         cols,
                     )?));
                 }
                 GgmlDType::Q4K if Q4KMatrix::runs_here(rows) && !opts.q4k_as_q4_1 => {
-                    return Ok(Self::Q4K(Q4KMatrix::from_q4k(&bytes(&parts)?, rows, cols)?));
+                    return Ok(Self::kernel(Q4KMatrix::from_q4k(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
                 }
                 GgmlDType::Q4K => {
-                    return Ok(Self::Q4_1(Q4_1Matrix::from_q4k(
+                    return Ok(Self::kernel(Q4_1Matrix::from_q4k(
                         &bytes(&parts)?,
                         rows,
                         cols,
@@ -156,30 +146,42 @@ impl Linear {
                     )?));
                 }
                 GgmlDType::Q5_1 => {
-                    return Ok(Self::Q5_1(Q5_1Matrix::from_bytes(
+                    return Ok(Self::kernel(Q5_1Matrix::from_bytes(
                         &bytes(&parts)?,
                         rows,
                         cols,
                     )?));
                 }
                 GgmlDType::Q5K if Q5KMatrix::runs_here(rows) => {
-                    return Ok(Self::Q5K(Q5KMatrix::from_q5k(&bytes(&parts)?, rows, cols)?));
+                    return Ok(Self::kernel(Q5KMatrix::from_q5k(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
                 }
                 GgmlDType::Q5K => {
-                    return Ok(Self::Q5(Q5Matrix::from_q5k(&bytes(&parts)?, rows, cols)?));
+                    return Ok(Self::kernel(Q5Matrix::from_q5k(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
                 }
                 GgmlDType::Q6K if !opts.candle_q6k => {
-                    return Ok(Self::Q6(Q6Matrix::from_q6k(&bytes(&parts)?, rows, cols)?));
+                    return Ok(Self::kernel(Q6Matrix::from_q6k(
+                        &bytes(&parts)?,
+                        rows,
+                        cols,
+                    )?));
                 }
                 GgmlDType::Q5_0 => {
-                    return Ok(Self::Q5_0(Q5_0Matrix::from_q5_0(
+                    return Ok(Self::kernel(Q5_0Matrix::from_q5_0(
                         &bytes(&parts)?,
                         rows,
                         cols,
                     )?));
                 }
                 GgmlDType::Q8_0 => {
-                    return Ok(Self::Q8_0(Q8_0Matrix::from_bytes(
+                    return Ok(Self::kernel(Q8_0Matrix::from_bytes(
                         &bytes(&parts)?,
                         rows,
                         cols,
@@ -318,15 +320,8 @@ impl Linear {
             Self::DenseHalf(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32),
             Self::Quantized(q) => q.forward(x),
             Self::Half(h) => h.forward(x),
-            Self::Q8_0(q) => q.forward(x),
-            Self::Q5_0(q) => q.forward(x),
-            Self::Q5_1(q) => q.forward(x),
-            Self::Q5K(q) => q.forward(x),
-            Self::Q4_1(q) => q.forward(x),
+            Self::Kernel(k) => k.forward(x),
             Self::Q4_0(q) => q.forward(x),
-            Self::Q5(q) => q.forward(x),
-            Self::Q6(q) => q.forward(x),
-            Self::Q4K(q) => q.forward(x),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 // parts of one fused layer in turn; row chunks in parallel on the rayon pool
                 let outs = if matches!(self, Self::RowChunks(_)) {
@@ -351,12 +346,7 @@ impl Linear {
     pub fn can_gather(&self) -> bool {
         match self {
             Self::Half(_) => true,
-            Self::Q8_0(q) => q.can_gather(),
-            Self::Q5_0(q) => q.can_gather(),
-            Self::Q5_1(q) => q.can_gather(),
-            Self::Q5K(q) => q.can_gather(),
-            Self::Q6(q) => q.can_gather(),
-            Self::Q4K(q) => q.can_gather(),
+            Self::Kernel(k) => k.can_gather(),
             _ => false,
         }
     }
@@ -365,12 +355,7 @@ impl Linear {
     pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
         match self {
             Self::Half(h) => h.gather(ids),
-            Self::Q8_0(q) => q.gather(ids),
-            Self::Q5_0(q) => q.gather(ids),
-            Self::Q5_1(q) => q.gather(ids),
-            Self::Q5K(q) => q.gather(ids),
-            Self::Q6(q) => q.gather(ids),
-            Self::Q4K(q) => q.gather(ids),
+            Self::Kernel(k) => k.gather(ids),
             other => candle_core::bail!("rows of a {} layer cannot be gathered", other.kind()),
         }
     }
@@ -382,15 +367,8 @@ impl Linear {
             Self::Quantized(QMatMul::QTensor(q)) => q.shape().dims2().map(|(r, _)| r),
             Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.dim(0),
             Self::Half(h) => Ok(h.rows()),
-            Self::Q8_0(q) => Ok(q.rows()),
-            Self::Q5_0(q) => Ok(q.rows()),
-            Self::Q5_1(q) => Ok(q.rows()),
-            Self::Q5K(q) => Ok(q.rows()),
-            Self::Q4_1(q) => Ok(q.rows()),
+            Self::Kernel(k) => Ok(k.rows()),
             Self::Q4_0(q) => Ok(q.rows()),
-            Self::Q5(q) => Ok(q.rows()),
-            Self::Q6(q) => Ok(q.rows()),
-            Self::Q4K(q) => Ok(q.rows()),
             Self::Parts(parts) | Self::RowChunks(parts) => {
                 parts.iter().map(Linear::out_features).sum()
             }
@@ -405,15 +383,8 @@ impl Linear {
             Self::Quantized(QMatMul::QTensor(q)) => crate::gguf::ggml_name(q.dtype()).into(),
             Self::Quantized(_) => "dequantized".into(),
             Self::Half(h) => format!("{} (half kernel)", h.kind().name()),
-            Self::Q8_0(q) => q.source().into(),
-            Self::Q5_0(q) => q.source().into(),
-            Self::Q5_1(q) => q.source().into(),
-            Self::Q5K(q) => q.source().into(),
-            Self::Q4_1(q) => q.source().into(),
+            Self::Kernel(k) => k.source().into(),
             Self::Q4_0(_) => "Q4_0".into(),
-            Self::Q5(q) => q.source().into(),
-            Self::Q6(q) => q.source().into(),
-            Self::Q4K(q) => q.source().into(),
             Self::Parts(parts) => parts.iter().map(Linear::kind).collect::<Vec<_>>().join("+"),
             Self::RowChunks(chunks) => match chunks.first() {
                 Some(c) => format!("{} ×{} threads", c.kind(), chunks.len()),

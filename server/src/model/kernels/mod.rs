@@ -42,6 +42,7 @@ pub use q5::Q5Matrix;
 pub use q5_tiles::{Q5_0Matrix, Q5_1Matrix, Q5KMatrix};
 pub use q6k::Q6Matrix;
 pub use q8_0::Q8_0Matrix;
+pub use quant::KernelMatrix;
 
 pub(crate) use vec_ops::VecOps;
 

@@ -259,6 +259,38 @@ impl<Q: QuantType> QuantMatrix<Q> {
     }
 }
 
+/// A matrix one of our quantized kernels multiplies, whatever its GGUF type (what a `Linear` layer holds).
+pub trait KernelMatrix: std::fmt::Debug + Send + Sync {
+    /// `x: [tokens, cols]` (f32, CPU) → `[tokens, rows]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Output rows.
+    fn rows(&self) -> usize;
+    /// The file's type these weights came from.
+    fn source(&self) -> &'static str;
+    /// Whether [`KernelMatrix::gather`] can give the rows.
+    fn can_gather(&self) -> bool;
+    /// Rows `ids` dequantized to f32, one after the other.
+    fn gather(&self, ids: &[u32]) -> Result<Vec<f32>>;
+}
+
+impl<Q: QuantType> KernelMatrix for QuantMatrix<Q> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        QuantMatrix::forward(self, x)
+    }
+    fn rows(&self) -> usize {
+        QuantMatrix::rows(self)
+    }
+    fn source(&self) -> &'static str {
+        QuantMatrix::source(self)
+    }
+    fn can_gather(&self) -> bool {
+        QuantMatrix::can_gather(self)
+    }
+    fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        QuantMatrix::gather(self, ids)
+    }
+}
+
 /// Eight rows × one block column in the VNNI layout, multiplied by its kernel: [`tile_vnni`] for the types
 /// that describe their tiles as [`VnniTile`], a kernel of its own otherwise (Q4_K, Q6_K).
 pub trait TileKernel: Sized {

@@ -261,8 +261,8 @@ impl std::fmt::Debug for Model {
 /// Bytes the weights of `file` take on the compute device once loaded. Norm vectors and F32 matrices are f32;
 /// F16/BF16 matrices stay half (on the CPU only when their rows are whole 32-value blocks, else they are
 /// widened); the token embedding table stays in host memory (rows are gathered per step) unless it doubles as
-/// the LM head. On the CPU our kernels keep Q4_K, Q5_0, Q5_1, Q5_K and Q6_K at the file's size on VNNI
-/// CPUs (in row groups of eight) and re-lay them out elsewhere at 24, 36, 40, 40 and 40 bytes per 32 values
+/// the LM head. On the CPU our kernels keep Q4_K, Q5_0, Q5_1, Q5_K and Q6_K at the file's size with AVX2 or
+/// VNNI (in row groups of eight) and re-lay them out elsewhere at 24, 36, 40, 40 and 40 bytes per 32 values
 /// (IQ4_NL is Q8_0 already in the directory).
 pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> u64 {
     let tied = !file.has_tensor("output.weight");
@@ -280,7 +280,8 @@ pub fn device_weight_bytes<R: Read + Seek>(file: &GgufFile<R>, on_cpu: bool) -> 
                 return elems as u64 * 4;
             }
             let rows = dims.first().copied().unwrap_or(1);
-            let file_sized = kernels::Isa::detect() == kernels::Isa::Vnni && rows.is_multiple_of(8);
+            let file_sized =
+                kernels::Isa::detect() != kernels::Isa::Scalar && rows.is_multiple_of(8);
             let per_block = match dtype {
                 GgmlDType::Q4K
                 | GgmlDType::Q5_0

@@ -295,21 +295,25 @@ fn extreme_acts(seed: u32, m: usize, cols: usize) -> Tensor {
     Tensor::from_vec(xs, (m, cols), &Device::Cpu).expect("x")
 }
 
-/// Q6_K on the VNNI tiles is each super-block's exact integer dot scaled once: bit for bit the plain
-/// loop `acc = fma(Σ sc · Σ (q − 32) · a, d · d_a, acc)`, with the extreme scales (−128, 127) and
+/// The ISAs present whose kernels run the K-quant and Q5 types on tiles (AVX2 and VNNI).
+fn tile_isas() -> Vec<Isa> {
+    isas().into_iter().filter(|&i| i != Isa::Scalar).collect()
+}
+
+/// Q6_K on the tiles (AVX2 and VNNI) is each super-block's exact integer dot scaled once: bit for bit the
+/// plain loop `acc = fma(Σ sc · Σ (q − 32) · a, d · d_a, acc)`, with the extreme scales (−128, 127) and
 /// values (0, 63) a file may hold against activations at ±127.
 #[test]
 fn q6k_tiles_give_exact_integer_dots_scaled_once() {
-    if !isas().contains(&Isa::Vnni) {
-        return;
-    }
-    // 13 tokens: tiles unpacked per group of 8; 40: unpacked once for the matmul
-    for (rows, m) in [(32, 13), (24, 13), (24, 40)] {
-        q6k_tiles_exact(rows, m);
+    for isa in tile_isas() {
+        // 13 tokens: tiles unpacked per group of 8; 40: unpacked once for the matmul
+        for (rows, m) in [(32, 13), (24, 13), (24, 40)] {
+            q6k_tiles_exact(isa, rows, m);
+        }
     }
 }
 
-fn q6k_tiles_exact(rows: usize, m: usize) {
+fn q6k_tiles_exact(isa: Isa, rows: usize, m: usize) {
     let cols = 1024;
     let mut bytes = random(13, rows * cols / 256, 210, &[208]);
     // the first super-block of row 0: every value 63 (ql, qh all ones) and scale −128; of row 1: every
@@ -320,8 +324,8 @@ fn q6k_tiles_exact(rows: usize, m: usize) {
     bytes[sb_row..sb_row + 192].fill(0);
     bytes[sb_row + 192..sb_row + 208].fill(0x7F);
     let x = extreme_acts(7, m, cols);
-    let got = Q6Matrix::from_q6k_for(Isa::Vnni, &bytes, rows, cols)
-        .and_then(|w| w.forward_with(Isa::Vnni, &x))
+    let got = Q6Matrix::from_q6k_for(isa, &bytes, rows, cols)
+        .and_then(|w| w.forward_with(isa, &x))
         .and_then(|y| y.to_vec2::<f32>())
         .expect("forward");
     let blocks = q6k_blocks(&bytes);
@@ -345,21 +349,24 @@ fn q6k_tiles_exact(rows: usize, m: usize) {
             assert_eq!(
                 got[t][r].to_bits(),
                 acc.to_bits(),
-                "{rows} rows, {m} tokens: token {t} row {r}"
+                "{isa:?}, {rows} rows, {m} tokens: token {t} row {r}"
             );
         }
     }
 }
 
-/// Q4_K on its own kernel: the VNNI tiles (d and dmin put together from eight tiles' nibbles) give
-/// bit for bit what the plain loop of exact integers gives on the row-major blocks, with the extreme
+/// Q4_K on its own kernel: the tiles (AVX2 and VNNI; d and dmin put together from eight tiles' nibbles)
+/// give bit for bit what the plain loop of exact integers gives on the row-major blocks, with the extreme
 /// scales, minimums and values (63, 63, 15) a file may hold against activations at ±127, in batches
 /// and alone.
 #[test]
 fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
-    if !isas().contains(&Isa::Vnni) {
-        return;
+    for isa in tile_isas() {
+        q4k_tiles_exact(isa);
     }
+}
+
+fn q4k_tiles_exact(isa: Isa) {
     let (rows, cols, m) = (24, 1024, 13);
     let mut bytes = random(14, rows * cols / 256, 144, &[0, 2]);
     // row 0's first super-block: every scale and minimum 63, every value 15
@@ -372,14 +379,14 @@ fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
             .expect("forward")
     };
     let want = run(Isa::Scalar, &x);
-    let got = run(Isa::Vnni, &x);
+    let got = run(isa, &x);
     for t in 0..m {
-        let alone = run(Isa::Vnni, &x.narrow(0, t, 1).expect("token"));
+        let alone = run(isa, &x.narrow(0, t, 1).expect("token"));
         for r in 0..rows {
             assert_eq!(
                 got[t][r].to_bits(),
                 want[t][r].to_bits(),
-                "token {t} row {r}: tiles {} vs loop {}",
+                "{isa:?}: token {t} row {r}: tiles {} vs loop {}",
                 got[t][r],
                 want[t][r]
             );
@@ -392,38 +399,37 @@ fn q4k_tiles_equal_the_plain_integer_loop_bit_for_bit() {
     }
 }
 
-/// Q5_K on file-sized tiles (unpacked per row group in the matmul) gives, bit for bit, what Q5_K re-laid
-/// out at load onto the 5-bit kernel gives, for one token and for batches, with the extreme scales and
-/// minimums (63) and values (31) a file may hold.
+/// Q5_K on file-sized tiles (AVX2 and VNNI; unpacked per row group in the matmul) gives, bit for bit, what
+/// the plain loop of exact integers gives on the row-major blocks (Q5_K re-laid out as the 5-bit kernel's
+/// blocks: one `fma` for the dot, one for the minimum), for one token and for batches, with the extreme
+/// scales and minimums (63) and values (31) a file may hold.
 #[test]
-fn q5k_file_sized_tiles_equal_the_relaid_kernel_bit_for_bit() {
-    if !isas().contains(&Isa::Vnni) {
-        return;
+fn q5k_file_sized_tiles_equal_the_plain_integer_loop_bit_for_bit() {
+    for isa in tile_isas() {
+        q5k_tiles_exact(isa);
     }
+}
+
+fn q5k_tiles_exact(isa: Isa) {
     let (rows, cols) = (24, 1024);
     let mut bytes = random(16, rows * cols / 256, 176, &[0, 2]);
     // row 0's first super-block: every scale and minimum 63, every value 31
     bytes[4..176].fill(0xFF);
     for m in [1, 4, 8, 13, 16] {
         let x = extreme_acts(21 + m as u32, m, cols);
-        let run = |tiles: bool| {
-            let y = if tiles {
-                Q5KMatrix::from_q5k_for(Isa::Vnni, &bytes, rows, cols)
-                    .and_then(|w| w.forward_with(Isa::Vnni, &x))
-            } else {
-                Q5Matrix::from_q5k_for(Isa::Vnni, &bytes, rows, cols)
-                    .and_then(|w| w.forward_with(Isa::Vnni, &x))
-            };
-            y.and_then(|y| y.flatten_all())
+        let run = |isa: Isa| {
+            Q5KMatrix::from_q5k_for(isa, &bytes, rows, cols)
+                .and_then(|w| w.forward_with(isa, &x))
+                .and_then(|y| y.flatten_all())
                 .and_then(|y| y.to_vec1::<f32>())
                 .expect("forward")
         };
-        let (got, want) = (run(true), run(false));
+        let (got, want) = (run(isa), run(Isa::Scalar));
         assert!(
             got.iter()
                 .zip(&want)
                 .all(|(g, w)| g.to_bits() == w.to_bits()),
-            "{m} tokens: {:?} vs {:?}",
+            "{isa:?}, {m} tokens: {:?} vs {:?}",
             &got[..4],
             &want[..4]
         );

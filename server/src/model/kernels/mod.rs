@@ -50,7 +50,7 @@ pub(crate) use vec_ops::VecOps;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
-    /// AVX2 + FMA.
+    /// AVX2 + FMA + F16C.
     Avx2,
     /// AVX2 + FMA + F16C + AVX-512 F/BW/VNNI/VL (`vpdpbusd` on 256-bit registers).
     Vnni,
@@ -65,7 +65,9 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             {
-                let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
                 let vnni = is_x86_feature_detected!("avx512vnni")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512f")

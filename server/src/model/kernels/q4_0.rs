@@ -126,10 +126,10 @@ impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 8;
     const HAS_MIN: bool = false;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `d` holds eight floats.
+        // SAFETY: the caller has AVX2; `d` holds eight floats.
         unsafe {
             (
                 super::quant::unpack_nibbles(&self.qs),

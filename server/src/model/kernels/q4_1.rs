@@ -84,10 +84,10 @@ impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `d` and `m` hold eight floats each.
+        // SAFETY: the caller has AVX2; `d` and `m` hold eight floats each.
         unsafe {
             (
                 super::quant::unpack_nibbles(&self.qs),

@@ -51,6 +51,7 @@ pub type Q4KMatrix = QuantMatrix<Q4K>;
 
 impl QuantType for Q4K {
     const NAME: &'static str = "Q4_K";
+    const AVX2_TILES: bool = true;
     type Block = BlockQ4K;
     type Tile = Tile8;
 
@@ -111,9 +112,17 @@ impl QuantType for Q4K {
 
 impl super::quant::TileKernel for Tile8 {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
-        // SAFETY: forwarded from the caller.
-        unsafe { tile_vnni::<N>(w, a) }
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
+        if VNNI {
+            // SAFETY: forwarded from the caller.
+            unsafe { tile_vnni::<N>(w, a) }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { tile_avx2::<N>(w, a) }
+        }
     }
 }
 
@@ -222,10 +231,10 @@ pub(super) fn q4k_blocks(bytes: &[u8]) -> Vec<BlockQ4K> {
 }
 
 impl Q4KMatrix {
-    /// Whether a Q4_K matrix of `rows` runs on this kernel here (VNNI tiles); else it runs on the Q4_1
-    /// kernel ([`super::Q4_1Matrix::from_q4k`]).
+    /// Whether a Q4_K matrix of `rows` runs on this kernel here (tiles: AVX2 or VNNI, rows in eights);
+    /// else it runs on the Q4_1 kernel ([`super::Q4_1Matrix::from_q4k`]).
     pub fn runs_here(rows: usize) -> bool {
-        Isa::detect() == Isa::Vnni && rows.is_multiple_of(8)
+        Q4K::tiles_on(Isa::detect()) && rows.is_multiple_of(8)
     }
 
     /// A `[rows, cols]` Q4_K tensor's GGUF bytes.
@@ -241,71 +250,126 @@ impl Q4KMatrix {
     }
 }
 
-/// Eight rows × `N` tokens over a row group's tiles. Per sub-block and token: eight `vpdpbusd` give each
-/// row's `Σ q·a` of both halves, one `vpdpwssd` adds them times the row's scale into one integer; one `vpdpwssd` of the rows' `(m, m)` pairs with the
-/// token's half sums adds `m · Σ a` into the other. At the end of a super-block both leave, scaled by
-/// `d · d_a` and `dmin · d_a`, `d` and `dmin` put together from the eight tiles' nibbles.
+/// Eight rows × `N` tokens over a row group's tiles. Per sub-block and token, each row's exact
+/// `sc · Σ q·a` joins one integer and `m · Σ a` another:
+/// - with `VNNI`, eight `vpdpbusd` give each row's `Σ q·a` of both halves and one `vpdpwssd` adds them
+///   times the row's scale; one `vpdpwssd` of the rows' `(m, m)` pairs with the token's half sums adds
+///   `m · Σ a`;
+/// - with AVX2, eight `vpmaddubsw` summed in 16 bits (16 products of at most 15 · 128 per lane) and one
+///   `vpmaddwd` by the rows' `(sc, sc)`; one `vpmaddwd` of `(m, m)` with the half sums.
+///
+/// At the end of a super-block both integers leave, scaled by `d · d_a` and `dmin · d_a`, `d` and `dmin`
+/// put together from the eight tiles' nibbles.
+///
+/// # Safety
+/// As [`super::quant::TileKernel::dot`] (inlined into [`tile_vnni`] and [`tile_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_kernel<const N: usize, const VNNI: bool>(
+    w: &[Tile8],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    use super::quant::low_words;
+    use std::arch::x86_64::*;
+
+    // the float sums stay in memory (touched once per super-block): the registers go to the integers
+    let mut out = [[0f32; 8]; N];
+    // SAFETY: the caller has the features and guarantees `a[t].len() == w.len()`, so every `b` is in
+    // bounds; `out[t]` holds eight floats, matching the unaligned 256-bit loads and stores.
+    unsafe {
+        let mut iacc = [_mm256_setzero_si256(); N];
+        let mut macc = [_mm256_setzero_si256(); N];
+        let mut head = _mm256_setzero_si256();
+        let six = _mm256_set1_epi32(63);
+        for (b, tile) in w.iter().enumerate() {
+            let (wq, sm) = tile.load();
+            let sc = _mm256_and_si256(sm, six);
+            let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+            let m = _mm256_and_si256(_mm256_srli_epi32(sm, 6), six);
+            let m2 = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+            let part = b % 8;
+            let nibble = _mm256_srli_epi32(sm, 12);
+            head = _mm256_or_si256(
+                head,
+                _mm256_sll_epi32(nibble, _mm_cvtsi32_si128(4 * part as i32)),
+            );
+            let last = part == 7;
+            let (dv, dminv) = if last {
+                (
+                    _mm256_cvtph_ps(low_words::<VNNI>(head)),
+                    _mm256_cvtph_ps(low_words::<VNNI>(_mm256_srli_epi32(head, 16))),
+                )
+            } else {
+                (_mm256_setzero_ps(), _mm256_setzero_ps())
+            };
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let halves = _mm256_set1_epi32(ab.halves);
+                if VNNI {
+                    let (s0, s1) = super::quant::half_dots::<true>(&wq, ab);
+                    // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 128): both in one lane, times
+                    // `(sc, sc)`
+                    let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
+                    iacc[t] = _mm256_dpwssd_epi32(iacc[t], pair, sc2);
+                    macc[t] = _mm256_dpwssd_epi32(macc[t], m2, halves);
+                } else {
+                    let q = super::quant::act_dwords(ab);
+                    let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
+                    let s = _mm256_add_epi16(
+                        _mm256_add_epi16(
+                            _mm256_add_epi16(p(0), p(1)),
+                            _mm256_add_epi16(p(2), p(3)),
+                        ),
+                        _mm256_add_epi16(
+                            _mm256_add_epi16(p(4), p(5)),
+                            _mm256_add_epi16(p(6), p(7)),
+                        ),
+                    );
+                    iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s, sc2));
+                    macc[t] = _mm256_add_epi32(macc[t], _mm256_madd_epi16(m2, halves));
+                }
+                if last {
+                    let da = _mm256_set1_ps(ab.d);
+                    let o = out[t].as_mut_ptr();
+                    let acc = _mm256_loadu_ps(o);
+                    let acc =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[t]), _mm256_mul_ps(dv, da), acc);
+                    let acc = _mm256_fnmadd_ps(
+                        _mm256_cvtepi32_ps(macc[t]),
+                        _mm256_mul_ps(dminv, da),
+                        acc,
+                    );
+                    _mm256_storeu_ps(o, acc);
+                    iacc[t] = _mm256_setzero_si256();
+                    macc[t] = _mm256_setzero_si256();
+                }
+            }
+            if last {
+                head = _mm256_setzero_si256();
+            }
+        }
+    }
+    out
+}
+
+/// [`tile_kernel`] with `vpdpbusd` and `vpdpwssd`.
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
-    use std::arch::x86_64::*;
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<N, true>(w, a) }
+}
 
-    // the float sums stay in memory (touched once per super-block): the registers go to the integers
-    let mut out = [[0f32; 8]; N];
-    let mut iacc = [_mm256_setzero_si256(); N];
-    let mut macc = [_mm256_setzero_si256(); N];
-    let mut head = _mm256_setzero_si256();
-    let six = _mm256_set1_epi32(63);
-    for (b, tile) in w.iter().enumerate() {
-        // SAFETY: AVX2 is enabled on this function.
-        let (wq, sm) = unsafe { tile.load() };
-        let sc = _mm256_and_si256(sm, six);
-        let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
-        let m = _mm256_and_si256(_mm256_srli_epi32(sm, 6), six);
-        let m2 = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
-        let part = b % 8;
-        let nibble = _mm256_srli_epi32(sm, 12);
-        head = _mm256_or_si256(
-            head,
-            _mm256_sll_epi32(nibble, _mm_cvtsi32_si128(4 * part as i32)),
-        );
-        let last = part == 7;
-        let (dv, dminv) = if last {
-            (
-                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head)),
-                _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(head, 16))),
-            )
-        } else {
-            (_mm256_setzero_ps(), _mm256_setzero_ps())
-        };
-        for t in 0..N {
-            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
-            let ab = unsafe { a[t].get_unchecked(b) };
-            let (s0, s1) = super::quant::half_dots(&wq, ab);
-            // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 127): both in one lane, times `(sc, sc)`
-            let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
-            iacc[t] = _mm256_dpwssd_epi32(iacc[t], pair, sc2);
-            macc[t] = _mm256_dpwssd_epi32(macc[t], m2, _mm256_set1_epi32(ab.halves));
-            if last {
-                let da = _mm256_set1_ps(ab.d);
-                let o = out[t].as_mut_ptr();
-                // SAFETY: `out[t]` holds eight floats, matching the unaligned 256-bit load and store.
-                let acc = unsafe { _mm256_loadu_ps(o) };
-                let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[t]), _mm256_mul_ps(dv, da), acc);
-                let acc =
-                    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(macc[t]), _mm256_mul_ps(dminv, da), acc);
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(o, acc) };
-                iacc[t] = _mm256_setzero_si256();
-                macc[t] = _mm256_setzero_si256();
-            }
-        }
-        if last {
-            head = _mm256_setzero_si256();
-        }
-    }
-    out
+/// [`tile_kernel`] with AVX2 only.
+///
+/// # Safety
+/// AVX2, FMA and F16C; every `a[t]` has `w.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<N, false>(w, a) }
 }

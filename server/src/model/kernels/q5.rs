@@ -111,13 +111,13 @@ impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; each `qs[jj]` is 32 bytes, `d` and `m` eight floats each.
+        // SAFETY: the caller has AVX2; each `qs[jj]` is 32 bytes, `d` and `m` eight floats each.
         unsafe {
             (
-                std::array::from_fn(|jj| _mm256_loadu_si256(self.qs[jj].as_ptr().cast())),
+                super::quant::load8(&self.qs),
                 _mm256_loadu_ps(self.d.as_ptr()),
                 _mm256_loadu_ps(self.m.as_ptr()),
             )

@@ -51,29 +51,36 @@ fn unpack5(lo: &[[u8; 32]; 4], hi: &[u8; 32], i: usize, j: usize) -> u8 {
 /// activation dword `k`, lane `i` = row `i`.
 ///
 /// # Safety
-/// AVX2 and AVX-512 F and VL.
+/// AVX2, and with `VNNI` AVX-512 F and VL.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl")]
-unsafe fn load5(lo: &[[u8; 32]; 4], hi: &[u8; 32]) -> [std::arch::x86_64::__m256i; 8] {
+#[inline(always)]
+unsafe fn load5<const VNNI: bool>(
+    lo: &[[u8; 32]; 4],
+    hi: &[u8; 32],
+) -> [std::arch::x86_64::__m256i; 8] {
     use std::arch::x86_64::*;
-    // SAFETY: AVX2 and AVX-512 F/VL are enabled here; `lo` is four 32-byte rows, `hi` 32 bytes.
+    // SAFETY: the caller has the features; `lo` is four 32-byte rows, `hi` 32 bytes.
     unsafe {
         let nib = super::quant::unpack_nibbles(lo);
         let h = _mm256_loadu_si256(hi.as_ptr().cast());
         let mask = _mm256_set1_epi8(0x10);
-        // bit `r` of each byte moved to bit 4 (16-bit shifts: what crosses a byte lands outside the mask)
-        let shifted = |r: usize| match r {
-            0 => _mm256_slli_epi16(h, 4),
-            1 => _mm256_slli_epi16(h, 3),
-            2 => _mm256_slli_epi16(h, 2),
-            3 => _mm256_slli_epi16(h, 1),
-            4 => h,
-            5 => _mm256_srli_epi16(h, 1),
-            6 => _mm256_srli_epi16(h, 2),
-            _ => _mm256_srli_epi16(h, 3),
-        };
-        // nibbles | (shifted & mask) in one instruction
-        std::array::from_fn(|r| _mm256_ternarylogic_epi32::<0xF8>(nib[r], shifted(r), mask))
+        // bit `r` of each byte moved to bit 4 (16-bit shifts: what crosses a byte lands outside the mask;
+        // no closures here, see `load8`)
+        let shifted = [
+            _mm256_slli_epi16(h, 4),
+            _mm256_slli_epi16(h, 3),
+            _mm256_slli_epi16(h, 2),
+            _mm256_slli_epi16(h, 1),
+            h,
+            _mm256_srli_epi16(h, 1),
+            _mm256_srli_epi16(h, 2),
+            _mm256_srli_epi16(h, 3),
+        ];
+        let mut out = nib;
+        for r in 0..8 {
+            out[r] = super::quant::or_masked::<VNNI>(nib[r], shifted[r], mask);
+        }
+        out
     }
 }
 
@@ -96,6 +103,7 @@ pub type Q5_0Matrix = QuantMatrix<Q5_0>;
 
 impl QuantType for Q5_0 {
     const NAME: &'static str = "Q5_0";
+    const AVX2_TILES: bool = true;
     type Block = BlockQ8;
     type Tile = Tile8;
 
@@ -145,14 +153,13 @@ impl super::quant::VnniTile for Tile8 {
     const HAS_MIN: bool = false;
     const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,f16c,avx512f,avx512vl")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2, F16C and AVX-512 F/VL are enabled here (tiles exist only on VNNI CPUs, which have
-        // them); `d` is eight f16.
+        // SAFETY: the caller has the features; `d` is eight f16.
         unsafe {
             (
-                load5(&self.lo, &self.hi),
+                load5::<VNNI>(&self.lo, &self.hi),
                 _mm256_cvtph_ps(_mm_loadu_si128(self.d.as_ptr().cast())),
                 _mm256_setzero_ps(),
             )
@@ -187,6 +194,7 @@ impl GgufBlocks for Q5_1 {
 
 impl QuantType for Q5_1 {
     const NAME: &'static str = "Q5_1";
+    const AVX2_TILES: bool = true;
     type Block = BlockQ5;
     type Tile = Tile8M;
 
@@ -236,14 +244,13 @@ impl super::quant::VnniTile for Tile8M {
     const HAS_MIN: bool = true;
     const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,f16c,avx512f,avx512vl")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2, F16C and AVX-512 F/VL are enabled here (tiles exist only on VNNI CPUs); `d` and
-        // `m` are eight f16 each.
+        // SAFETY: the caller has the features; `d` and `m` are eight f16 each.
         unsafe {
             (
-                load5(&self.lo, &self.hi),
+                load5::<VNNI>(&self.lo, &self.hi),
                 _mm256_cvtph_ps(_mm_loadu_si128(self.d.as_ptr().cast())),
                 _mm256_cvtph_ps(_mm_loadu_si128(self.m.as_ptr().cast())),
             )
@@ -363,6 +370,7 @@ pub type Q5KMatrix = QuantMatrix<Q5K>;
 
 impl QuantType for Q5K {
     const NAME: &'static str = "Q5_K";
+    const AVX2_TILES: bool = true;
     type Block = BlockQ5K;
     type Tile = Tile8K;
 
@@ -417,18 +425,21 @@ impl QuantType for Q5K {
 
 impl super::quant::TileKernel for Tile8K {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
-        // SAFETY: forwarded from the caller (the features of `Isa::Vnni`).
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
+        use super::quant::{TileKernel, Unpacked};
+        // SAFETY: forwarded from the caller.
         unsafe {
-            let plain = unpack_k(w);
-            <super::quant::Unpacked<super::q5::Tile8> as super::quant::TileKernel>::dot::<N>(
-                &plain, a,
-            )
+            let plain = unpack_k_for::<VNNI>(w);
+            <Unpacked<super::q5::Tile8> as TileKernel>::dot::<N, VNNI>(&plain, a)
         }
     }
 
     fn dot_tokens<'a>(
         name: &str,
+        vnni: bool,
         w: &[Self],
         m: usize,
         act: impl Fn(usize) -> &'a [BlockQ8_1],
@@ -436,16 +447,43 @@ impl super::quant::TileKernel for Tile8K {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
-            let plain = unsafe { unpack_k(w) };
-            super::quant::TileKernel::dot_tokens(name, &plain, m, act, out);
+            let plain = if vnni {
+                // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
+                unsafe { unpack_k_for::<true>(w) }
+            } else {
+                // SAFETY: other tiles run only where `Isa::Avx2` was.
+                unsafe { unpack_k_for::<false>(w) }
+            };
+            super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (name, w, m, act, out);
+            let _ = (name, vnni, w, m, act, out);
             unreachable!("tiles are only built on x86_64");
         }
     }
+}
+
+/// [`unpack_k`] with the features `VNNI` names.
+///
+/// # Safety
+/// With `VNNI` the features of [`Isa::Vnni`], else AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+unsafe fn unpack_k_for<const VNNI: bool>(
+    w: &[Tile8K],
+) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    unsafe fn vnni(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+        // SAFETY: forwarded from the caller.
+        unsafe { unpack_k::<true>(w) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+        // SAFETY: forwarded from the caller.
+        unsafe { unpack_k::<false>(w) }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { if VNNI { vnni(w) } else { avx2(w) } }
 }
 
 /// A row group's Q5_K tiles (whole super-blocks) as [`super::q5`]'s tiles, in registers' layout: values
@@ -453,40 +491,44 @@ impl super::quant::TileKernel for Tile8K {
 /// flip: the same floats as the re-layout at load).
 ///
 /// # Safety
-/// The features of [`Isa::Vnni`].
+/// AVX2 and F16C, and with `VNNI` AVX-512 F and VL (inlined into [`unpack_k_for`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+#[inline(always)]
+unsafe fn unpack_k<const VNNI: bool>(
+    w: &[Tile8K],
+) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+    use super::quant::low_words;
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
-    let six = _mm256_set1_epi32(63);
-    let sign = _mm256_set1_ps(-0.0);
-    for sb in w.chunks_exact(8) {
-        // SAFETY: the features are enabled here; each `sm` is eight u16.
-        let sm: [__m256i; 8] = std::array::from_fn(|p| unsafe {
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(sb[p].sm.as_ptr().cast()))
-        });
-        let mut head = _mm256_setzero_si256();
-        for (p, s) in sm.iter().enumerate() {
-            head = _mm256_or_si256(
-                head,
-                _mm256_sll_epi32(_mm256_srli_epi32(*s, 12), _mm_cvtsi32_si128(4 * p as i32)),
-            );
-        }
-        let d = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head));
-        let dmin = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(head, 16)));
-        for (t, s) in sb.iter().zip(&sm) {
-            let sc = _mm256_cvtepi32_ps(_mm256_and_si256(*s, six));
-            let m = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(*s, 6), six));
-            let mut u = super::quant::Unpacked {
-                w: [[0u8; 32]; 8],
-                d: [0.0; 8],
-                m: [0.0; 8],
-                tile: std::marker::PhantomData,
-            };
-            // SAFETY: the features are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
-            unsafe {
-                for (k, r) in load5(&t.lo, &t.hi).iter().enumerate() {
+    // SAFETY: the caller has the features; each `sm` is eight u16; the stores fill `u`'s 32-byte-aligned
+    // arrays.
+    unsafe {
+        let six = _mm256_set1_epi32(63);
+        let sign = _mm256_set1_ps(-0.0);
+        for sb in w.chunks_exact(8) {
+            let mut sm = [_mm256_setzero_si256(); 8];
+            for (s, t) in sm.iter_mut().zip(sb) {
+                *s = _mm256_cvtepu16_epi32(_mm_loadu_si128(t.sm.as_ptr().cast()));
+            }
+            let mut head = _mm256_setzero_si256();
+            for (p, s) in sm.iter().enumerate() {
+                head = _mm256_or_si256(
+                    head,
+                    _mm256_sll_epi32(_mm256_srli_epi32(*s, 12), _mm_cvtsi32_si128(4 * p as i32)),
+                );
+            }
+            let d = _mm256_cvtph_ps(low_words::<VNNI>(head));
+            let dmin = _mm256_cvtph_ps(low_words::<VNNI>(_mm256_srli_epi32(head, 16)));
+            for (t, s) in sb.iter().zip(&sm) {
+                let sc = _mm256_cvtepi32_ps(_mm256_and_si256(*s, six));
+                let m = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(*s, 6), six));
+                let mut u = super::quant::Unpacked {
+                    w: [[0u8; 32]; 8],
+                    d: [0.0; 8],
+                    m: [0.0; 8],
+                    tile: std::marker::PhantomData,
+                };
+                for (k, r) in load5::<VNNI>(&t.lo, &t.hi).iter().enumerate() {
                     _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
                 }
                 _mm256_store_ps(u.d.as_mut_ptr(), _mm256_mul_ps(d, sc));
@@ -494,18 +536,18 @@ unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>
                     u.m.as_mut_ptr(),
                     _mm256_xor_ps(_mm256_mul_ps(dmin, m), sign),
                 );
+                out.push(u);
             }
-            out.push(u);
         }
     }
     out
 }
 
 impl Q5KMatrix {
-    /// Whether a Q5_K matrix of `rows` runs on file-sized tiles here (VNNI, rows in eights); else it is
-    /// re-laid out onto [`super::Q5Matrix`].
+    /// Whether a Q5_K matrix of `rows` runs on file-sized tiles here (AVX2 or VNNI, rows in eights);
+    /// else it is re-laid out onto [`super::Q5Matrix`].
     pub fn runs_here(rows: usize) -> bool {
-        Isa::detect() == Isa::Vnni && rows.is_multiple_of(8)
+        Q5K::tiles_on(Isa::detect()) && rows.is_multiple_of(8)
     }
 
     /// A `[rows, cols]` Q5_K tensor's GGUF bytes.

@@ -54,6 +54,7 @@ pub type Q6Matrix = QuantMatrix<Q6>;
 
 impl QuantType for Q6 {
     const NAME: &'static str = "Q6_K";
+    const AVX2_TILES: bool = true;
     type Block = BlockQ6;
     type Tile = Tile8;
 
@@ -134,13 +135,17 @@ impl QuantType for Q6 {
 
 impl super::quant::TileKernel for Tile8 {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_vnni::<Self, N>(w, a) }
+        unsafe { tile_dot::<Self, N, VNNI>(w, a) }
     }
 
     fn dot_tokens<'a>(
         name: &str,
+        vnni: bool,
         w: &[Self],
         m: usize,
         act: impl Fn(usize) -> &'a [BlockQ8_1],
@@ -149,11 +154,16 @@ impl super::quant::TileKernel for Tile8 {
         // prompt-sized matmuls: each tile unpacked once for the whole matmul, not once per 8-token group
         #[cfg(target_arch = "x86_64")]
         if m > 32 {
-            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
-            let plain = unsafe { unpack(w) };
-            return super::quant::TileKernel::dot_tokens(name, &plain, m, act, out);
+            let plain = if vnni {
+                // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
+                unsafe { unpack_vnni(w) }
+            } else {
+                // SAFETY: other tiles run only where `Isa::Avx2` was.
+                unsafe { unpack_avx2(w) }
+            };
+            return super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
         }
-        super::quant::token_groups(name, w, m, act, out);
+        super::quant::token_groups(name, vnni, w, m, act, out);
     }
 }
 
@@ -169,19 +179,40 @@ pub struct Plain {
 
 impl super::quant::TileKernel for Plain {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_vnni::<Self, N>(w, a) }
+        unsafe { tile_dot::<Self, N, VNNI>(w, a) }
     }
 }
 
-/// What [`tile_vnni`] reads of a tile: the weight registers, the `32 · sc` pairs and the bits of `d`
+/// [`tile_vnni`] or [`tile_avx2`].
+///
+/// # Safety
+/// As [`super::quant::TileKernel::dot`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_dot<T: Q6Regs, const N: usize, const VNNI: bool>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    if VNNI {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_vnni::<T, N>(w, a) }
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_avx2::<T, N>(w, a) }
+    }
+}
+
+/// What [`tile_kernel`] reads of a tile: the weight registers, the `32 · sc` pairs and the bits of `d`
 /// ([`Tile8::load`]).
 #[cfg(target_arch = "x86_64")]
 trait Q6Regs {
     /// # Safety
-    /// The features of [`Isa::Vnni`].
-    unsafe fn regs(
+    /// AVX2, and with `VNNI` AVX-512 F and VL (inlined into a kernel that has them).
+    unsafe fn regs<const VNNI: bool>(
         &self,
     ) -> (
         [std::arch::x86_64::__m256i; 8],
@@ -192,8 +223,8 @@ trait Q6Regs {
 
 #[cfg(target_arch = "x86_64")]
 impl Q6Regs for Tile8 {
-    #[target_feature(enable = "avx2,avx512f,avx512vl")]
-    unsafe fn regs(
+    #[inline(always)]
+    unsafe fn regs<const VNNI: bool>(
         &self,
     ) -> (
         [std::arch::x86_64::__m256i; 8],
@@ -201,14 +232,14 @@ impl Q6Regs for Tile8 {
         std::arch::x86_64::__m256i,
     ) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.load() }
+        unsafe { self.load::<VNNI>() }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Q6Regs for Plain {
-    #[target_feature(enable = "avx2")]
-    unsafe fn regs(
+    #[inline(always)]
+    unsafe fn regs<const VNNI: bool>(
         &self,
     ) -> (
         [std::arch::x86_64::__m256i; 8],
@@ -219,7 +250,7 @@ impl Q6Regs for Plain {
         // SAFETY: the caller has AVX2; the arrays are 32-byte aligned and 32 bytes each.
         unsafe {
             (
-                std::array::from_fn(|k| _mm256_load_si256(self.w[k].as_ptr().cast())),
+                super::quant::load8(&self.w),
                 _mm256_load_si256(self.sc32.as_ptr().cast()),
                 _mm256_load_si256(self.dbits.as_ptr().cast()),
             )
@@ -230,30 +261,52 @@ impl Q6Regs for Plain {
 /// A row group's tiles, each loaded once and stored as [`Plain`].
 ///
 /// # Safety
-/// The features of [`Isa::Vnni`].
+/// As [`Tile8::load`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unpack<const VNNI: bool>(w: &[Tile8]) -> Vec<Plain> {
+    use std::arch::x86_64::*;
+    let mut out = Vec::with_capacity(w.len());
+    for t in w {
+        let mut p = Plain {
+            w: [[0u8; 32]; 8],
+            sc32: [0; 8],
+            dbits: [0; 8],
+        };
+        // SAFETY: the caller has the features; the stores fill `p`'s 32-byte-aligned arrays.
+        unsafe {
+            let (regs, sc32, dbits) = t.load::<VNNI>();
+            for (k, r) in regs.iter().enumerate() {
+                _mm256_store_si256(p.w[k].as_mut_ptr().cast(), *r);
+            }
+            _mm256_store_si256(p.sc32.as_mut_ptr().cast(), sc32);
+            _mm256_store_si256(p.dbits.as_mut_ptr().cast(), dbits);
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// [`unpack`] with the features of [`Isa::Vnni`].
+///
+/// # Safety
+/// Those features.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn unpack(w: &[Tile8]) -> Vec<Plain> {
-    use std::arch::x86_64::*;
-    w.iter()
-        .map(|t| {
-            let mut p = Plain {
-                w: [[0u8; 32]; 8],
-                sc32: [0; 8],
-                dbits: [0; 8],
-            };
-            // SAFETY: the features are enabled here; the stores fill `p`'s 32-byte-aligned arrays.
-            unsafe {
-                let (regs, sc32, dbits) = t.load();
-                for (k, r) in regs.iter().enumerate() {
-                    _mm256_store_si256(p.w[k].as_mut_ptr().cast(), *r);
-                }
-                _mm256_store_si256(p.sc32.as_mut_ptr().cast(), sc32);
-                _mm256_store_si256(p.dbits.as_mut_ptr().cast(), dbits);
-            }
-            p
-        })
-        .collect()
+unsafe fn unpack_vnni(w: &[Tile8]) -> Vec<Plain> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unpack::<true>(w) }
+}
+
+/// [`unpack`] with AVX2, FMA and F16C.
+///
+/// # Safety
+/// Those features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_avx2(w: &[Tile8]) -> Vec<Plain> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unpack::<false>(w) }
 }
 
 impl Tile8 {
@@ -264,10 +317,10 @@ impl Tile8 {
     /// the rows' two bits of `d` (lane `i`: row `i`'s, in bits 0 and 1).
     ///
     /// # Safety
-    /// AVX2 and AVX-512 F and VL.
+    /// AVX2, and with `VNNI` AVX-512 F and VL.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avx512f,avx512vl")]
-    unsafe fn load(
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(
         &self,
     ) -> (
         [std::arch::x86_64::__m256i; 8],
@@ -275,25 +328,30 @@ impl Tile8 {
         std::arch::x86_64::__m256i,
     ) {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 and AVX-512 F/VL are enabled here; `lo` is four 32-byte rows, `hi` two, `sc` 16
-        // bytes.
+        // SAFETY: the caller has the features; `lo` is four 32-byte rows, `hi` two, `sc` 16 bytes.
         unsafe {
             let nib = super::quant::unpack_nibbles(&self.lo);
-            let h = [0, 1].map(|r| _mm256_loadu_si256(self.hi[r].as_ptr().cast()));
+            let h0 = _mm256_loadu_si256(self.hi[0].as_ptr().cast());
+            let h1 = _mm256_loadu_si256(self.hi[1].as_ptr().cast());
             let mask = _mm256_set1_epi8(0x30);
             // bits 2k, 2k+1 of each byte moved to bits 4, 5 (16-bit shifts: what crosses a byte lands
-            // outside the mask)
-            let shifted = |h: __m256i, k: usize| match k {
-                0 => _mm256_slli_epi16(h, 4),
-                1 => _mm256_slli_epi16(h, 2),
-                2 => h,
-                _ => _mm256_srli_epi16(h, 2),
-            };
+            // outside the mask; no closures here, see `load8`)
+            let shifted = [
+                _mm256_slli_epi16(h0, 4),
+                _mm256_slli_epi16(h0, 2),
+                h0,
+                _mm256_srli_epi16(h0, 2),
+                _mm256_slli_epi16(h1, 4),
+                _mm256_slli_epi16(h1, 2),
+                h1,
+                _mm256_srli_epi16(h1, 2),
+            ];
+            let mut w = nib;
+            for r in 0..8 {
+                w[r] = super::quant::or_masked::<VNNI>(nib[r], shifted[r], mask);
+            }
             (
-                // nibbles | (shifted & mask) in one instruction
-                std::array::from_fn(|r| {
-                    _mm256_ternarylogic_epi32::<0xF8>(nib[r], shifted(h[r / 4], r % 4), mask)
-                }),
+                w,
                 _mm256_slli_epi16(
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(self.sc.as_ptr().cast())),
                     5,
@@ -422,61 +480,114 @@ unsafe fn dot_vnni<const N: usize>(w: &[BlockQ6], a: [&[BlockQ8_1]; N]) -> [f32;
     ))
 }
 
-/// Eight rows × `N` tokens over a row group's tiles. Per block and token: eight `vpdpbusd` give each row's
-/// `Σ q·a` of both halves, each times its run scale; one `vpdpwssd` of the rows' `32 · sc` pairs with the
-/// token's half sums gives the offset term `32 · Σ_h sc_h · Σ a` for all eight rows. The integer is kept
-/// negated (offset minus dots: the accumulating instruction only adds), exact over the super-block, and
-/// leaves with one `fnmadd` by `d · d_a`: the same float as adding the positive integer's product. `d`
-/// is put together from the super-block's eight tiles, two bits each.
+/// Eight rows × `N` tokens over a row group's tiles. Per block and token, each row's `Σ q·a` of both halves,
+/// each times its run scale, and the offset term `32 · Σ_h sc_h · Σ a` (the rows' `32 · sc` pairs times
+/// the token's half sums in one `vpdpwssd` / `vpmaddwd`):
+/// - with `VNNI`, eight `vpdpbusd` give the halves' dots, two `vpmulld` scale them;
+/// - with AVX2, `vpmaddubsw` pairs summed in 16 bits two registers at a time (four products of at most
+///   63 · 128 per lane), each sum times its run scale by `vpmaddwd`.
+///
+/// The integer is kept negated (offset minus dots: the accumulating instruction only adds), exact over the
+/// super-block, and leaves with one `fnmadd` by `d · d_a`: the same float as adding the positive
+/// integer's product. `d` is put together from the super-block's eight tiles, two bits each.
 ///
 /// # Safety
-/// AVX2, FMA, F16C, AVX-512 F, VNNI and VL; every `a[t]` has `w.len()` blocks.
+/// As [`super::quant::TileKernel::dot`] (inlined into [`tile_vnni`] and [`tile_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features and guarantees `a[t].len() == w.len()`, so every `b` is in
+    // bounds; `o` holds eight floats, matching the unaligned 256-bit store.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut neg = [_mm256_setzero_si256(); N];
+        let mut head = _mm256_setzero_si256();
+        // bytes 0, 1 (2, 3) of each lane into both of its words: one run scale per word pair
+        let run0 = _mm256_setr_epi8(
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
+            12, 13, 12, 13,
+        );
+        let run1 = _mm256_add_epi8(run0, _mm256_set1_epi8(2));
+        for (b, tile) in w.iter().enumerate() {
+            let (wq, sc32, dbits) = tile.regs::<VNNI>();
+            let part = b % 8;
+            head = _mm256_or_si256(
+                head,
+                _mm256_sll_epi32(dbits, _mm_cvtsi32_si128(2 * part as i32)),
+            );
+            let dv = if part == 7 {
+                let dv = _mm256_cvtph_ps(super::quant::low_words::<VNNI>(head));
+                head = _mm256_setzero_si256();
+                dv
+            } else {
+                _mm256_setzero_ps()
+            };
+            let (sc0, sc1) = if VNNI {
+                (
+                    _mm256_srai_epi32(_mm256_slli_epi32(sc32, 16), 21),
+                    _mm256_srai_epi32(sc32, 21),
+                )
+            } else {
+                let sc = _mm256_srai_epi16(sc32, 5);
+                (_mm256_shuffle_epi8(sc, run0), _mm256_shuffle_epi8(sc, run1))
+            };
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let halves = _mm256_set1_epi32(ab.halves);
+                if VNNI {
+                    let (s0, s1) = super::quant::half_dots::<true>(&wq, ab);
+                    let n = _mm256_dpwssd_epi32(neg[t], sc32, halves);
+                    let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
+                    neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));
+                } else {
+                    let q = super::quant::act_dwords(ab);
+                    let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
+                    let pair = |k: usize, sc: __m256i| {
+                        _mm256_madd_epi16(_mm256_add_epi16(p(k), p(k + 1)), sc)
+                    };
+                    let dots = _mm256_add_epi32(
+                        _mm256_add_epi32(pair(0, sc0), pair(2, sc0)),
+                        _mm256_add_epi32(pair(4, sc1), pair(6, sc1)),
+                    );
+                    let off = _mm256_madd_epi16(sc32, halves);
+                    neg[t] = _mm256_add_epi32(neg[t], _mm256_sub_epi32(off, dots));
+                }
+                if b % 8 == 7 {
+                    acc[t] = _mm256_fnmadd_ps(
+                        _mm256_cvtepi32_ps(neg[t]),
+                        _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
+                        acc[t],
+                    );
+                    neg[t] = _mm256_setzero_si256();
+                }
+            }
+        }
+        super::quant::store_rows(acc)
+    }
+}
+
+/// [`tile_kernel`] with `vpdpbusd`.
+///
+/// # Safety
+/// AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn tile_vnni<T: Q6Regs, const N: usize>(w: &[T], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
-    use std::arch::x86_64::*;
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<T, N, true>(w, a) }
+}
 
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut neg = [_mm256_setzero_si256(); N];
-    let mut head = _mm256_setzero_si256();
-    for (b, tile) in w.iter().enumerate() {
-        // SAFETY: AVX2 is enabled on this function.
-        let (wq, sc32, dbits) = unsafe { tile.regs() };
-        let part = b % 8;
-        head = _mm256_or_si256(
-            head,
-            _mm256_sll_epi32(dbits, _mm_cvtsi32_si128(2 * part as i32)),
-        );
-        let dv = if part == 7 {
-            let dv = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head));
-            head = _mm256_setzero_si256();
-            dv
-        } else {
-            _mm256_setzero_ps()
-        };
-        let sc0 = _mm256_srai_epi32(_mm256_slli_epi32(sc32, 16), 21);
-        let sc1 = _mm256_srai_epi32(sc32, 21);
-        for t in 0..N {
-            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
-            let ab = unsafe { a[t].get_unchecked(b) };
-            let (s0, s1) = super::quant::half_dots(&wq, ab);
-            let n = _mm256_dpwssd_epi32(neg[t], sc32, _mm256_set1_epi32(ab.halves));
-            let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
-            neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));
-            if b % 8 == 7 {
-                acc[t] = _mm256_fnmadd_ps(
-                    _mm256_cvtepi32_ps(neg[t]),
-                    _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
-                    acc[t],
-                );
-                neg[t] = _mm256_setzero_si256();
-            }
-        }
-    }
-    std::array::from_fn(|t| {
-        let mut o = [0f32; 8];
-        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
-        o
-    })
+/// [`tile_kernel`] with AVX2 only.
+///
+/// # Safety
+/// AVX2, FMA and F16C; every `a[t]` has `w.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<T: Q6Regs, const N: usize>(w: &[T], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<T, N, false>(w, a) }
 }

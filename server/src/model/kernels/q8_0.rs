@@ -94,13 +94,13 @@ impl super::quant::VnniTile for Tile8 {
     const OFFSET: i32 = 128;
     const HAS_MIN: bool = false;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> super::quant::TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; each `qs[jj]` is 32 bytes and `d` eight floats.
+        // SAFETY: the caller has AVX2; each `qs[jj]` is 32 bytes and `d` eight floats.
         unsafe {
             (
-                std::array::from_fn(|jj| _mm256_loadu_si256(self.qs[jj].as_ptr().cast())),
+                super::quant::load8(&self.qs),
                 _mm256_loadu_ps(self.d.as_ptr()),
                 _mm256_setzero_ps(),
             )

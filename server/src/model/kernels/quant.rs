@@ -30,6 +30,13 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
     fn tile_values(_tiles: &[Self::Tile], _b: usize, _i: usize) -> Option<[f32; 32]> {
         None
     }
+    /// Whether AVX2 CPUs run this type on its tiles too (they must then work without AVX-512: see
+    /// [`VnniTile`] and [`TileKernel`]); VNNI CPUs always do.
+    const AVX2_TILES: bool = false;
+    /// Whether the kernel of `isa` runs this type on 8-row tiles (else on row-major blocks).
+    fn tiles_on(isa: Isa) -> bool {
+        isa == Isa::Vnni || (isa == Isa::Avx2 && Self::AVX2_TILES)
+    }
     /// One row dotted with `N` tokens with AVX2 (+ AVX-512 VNNI when `VNNI`).
     ///
     /// # Safety
@@ -64,21 +71,29 @@ pub trait GgufBlocks: QuantType {
     fn parse(bytes: &[u8]) -> Self::Block;
 }
 
-/// Eight rows dotted with `N` tokens on the tile layout (`[token][row]`). Panics unless every `a[t]` has
-/// `w.len()` blocks; tiles are only built on VNNI CPUs.
+/// Eight rows dotted with `N` tokens on the tile layout (`[token][row]`), with AVX-512 VNNI when `vnni`,
+/// else AVX2. Panics unless every `a[t]` has `w.len()` blocks; tiles are only built where
+/// [`QuantType::tiles_on`] the detected ISA (`vnni` is whether that is [`Isa::Vnni`]).
 fn tile_dot<T: TileKernel, const N: usize>(
     name: &str,
+    vnni: bool,
     w: &[T],
     a: [&[BlockQ8_1]; N],
 ) -> [[f32; 8]; N] {
     check_blocks(name, w.len(), &a);
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: tiles are only built when `Isa::Vnni` was detected; lengths checked above.
-        unsafe { T::dot::<N>(w, a) }
+        if vnni {
+            // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected; lengths checked above.
+            unsafe { T::dot::<N, true>(w, a) }
+        } else {
+            // SAFETY: other tiles run only where `Isa::Avx2` (AVX2, FMA, F16C) was; lengths checked.
+            unsafe { T::dot::<N, false>(w, a) }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = vnni;
         unreachable!("tiles are only built on x86_64")
     }
 }
@@ -155,7 +170,7 @@ impl<Q: QuantType> QuantMatrix<Q> {
                 blocks.len()
             );
         }
-        let layout = if isa == Isa::Vnni && rows.is_multiple_of(8) {
+        let layout = if Q::tiles_on(isa) && rows.is_multiple_of(8) {
             let mut tiles = Vec::with_capacity(rows / 8 * kb);
             for rg in 0..rows / 8 {
                 for b in 0..kb {
@@ -244,15 +259,16 @@ impl<Q: QuantType> QuantMatrix<Q> {
                 );
             }),
             Layout::Tiles(tiles) => {
-                if isa != Isa::Vnni {
+                if !Q::tiles_on(isa) {
                     candle_core::bail!(
-                        "{} matrix laid out for VNNI, asked to run with {isa:?}",
+                        "{} matrix laid out in tiles, asked to run with {isa:?}",
                         Q::NAME
                     );
                 }
+                let vnni = isa == Isa::Vnni;
                 matmul_rows(self.rows, m, 8, x, |r0, out| {
                     let w = &tiles[r0 / 8 * kb..(r0 / 8 + 1) * kb];
-                    Q::Tile::dot_tokens(Q::NAME, w, m, act, out);
+                    Q::Tile::dot_tokens(Q::NAME, vnni, w, m, act, out);
                 })
             }
         }
@@ -291,32 +307,41 @@ impl<Q: QuantType> KernelMatrix for QuantMatrix<Q> {
     }
 }
 
-/// Eight rows × one block column in the VNNI layout, multiplied by its kernel: [`tile_vnni`] for the types
-/// that describe their tiles as [`VnniTile`], a kernel of its own otherwise (Q4_K, Q6_K).
+/// Eight rows × one block column in the VNNI layout, multiplied by its kernel: [`tile_vnni`] /
+/// [`tile_avx2`] for the types that describe their tiles as [`VnniTile`], a kernel of its own otherwise
+/// (Q4_K, Q6_K). With `VNNI` false a kernel uses AVX2, FMA and F16C only (`vpmaddubsw` + `vpmaddwd` for
+/// `vpdpbusd`), for the types whose [`QuantType::AVX2_TILES`] is set: the same exact integers and the same
+/// float operations, so the same bits.
 pub trait TileKernel: Sized {
     /// Eight rows dotted with `N` tokens (`[token][row]`).
     ///
     /// # Safety
-    /// The features of [`Isa::Vnni`]; every `a[t]` has `w.len()` blocks.
+    /// With `VNNI` the features of [`Isa::Vnni`], else AVX2, FMA and F16C; every `a[t]` has `w.len()`
+    /// blocks.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N];
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N];
 
     /// A row group's tiles (`w`) dotted with tokens `0..m` (`act(t)`), written as `out[t * 8 + i]` (token
-    /// `t`, row `i`): groups of 8, 4 and 1 tokens on the tiles as they are.
+    /// `t`, row `i`): groups of 8, 4 and 1 tokens on the tiles as they are, with VNNI when `vnni`.
     fn dot_tokens<'a>(
         name: &str,
+        vnni: bool,
         w: &[Self],
         m: usize,
         act: impl Fn(usize) -> &'a [BlockQ8_1],
         out: &mut [f32],
     ) {
-        token_groups(name, w, m, act, out);
+        token_groups(name, vnni, w, m, act, out);
     }
 }
 
 /// [`TileKernel::dot_tokens`]' default: groups of 8, 4 and 1 tokens on the tiles as they are.
 pub(super) fn token_groups<'a, T: TileKernel>(
     name: &str,
+    vnni: bool,
     w: &[T],
     m: usize,
     act: impl Fn(usize) -> &'a [BlockQ8_1],
@@ -325,15 +350,16 @@ pub(super) fn token_groups<'a, T: TileKernel>(
     tile_token_groups(
         m,
         out,
-        |t| tile_dot::<_, 8>(name, w, std::array::from_fn(|i| act(t + i))),
-        |t| tile_dot::<_, 4>(name, w, std::array::from_fn(|i| act(t + i))),
-        |t| tile_dot::<_, 1>(name, w, [act(t)]),
+        |t| tile_dot::<_, 8>(name, vnni, w, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot::<_, 4>(name, vnni, w, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot::<_, 1>(name, vnni, w, [act(t)]),
     );
 }
 
-/// What the generic VNNI tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k`
+/// What the generic tile kernel needs of a tile: eight registers of unsigned weight bytes, register `k`
 /// lining up with activation dword `k` (lane `i` = row `i`), the rows' scales and minimums, and the offset
-/// the unsigned encoding adds (`w = d · (u − OFFSET) + m`).
+/// the unsigned encoding adds (`w = d · (u − OFFSET) + m`). On AVX2 ([`QuantType::AVX2_TILES`]) the
+/// weights must be at most 31 (`vpmaddubsw` pairs summed over four registers in 16 bits).
 pub trait VnniTile {
     /// 0 for Q4_1, 8 for Q4_0, 128 for Q8_0 (stored as `q + 128`).
     const OFFSET: i32;
@@ -344,20 +370,29 @@ pub trait VnniTile {
     /// [`VnniTile::load`] is much more than loads (Q5_0's fifth bits).
     const UNPACK: bool = false;
     /// # Safety
-    /// The CPU must have AVX2.
+    /// AVX2 and F16C, and with `VNNI` the features of [`Isa::Vnni`] (inlined into a kernel that has them).
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load(&self) -> TileRegs;
+    unsafe fn load<const VNNI: bool>(&self) -> TileRegs;
 }
 
 impl<T: VnniTile> TileKernel for T {
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dot<const N: usize>(w: &[Self], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
-        // SAFETY: forwarded from the caller.
-        unsafe { tile_vnni::<Self, N>(w, a) }
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
+        if VNNI {
+            // SAFETY: forwarded from the caller.
+            unsafe { tile_vnni::<Self, N>(w, a) }
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { tile_avx2::<Self, N>(w, a) }
+        }
     }
 
     fn dot_tokens<'a>(
         name: &str,
+        vnni: bool,
         w: &[Self],
         m: usize,
         act: impl Fn(usize) -> &'a [BlockQ8_1],
@@ -365,11 +400,16 @@ impl<T: VnniTile> TileKernel for T {
     ) {
         #[cfg(target_arch = "x86_64")]
         if T::UNPACK && m > 8 {
-            // SAFETY: tiles are only built when `Isa::Vnni` was detected.
-            let plain = unsafe { unpack(w) };
-            return token_groups(name, &plain, m, act, out);
+            let plain = if vnni {
+                // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
+                unsafe { unpack_vnni(w) }
+            } else {
+                // SAFETY: other tiles run only where `Isa::Avx2` was.
+                unsafe { unpack_avx2(w) }
+            };
+            return token_groups(name, vnni, &plain, m, act, out);
         }
-        token_groups(name, w, m, act, out);
+        token_groups(name, vnni, w, m, act, out);
     }
 }
 
@@ -388,13 +428,13 @@ impl<T: VnniTile> VnniTile for Unpacked<T> {
     const OFFSET: i32 = T::OFFSET;
     const HAS_MIN: bool = T::HAS_MIN;
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> TileRegs {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(&self) -> TileRegs {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; each `w[k]` is 32 bytes, `d` and `m` eight floats each.
+        // SAFETY: the caller has AVX2; each `w[k]` is 32 bytes, `d` and `m` eight floats each, aligned.
         unsafe {
             (
-                std::array::from_fn(|k| _mm256_load_si256(self.w[k].as_ptr().cast())),
+                load8(&self.w),
                 _mm256_load_ps(self.d.as_ptr()),
                 _mm256_load_ps(self.m.as_ptr()),
             )
@@ -405,31 +445,53 @@ impl<T: VnniTile> VnniTile for Unpacked<T> {
 /// A row group's tiles, each loaded once and stored as [`Unpacked`].
 ///
 /// # Safety
-/// The features of [`Isa::Vnni`].
+/// As [`VnniTile::load`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unpack<T: VnniTile, const VNNI: bool>(w: &[T]) -> Vec<Unpacked<T>> {
+    use std::arch::x86_64::*;
+    let mut out = Vec::with_capacity(w.len());
+    for t in w {
+        let mut u = Unpacked {
+            w: [[0u8; 32]; 8],
+            d: [0.0; 8],
+            m: [0.0; 8],
+            tile: std::marker::PhantomData,
+        };
+        // SAFETY: the caller has the features; the stores fill `u`'s 32-byte-aligned arrays.
+        unsafe {
+            let (regs, d, m) = t.load::<VNNI>();
+            for (k, r) in regs.iter().enumerate() {
+                _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
+            }
+            _mm256_store_ps(u.d.as_mut_ptr(), d);
+            _mm256_store_ps(u.m.as_mut_ptr(), m);
+        }
+        out.push(u);
+    }
+    out
+}
+
+/// [`unpack`] with the features of [`Isa::Vnni`].
+///
+/// # Safety
+/// Those features.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-pub(super) unsafe fn unpack<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
-    use std::arch::x86_64::*;
-    w.iter()
-        .map(|t| {
-            let mut u = Unpacked {
-                w: [[0u8; 32]; 8],
-                d: [0.0; 8],
-                m: [0.0; 8],
-                tile: std::marker::PhantomData,
-            };
-            // SAFETY: the features are enabled here; the stores fill `u`'s 32-byte-aligned arrays.
-            unsafe {
-                let (regs, d, m) = t.load();
-                for (k, r) in regs.iter().enumerate() {
-                    _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
-                }
-                _mm256_store_ps(u.d.as_mut_ptr(), d);
-                _mm256_store_ps(u.m.as_mut_ptr(), m);
-            }
-            u
-        })
-        .collect()
+pub(super) unsafe fn unpack_vnni<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unpack::<T, true>(w) }
+}
+
+/// [`unpack`] with AVX2, FMA and F16C.
+///
+/// # Safety
+/// Those features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_avx2<T: VnniTile>(w: &[T]) -> Vec<Unpacked<T>> {
+    // SAFETY: forwarded from the caller.
+    unsafe { unpack::<T, false>(w) }
 }
 
 /// A tile in registers: weights (register `k` ↔ activation dword `k`), scales, minimums.
@@ -440,9 +502,48 @@ pub type TileRegs = (
     std::arch::x86_64::__m256,
 );
 
-/// Eight rows × `N` tokens over a row group's tiles: per block, eight `vpdpbusd` with broadcast activation
-/// dwords give each row's exact integer dot in its own lane (`Σ u a − OFFSET · Σ a`), scaled by `d_w · d_a`,
-/// plus `m · s` where the type has minimums.
+/// Eight rows × `N` tokens over a row group's tiles: per block, the eight weight registers with the
+/// token's broadcast activation dwords give each row's exact integer dot in its own lane
+/// (`Σ u a − OFFSET · Σ a`, [`half_dots`]), scaled by `d_w · d_a`, plus `m · s` where the type has
+/// minimums.
+///
+/// # Safety
+/// As [`TileKernel::dot`] (inlined into [`tile_vnni`] and [`tile_avx2`], which enable the features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_kernel<T: VnniTile, const N: usize, const VNNI: bool>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features; it guarantees `a[t].len() == w.len()`, so every `b` is in
+    // bounds; `o` holds eight floats, matching the unaligned 256-bit store.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, tile) in w.iter().enumerate() {
+            let (wq, dv, mv) = tile.load::<VNNI>();
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let (s0, s1) = half_dots::<VNNI>(&wq, ab);
+                let mut isum = _mm256_add_epi32(s0, s1);
+                if T::OFFSET != 0 {
+                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(T::OFFSET * ab.sum));
+                }
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(isum),
+                    _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
+                    acc[t],
+                );
+                if T::HAS_MIN {
+                    acc[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(ab.s), acc[t]);
+                }
+            }
+        }
+        store_rows(acc)
+    }
+}
+
+/// [`tile_kernel`] with `vpdpbusd`.
 ///
 /// # Safety
 /// The features of [`Isa::Vnni`]; every `a[t]` has `w.len()` blocks.
@@ -452,63 +553,155 @@ pub(super) unsafe fn tile_vnni<T: VnniTile, const N: usize>(
     w: &[T],
     a: [&[BlockQ8_1]; N],
 ) -> [[f32; 8]; N] {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (b, tile) in w.iter().enumerate() {
-        // SAFETY: AVX2 is enabled on this function.
-        let (wq, dv, mv) = unsafe { tile.load() };
-        for t in 0..N {
-            // SAFETY: the caller guarantees `a[t].len() == w.len()`, so `b` is in bounds.
-            let ab = unsafe { a[t].get_unchecked(b) };
-            let (s0, s1) = half_dots(&wq, ab);
-            let mut isum = _mm256_add_epi32(s0, s1);
-            if T::OFFSET != 0 {
-                isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(T::OFFSET * ab.sum));
-            }
-            acc[t] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(isum),
-                _mm256_mul_ps(dv, _mm256_set1_ps(ab.d)),
-                acc[t],
-            );
-            if T::HAS_MIN {
-                acc[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(ab.s), acc[t]);
-            }
-        }
-    }
-    std::array::from_fn(|t| {
-        let mut o = [0f32; 8];
-        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
-        o
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<T, N, true>(w, a) }
 }
 
-/// Each row's `Σ u·a` over values 0..16 and 16..32 of a tile (weight registers 0–3 and 4–7, lane `i` = row
-/// `i`) with one token's activation block, whose dwords are broadcast: two chains of four `vpdpbusd`.
+/// [`tile_kernel`] with AVX2 only (weights at most 31, see [`VnniTile`]).
+///
+/// # Safety
+/// AVX2, FMA and F16C; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-#[inline]
-pub(super) fn half_dots(
-    wq: &[std::arch::x86_64::__m256i; 8],
-    ab: &BlockQ8_1,
-) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-    use std::arch::x86_64::*;
-    // the activation block as eight little-endian dwords of four i8 each
-    let q: [i32; 8] = std::array::from_fn(|i| {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn tile_avx2<T: VnniTile, const N: usize>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kernel::<T, N, false>(w, a) }
+}
+
+/// An activation block as eight little-endian dwords of four i8 each (broadcast against a tile's
+/// registers).
+pub(super) fn act_dwords(ab: &BlockQ8_1) -> [i32; 8] {
+    std::array::from_fn(|i| {
         i32::from_le_bytes([
             ab.qs[4 * i] as u8,
             ab.qs[4 * i + 1] as u8,
             ab.qs[4 * i + 2] as u8,
             ab.qs[4 * i + 3] as u8,
         ])
-    });
-    let mut s0 = _mm256_setzero_si256();
-    let mut s1 = _mm256_setzero_si256();
-    for k in 0..4 {
-        s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
-        s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+    })
+}
+
+/// Each row's `Σ u·a` over values 0..16 and 16..32 of a tile (weight registers 0–3 and 4–7, lane `i` = row
+/// `i`) with one token's activation block, whose dwords are broadcast: with `VNNI` two chains of four
+/// `vpdpbusd`; else per half four `vpmaddubsw` summed in 16 bits (eight products of at most 31 · 128 per
+/// lane: the weights must be at most 31) and one `vpmaddwd` by ones.
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 VNNI and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn half_dots<const VNNI: bool>(
+    wq: &[std::arch::x86_64::__m256i; 8],
+    ab: &BlockQ8_1,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let q = act_dwords(ab);
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for k in 0..4 {
+                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            (s0, s1)
+        } else {
+            let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
+            let ones = _mm256_set1_epi16(1);
+            let half = |k: usize| {
+                let s = _mm256_add_epi16(
+                    _mm256_add_epi16(p(k), p(k + 1)),
+                    _mm256_add_epi16(p(k + 2), p(k + 3)),
+                );
+                _mm256_madd_epi16(s, ones)
+            };
+            (half(0), half(4))
+        }
     }
-    (s0, s1)
+}
+
+/// The low 16 bits of each of eight 32-bit lanes, packed into eight words (`vpmovdw` with AVX-512,
+/// a byte shuffle and a lane permute with AVX2).
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 F and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn low_words<const VNNI: bool>(
+    x: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            _mm256_cvtepi32_epi16(x)
+        } else {
+            let pick = _mm256_setr_epi8(
+                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13,
+                -1, -1, -1, -1, -1, -1, -1, -1,
+            );
+            let p = _mm256_shuffle_epi8(x, pick);
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b00_00_10_00>(p))
+        }
+    }
+}
+
+/// `nib | (shifted & mask)`: one `vpternlogd` with AVX-512, an `and` and an `or` with AVX2.
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 F and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn or_masked<const VNNI: bool>(
+    nib: std::arch::x86_64::__m256i,
+    shifted: std::arch::x86_64::__m256i,
+    mask: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            _mm256_ternarylogic_epi32::<0xF8>(nib, shifted, mask)
+        } else {
+            _mm256_or_si256(nib, _mm256_and_si256(shifted, mask))
+        }
+    }
+}
+
+/// Eight registers of 32 bytes each (a tile's weights), as plain loads: a `#[target_feature]` function,
+/// so that the kernels' `#[inline(always)]` bodies call no closures of intrinsics (which would not inline
+/// there).
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn load8(rows: &[[u8; 32]; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: each row is 32 bytes, matching the unaligned 256-bit loads.
+    std::array::from_fn(|k| unsafe { _mm256_loadu_si256(rows[k].as_ptr().cast()) })
+}
+
+/// `N` registers of eight floats stored as arrays (a kernel's `[token][row]` result), as [`load8`].
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_rows<const N: usize>(
+    acc: [std::arch::x86_64::__m256; N],
+) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|t| {
+        let mut o = [0f32; 8];
+        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
 }
 
 /// Splits four registers of packed nibbles into eight of values (low nibbles: values 0–15 of each row's

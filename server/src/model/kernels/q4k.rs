@@ -121,27 +121,73 @@ impl super::quant::TileKernel for Tile8 {
             unsafe { tile_vnni::<N>(w, a) }
         } else {
             // SAFETY: forwarded from the caller.
-            unsafe { tile_avx2::<N>(w, a) }
+            unsafe { tile_avx2::<Self, N>(w, a) }
         }
     }
 }
 
-impl Tile8 {
-    /// The eight weight registers (values 0..15, register `k` ↔ activation dword `k`) and the rows'
-    /// `sc | m << 6 | nibble << 12`, one i32 lane per row.
+/// A K-quant tile (Q4_K's, and Q5_K's on AVX2) as [`tile_kernel`] reads it: eight weight registers
+/// (register `k` ↔ activation dword `k`, lane `i` = row `i`) and per row `sc | m << 6 | nibble << 12`
+/// ([`sm_word`]), and how a sub-block's `sc · Σ q·a` joins the integer.
+#[cfg(target_arch = "x86_64")]
+pub(super) trait KTile {
+    /// The weight registers and the rows' words, one i32 lane per row.
     ///
     /// # Safety
-    /// The CPU must have AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(&self) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+    /// AVX2, and with `VNNI` AVX-512 F and VL (inlined into a kernel that has them).
+    unsafe fn load<const VNNI: bool>(
+        &self,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i);
+
+    /// `iacc + sc · Σ q·a` per row, `sc2` holding each row's `(sc, sc)` as two i16.
+    ///
+    /// # Safety
+    /// As [`KTile::load`] (with `VNNI` also AVX-512 BW and VNNI).
+    unsafe fn add_dot<const VNNI: bool>(
+        iacc: std::arch::x86_64::__m256i,
+        wq: &[std::arch::x86_64::__m256i; 8],
+        ab: &BlockQ8_1,
+        sc2: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl KTile for Tile8 {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(
+        &self,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled here; `qs` is four 32-byte rows, `sm` eight u16.
+        // SAFETY: the caller has AVX2; `qs` is four 32-byte rows, `sm` eight u16.
         unsafe {
             (
                 super::quant::unpack_nibbles(&self.qs),
                 _mm256_cvtepu16_epi32(_mm_loadu_si128(self.sm.as_ptr().cast())),
             )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot<const VNNI: bool>(
+        iacc: std::arch::x86_64::__m256i,
+        wq: &[std::arch::x86_64::__m256i; 8],
+        ab: &BlockQ8_1,
+        sc2: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has the features.
+        unsafe {
+            if VNNI {
+                let (s0, s1) = super::quant::half_dots::<true>(wq, ab);
+                // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 128): both in one lane, times
+                // `(sc, sc)`
+                let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
+                _mm256_dpwssd_epi32(iacc, pair, sc2)
+            } else {
+                // all 32 products of a row in 16 bits (16 per lane, at most 15 · 128 each)
+                let s = super::quant::maddubs_sum16(wq, ab, 0, 8);
+                _mm256_add_epi32(iacc, _mm256_madd_epi16(s, sc2))
+            }
         }
     }
 }
@@ -251,22 +297,22 @@ impl Q4KMatrix {
 }
 
 /// Eight rows × `N` tokens over a row group's tiles. Per sub-block and token, each row's exact
-/// `sc · Σ q·a` joins one integer and `m · Σ a` another:
-/// - with `VNNI`, eight `vpdpbusd` give each row's `Σ q·a` of both halves and one `vpdpwssd` adds them
-///   times the row's scale; one `vpdpwssd` of the rows' `(m, m)` pairs with the token's half sums adds
-///   `m · Σ a`;
-/// - with AVX2, eight `vpmaddubsw` summed in 16 bits (16 products of at most 15 · 128 per lane) and one
-///   `vpmaddwd` by the rows' `(sc, sc)`; one `vpmaddwd` of `(m, m)` with the half sums.
+/// `sc · Σ q·a` joins one integer ([`KTile::add_dot`]) and `m · Σ a` another:
+/// - with `VNNI` (Q4_K), eight `vpdpbusd` give each row's `Σ q·a` of both halves and one `vpdpwssd` adds
+///   them times the row's scale; one `vpdpwssd` of the rows' `(m, m)` pairs with the token's half sums
+///   adds `m · Σ a`;
+/// - with AVX2, eight `vpmaddubsw` summed in 16 bits and `vpmaddwd` by the rows' `(sc, sc)`; one
+///   `vpmaddwd` of `(m, m)` with the half sums.
 ///
 /// At the end of a super-block both integers leave, scaled by `d · d_a` and `dmin · d_a`, `d` and `dmin`
 /// put together from the eight tiles' nibbles.
 ///
 /// # Safety
-/// As [`super::quant::TileKernel::dot`] (inlined into [`tile_vnni`] and [`tile_avx2`]).
+/// As [`super::quant::TileKernel::dot`] (inlined into a `#[target_feature]` function).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_kernel<const N: usize, const VNNI: bool>(
-    w: &[Tile8],
+pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
+    w: &[T],
     a: [&[BlockQ8_1]; N],
 ) -> [[f32; 8]; N] {
     use super::quant::low_words;
@@ -282,7 +328,7 @@ unsafe fn tile_kernel<const N: usize, const VNNI: bool>(
         let mut head = _mm256_setzero_si256();
         let six = _mm256_set1_epi32(63);
         for (b, tile) in w.iter().enumerate() {
-            let (wq, sm) = tile.load();
+            let (wq, sm) = tile.load::<VNNI>();
             let sc = _mm256_and_si256(sm, six);
             let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
             let m = _mm256_and_si256(_mm256_srli_epi32(sm, 6), six);
@@ -305,29 +351,12 @@ unsafe fn tile_kernel<const N: usize, const VNNI: bool>(
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let halves = _mm256_set1_epi32(ab.halves);
-                if VNNI {
-                    let (s0, s1) = super::quant::half_dots::<true>(&wq, ab);
-                    // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 128): both in one lane, times
-                    // `(sc, sc)`
-                    let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
-                    iacc[t] = _mm256_dpwssd_epi32(iacc[t], pair, sc2);
-                    macc[t] = _mm256_dpwssd_epi32(macc[t], m2, halves);
+                iacc[t] = T::add_dot::<VNNI>(iacc[t], &wq, ab, sc2);
+                macc[t] = if VNNI {
+                    _mm256_dpwssd_epi32(macc[t], m2, halves)
                 } else {
-                    let q = super::quant::act_dwords(ab);
-                    let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
-                    let s = _mm256_add_epi16(
-                        _mm256_add_epi16(
-                            _mm256_add_epi16(p(0), p(1)),
-                            _mm256_add_epi16(p(2), p(3)),
-                        ),
-                        _mm256_add_epi16(
-                            _mm256_add_epi16(p(4), p(5)),
-                            _mm256_add_epi16(p(6), p(7)),
-                        ),
-                    );
-                    iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s, sc2));
-                    macc[t] = _mm256_add_epi32(macc[t], _mm256_madd_epi16(m2, halves));
-                }
+                    _mm256_add_epi32(macc[t], _mm256_madd_epi16(m2, halves))
+                };
                 if last {
                     let da = _mm256_set1_ps(ab.d);
                     let o = out[t].as_mut_ptr();
@@ -360,16 +389,19 @@ unsafe fn tile_kernel<const N: usize, const VNNI: bool>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
-    unsafe { tile_kernel::<N, true>(w, a) }
+    unsafe { tile_kernel::<Tile8, N, true>(w, a) }
 }
 
-/// [`tile_kernel`] with AVX2 only.
+/// [`tile_kernel`] with AVX2 only (Q4_K's tiles and Q5_K's).
 ///
 /// # Safety
 /// AVX2, FMA and F16C; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_avx2<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+pub(super) unsafe fn tile_avx2<T: KTile, const N: usize>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
-    unsafe { tile_kernel::<N, false>(w, a) }
+    unsafe { tile_kernel::<T, N, false>(w, a) }
 }

@@ -307,6 +307,29 @@ pub struct BlockQ5K {
 }
 
 impl BlockQ5K {
+    /// One row's dot in the AVX2 tile kernel's formulation (Q4_K's, llama.cpp's): per super-block the
+    /// exact integers `Σ sc · Σ q·a` and `Σ m · Σ a`, scaled once each by `d · d_a` and `dmin · d_a`. The
+    /// plain loop the exact tests hold those tiles to.
+    #[cfg(test)]
+    pub(super) fn dot_super_blocks(w: &[BlockQ5K], a: &[BlockQ8_1]) -> f32 {
+        let mut acc = 0f32;
+        for (w, a) in w.chunks(8).zip(a.chunks(8)) {
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for (w, a) in w.iter().zip(a) {
+                let dot: i32 =
+                    w.qs.iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                        .sum();
+                isum += i32::from(w.sc) * dot;
+                msum += i32::from(w.m) * a.sum;
+            }
+            acc = (isum as f32).mul_add(w[0].d * a[0].d, acc);
+            acc = (-(msum as f32)).mul_add(w[0].dmin * a[0].d, acc);
+        }
+        acc
+    }
+
     /// The same 32 values as a [`super::q5`] block: scale `d·sc`, minimum `−dmin·m` (both exact in f32).
     pub(super) fn as_q5(&self) -> BlockQ5 {
         BlockQ5 {
@@ -432,8 +455,12 @@ impl super::quant::TileKernel for Tile8K {
         use super::quant::{TileKernel, Unpacked};
         // SAFETY: forwarded from the caller.
         unsafe {
-            let plain = unpack_k_for::<VNNI>(w);
-            <Unpacked<super::q5::Tile8> as TileKernel>::dot::<N, VNNI>(&plain, a)
+            if VNNI {
+                let plain = unpack_k_for::<true>(w);
+                <Unpacked<super::q5::Tile8> as TileKernel>::dot::<N, true>(&plain, a)
+            } else {
+                super::q4k::tile_avx2::<Self, N>(w, a)
+            }
         }
     }
 
@@ -446,20 +473,50 @@ impl super::quant::TileKernel for Tile8K {
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        {
-            let plain = if vnni {
-                // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
-                unsafe { unpack_k_for::<true>(w) }
-            } else {
-                // SAFETY: other tiles run only where `Isa::Avx2` was.
-                unsafe { unpack_k_for::<false>(w) }
-            };
-            super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
+        if vnni {
+            // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
+            let plain = unsafe { unpack_k_for::<true>(w) };
+            return super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (name, vnni, w, m, act, out);
-            unreachable!("tiles are only built on x86_64");
+        super::quant::token_groups(name, vnni, w, m, act, out);
+    }
+}
+
+/// On AVX2 Q5_K runs on Q4_K's kernel, its integers over the super-block: each sub-block's `Σ q·a` as two
+/// 16-bit sums of eight products each (at most 31 · 128 · 8 < 2¹⁵), each times `(sc, sc)` by `vpmaddwd`.
+/// (With VNNI a row group is unpacked onto the 5-bit kernel instead: its dots would need a `vpmulld`
+/// per token, and that path was measured there.)
+#[cfg(target_arch = "x86_64")]
+impl super::q4k::KTile for Tile8K {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(
+        &self,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has the features; `sm` is eight u16.
+        unsafe {
+            (
+                load5::<VNNI>(&self.lo, &self.hi),
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(self.sm.as_ptr().cast())),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot<const VNNI: bool>(
+        iacc: std::arch::x86_64::__m256i,
+        wq: &[std::arch::x86_64::__m256i; 8],
+        ab: &BlockQ8_1,
+        sc2: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use super::quant::maddubs_sum16;
+        use std::arch::x86_64::*;
+        assert!(!VNNI, "Q5_K tiles run unpacked with VNNI");
+        // SAFETY: the caller has AVX2.
+        unsafe {
+            let lo = _mm256_madd_epi16(maddubs_sum16(wq, ab, 0, 4), sc2);
+            let hi = _mm256_madd_epi16(maddubs_sum16(wq, ab, 4, 4), sc2);
+            _mm256_add_epi32(iacc, _mm256_add_epi32(lo, hi))
         }
     }
 }

@@ -544,10 +544,8 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
                     let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
                     neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));
                 } else {
-                    let q = super::quant::act_dwords(ab);
-                    let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
                     let pair = |k: usize, sc: __m256i| {
-                        _mm256_madd_epi16(_mm256_add_epi16(p(k), p(k + 1)), sc)
+                        _mm256_madd_epi16(super::quant::maddubs_sum16(&wq, ab, k, 2), sc)
                     };
                     let dots = _mm256_add_epi32(
                         _mm256_add_epi32(pair(0, sc0), pair(2, sc0)),

@@ -610,17 +610,38 @@ pub(super) unsafe fn half_dots<const VNNI: bool>(
             }
             (s0, s1)
         } else {
-            let p = |k: usize| _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k]));
             let ones = _mm256_set1_epi16(1);
-            let half = |k: usize| {
-                let s = _mm256_add_epi16(
-                    _mm256_add_epi16(p(k), p(k + 1)),
-                    _mm256_add_epi16(p(k + 2), p(k + 3)),
-                );
-                _mm256_madd_epi16(s, ones)
-            };
-            (half(0), half(4))
+            (
+                _mm256_madd_epi16(maddubs_sum16(wq, ab, 0, 4), ones),
+                _mm256_madd_epi16(maddubs_sum16(wq, ab, 4, 4), ones),
+            )
         }
+    }
+}
+
+/// `vpmaddubsw` of weight registers `k0..k0 + n` with the token's broadcast activation dwords, summed in
+/// 16 bits: lane `i` holds two words, each row `i`'s sum of `2n` products (the caller keeps that within an
+/// i16: `2n · max q · 128 < 2¹⁵`).
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn maddubs_sum16(
+    wq: &[std::arch::x86_64::__m256i; 8],
+    ab: &BlockQ8_1,
+    k0: usize,
+    n: usize,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let q = act_dwords(ab);
+    // SAFETY: the caller has AVX2.
+    unsafe {
+        let mut s = _mm256_maddubs_epi16(wq[k0], _mm256_set1_epi32(q[k0]));
+        for k in k0 + 1..k0 + n {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k])));
+        }
+        s
     }
 }
 

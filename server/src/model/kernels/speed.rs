@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use super::kquant_tests::random;
 use super::q4_1::Q4_1Matrix;
 use super::q4k::Q4KMatrix;
+use super::q5_tiles::{Q5_0Matrix, Q5KMatrix};
 use super::q6k::Q6Matrix;
 
 /// Q6_K: our kernel against candle's (`ROWS`, `COLS`, `MS` token counts; rayon's threads). Run with
@@ -45,6 +46,31 @@ fn q4k_speed() {
             ("ours", &|x| ours.forward(x).expect("ours")),
             ("as Q4_1", &|x| q4_1.forward(x).expect("q4_1")),
         ],
+    );
+}
+
+/// Q5_0 and Q5_K on their file-sized tiles, and candle's, as [`q6k_speed`].
+#[test]
+#[ignore]
+fn q5_speed() {
+    let (rows, cols) = speed_shape();
+    let q5_0 = random(17, rows * cols / 32, 22, &[0]);
+    let ours = Q5_0Matrix::from_q5_0(&q5_0, rows, cols).expect("ours");
+    compare_speed(
+        &q5_0,
+        GgmlDType::Q5_0,
+        rows,
+        cols,
+        &[("ours", &|x| ours.forward(x).expect("ours"))],
+    );
+    let q5k = random(18, rows * cols / 256, 176, &[0, 2]);
+    let ours = Q5KMatrix::from_q5k(&q5k, rows, cols).expect("ours");
+    compare_speed(
+        &q5k,
+        GgmlDType::Q5K,
+        rows,
+        cols,
+        &[("ours", &|x| ours.forward(x).expect("ours"))],
     );
 }
 

@@ -57,8 +57,8 @@ pub enum Linear {
     Quantized(QMatMul),
     /// A block-quantized matrix on the CPU multiplied by one of our own multi-token kernels, with llama.cpp's
     /// activation quantization and exact integer dots (see [`super::kernels`]): Q8_0, Q4_1, and Q4_K, Q5_0,
-    /// Q5_1, Q5_K and Q6_K (at the file's size on AVX-512 VNNI CPUs, re-laid out exactly onto the Q4_1, Q8_0
-    /// or 5-bit kernel elsewhere).
+    /// Q5_1, Q5_K and Q6_K (at the file's size on AVX2 and AVX-512 VNNI CPUs, re-laid out exactly onto the
+    /// Q4_1, Q8_0 or 5-bit kernel elsewhere).
     Kernel(Arc<dyn KernelMatrix>),
     /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
     Q4_0(Q4_0Matrix),

@@ -46,6 +46,9 @@ impl GgufBlocks for Q4_1 {
 
 impl QuantType for Q4_1 {
     const NAME: &'static str = "Q4_1";
+    // On AVX2 the tiles give the same bits as on VNNI CPUs (the row-major AVX2 loop sums in eight lanes:
+    // SmolLM2 Q4_1 then drifted 1.17 logits of top-1/top-2 gap from llama.cpp, 0.49 on the tiles).
+    const AVX2_TILES: bool = true;
     type Block = BlockQ4_1;
     type Tile = Tile8;
 

@@ -1,6 +1,7 @@
-//! Q4_K weights × Q8_K activations on VNNI CPUs, with llama.cpp's integer formulation and about the file's
+//! Q4_K weights × Q8_K activations on AVX2 and VNNI CPUs, with llama.cpp's integer formulation and about the file's
 //! own size in memory (a Q4_K_M file's query, key, output, gate and up projections and half of its down
-//! projections). Other CPUs run Q4_K on the Q4_1 kernel ([`super::relayout`]).
+//! projections). Scalar CPUs, and row counts not in eights, run Q4_K on the Q4_1 kernel
+//! ([`super::relayout`]).
 //!
 //! A Q4_K super-block is 256 four-bit values `q` in eight sub-blocks of 32, each with a 6-bit scale `sc` and
 //! minimum `m`, and two f16 `d`, `dmin`: value = `d · sc · q − dmin · m`. As llama.cpp does, a super-block's
@@ -42,7 +43,8 @@ pub struct Tile8 {
     sm: [u16; 8],
 }
 
-/// Q4_K on its own kernel (VNNI tiles; elsewhere the plain reference loop, which gives the same bits).
+/// Q4_K on its own kernel (AVX2 and VNNI tiles; elsewhere the plain reference loop, which gives the same
+/// bits).
 #[derive(Debug, Clone)]
 pub struct Q4K;
 
@@ -104,7 +106,7 @@ impl QuantType for Q4K {
         w: &[BlockQ4K],
         a: [&[BlockQ8_1]; N],
     ) -> [f32; N] {
-        // the row-major layout only runs where the tiles cannot (tests, CPUs without VNNI run Q4_K on the
+        // the row-major layout only runs where the tiles cannot (tests; scalar CPUs run Q4_K on the
         // Q4_1 kernel instead)
         a.map(|a| Self::dot_scalar(w, a))
     }

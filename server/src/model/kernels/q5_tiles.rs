@@ -3,18 +3,18 @@
 //! to Q5_0 / Q5_1 there).
 //!
 //! Both hold 32 five-bit values `q` (0..31) per block with an f16 `d`: Q5_0's value is `d · (q − 16)`,
-//! Q5_1's `d · q + m` with an f16 minimum `m`. On VNNI CPUs a tile holds the low four bits as the Q4_1 tile
-//! packs its nibbles, the fifth bits in a plane of their own and the rows' f16 scales: 22 and 24 bytes per
-//! 32 values, the files' sizes. The generic tile kernel ([`super::quant::tile_vnni`]) runs them: for Q5_0 it
-//! subtracts `16 · Σ a` from `Σ q·a`, the same exact integer as `Σ (q − 16)·a`. Elsewhere the blocks are
-//! Q8_0's (`q − 16` as int8, 36 bytes per 32 values) and [`super::q5`]'s (40 bytes) and run on their
-//! kernels. Either way the results are, bit for bit, what those kernels give on the same values.
+//! Q5_1's `d · q + m` with an f16 minimum `m`. On AVX2 and VNNI CPUs a tile holds the low four bits as the
+//! Q4_1 tile packs its nibbles, the fifth bits in a plane of their own and the rows' f16 scales: 22 and 24
+//! bytes per 32 values, the files' sizes. The generic tile kernel ([`super::quant::tile_vnni`],
+//! [`super::quant::tile_avx2`]) runs them: for Q5_0 it subtracts `16 · Σ a` from `Σ q·a`, the same exact
+//! integer as `Σ (q − 16)·a`. On scalar CPUs (and row counts not in eights) the blocks are Q8_0's (`q − 16`
+//! as int8, 36 bytes per 32 values) and [`super::q5`]'s (40 bytes) and run on their kernels.
 //!
-//! Q5_K (a Q5_K_M file's main type) keeps the file's 22 bytes per 32 values the same way on VNNI CPUs, with
-//! Q4_K's per-row `sc | m << 6 | nibble << 12` ([`super::q4k`]). Its scale `d · sc` and minimum `−dmin · m`
-//! need the super-block's `d` and `dmin`, put together from eight tiles, so a row group's tiles are always
-//! unpacked once per matmul into [`super::q5`]'s tiles (one row group at a time, in L1/L2), which that
-//! kernel then runs: bit for bit what it gives on Q5_K re-laid out at load, at 0.55 × the resident size.
+//! Q5_K (a Q5_K_M file's main type) keeps the file's 22 bytes per 32 values the same way, with Q4_K's
+//! per-row `sc | m << 6 | nibble << 12` ([`super::q4k`]). On AVX2 it runs Q4_K's kernel (the super-block's
+//! exact integers, scaled once). With VNNI a row group's tiles are unpacked once per matmul into
+//! [`super::q5`]'s tiles (one row group at a time, in L1/L2), `d · sc` and `−dmin · m` computed exactly,
+//! which that kernel then runs: bit for bit what it gives on Q5_K re-laid out at load.
 
 use candle_core::Result;
 
@@ -94,7 +94,7 @@ pub struct Tile8 {
     d: [u16; 8],
 }
 
-/// Q5_0 on file-sized tiles (VNNI), on Q8_0's blocks and kernel elsewhere.
+/// Q5_0 on file-sized tiles (AVX2, VNNI), on Q8_0's blocks and kernel elsewhere.
 #[derive(Debug, Clone)]
 pub struct Q5_0;
 
@@ -178,7 +178,7 @@ pub struct Tile8M {
     m: [u16; 8],
 }
 
-/// Q5_1 on file-sized tiles (VNNI), on [`super::q5`]'s blocks and kernel elsewhere.
+/// Q5_1 on file-sized tiles (AVX2, VNNI), on [`super::q5`]'s blocks and kernel elsewhere.
 #[derive(Debug, Clone)]
 pub struct Q5_1;
 
@@ -383,7 +383,7 @@ pub struct Tile8K {
     sm: [u16; 8],
 }
 
-/// Q5_K on file-sized tiles (VNNI CPUs, rows in eights; elsewhere Q5_K is re-laid out onto
+/// Q5_K on file-sized tiles (AVX2 and VNNI CPUs, rows in eights; elsewhere Q5_K is re-laid out onto
 /// [`super::q5`]'s blocks at load).
 #[derive(Debug, Clone)]
 pub struct Q5K;
@@ -440,7 +440,7 @@ impl QuantType for Q5K {
         w: &[BlockQ5K],
         a: [&[BlockQ8_1]; N],
     ) -> [f32; N] {
-        // the row-major layout only runs where the tiles cannot (tests; other CPUs re-lay Q5_K out onto
+        // the row-major layout only runs where the tiles cannot (tests; scalar CPUs re-lay Q5_K out onto
         // the 5-bit kernel instead)
         a.map(|a| Self::dot_scalar(w, a))
     }

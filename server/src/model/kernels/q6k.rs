@@ -10,8 +10,8 @@
 //! The VNNI tile keeps the six bits packed as the file does (four bits in a nibble plane, two in a plane of
 //! bit pairs) and unpacks them in registers; with the int8 scales and two bits of each row's f16 `d` per
 //! tile (the kernel puts `d` together over the super-block's eight tiles) it holds 26.25 bytes per 32
-//! values, the file's own size (the row-major block layout of the other CPUs holds one byte per value, 40
-//! bytes).
+//! values, the file's own size, with VNNI and with AVX2 (the row-major block layout of scalar CPUs, and of
+//! row counts not in eights, holds one byte per value, 40 bytes).
 
 use candle_core::Result;
 

@@ -1,12 +1,13 @@
 //! GGUF types whose values are exactly representable in the blocks of one of our kernels, re-laid out at load
 //! so that they run on it (multi-token tiles, rows over the rayon pool, exact integer dots):
 //!
-//! - **Q4_K → Q4_1 blocks** (on CPUs without AVX-512 VNNI, and for row counts not in eights; elsewhere Q4_K
+//! - **Q4_K → Q4_1 blocks** (on CPUs without AVX2, and for row counts not in eights; elsewhere Q4_K
 //!   has its own kernel, [`super::q4k`]). A Q4_K super-block (256 values) is eight sub-blocks of 32 with
 //!   6-bit scale and minimum: value = `d·sc·q − dmin·m`, `q` 4-bit. Each sub-block is a Q4_1 block with
 //!   scale `d·sc` and minimum `−dmin·m`; both products are exact in f32 (an f16 times a 6-bit integer needs
 //!   17 bits).
-//! - **Q5_K → 5-bit blocks** ([`super::q5`], also Q5_1's kernel on CPUs without VNNI): as Q4_K, with a fifth bit per value.
+//! - **Q5_K → 5-bit blocks** ([`super::q5`], also Q5_1's kernel on CPUs without AVX2): as Q4_K, with a fifth
+//!   bit per value.
 //!
 //! Memory: 24 bytes per 32 Q4_K values instead of 18, 40 per 32 Q5_K values instead of 22. (Q5_0 has its
 //! own tiles, [`super::q5_tiles`].)

@@ -456,7 +456,7 @@ impl super::quant::TileKernel for Tile8K {
         // SAFETY: forwarded from the caller.
         unsafe {
             if VNNI {
-                let plain = unpack_k_for::<true>(w);
+                let plain = unpack_k(w);
                 <Unpacked<super::q5::Tile8> as TileKernel>::dot::<N, true>(&plain, a)
             } else {
                 super::q4k::tile_avx2::<Self, N>(w, a)
@@ -475,7 +475,7 @@ impl super::quant::TileKernel for Tile8K {
         #[cfg(target_arch = "x86_64")]
         if vnni {
             // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
-            let plain = unsafe { unpack_k_for::<true>(w) };
+            let plain = unsafe { unpack_k(w) };
             return super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
         }
         super::quant::token_groups(name, vnni, w, m, act, out);
@@ -521,43 +521,19 @@ impl super::q4k::KTile for Tile8K {
     }
 }
 
-/// [`unpack_k`] with the features `VNNI` names.
-///
-/// # Safety
-/// With `VNNI` the features of [`Isa::Vnni`], else AVX2, FMA and F16C.
-#[cfg(target_arch = "x86_64")]
-unsafe fn unpack_k_for<const VNNI: bool>(
-    w: &[Tile8K],
-) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-    unsafe fn vnni(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
-        // SAFETY: forwarded from the caller.
-        unsafe { unpack_k::<true>(w) }
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
-        // SAFETY: forwarded from the caller.
-        unsafe { unpack_k::<false>(w) }
-    }
-    // SAFETY: forwarded from the caller.
-    unsafe { if VNNI { vnni(w) } else { avx2(w) } }
-}
-
 /// A row group's Q5_K tiles (whole super-blocks) as [`super::q5`]'s tiles, in registers' layout: values
 /// 0..31, scale `d · sc` and minimum `−dmin · m` per row (the products exact in f32, the negation a sign
 /// flip: the same floats as the re-layout at load).
 ///
 /// # Safety
-/// AVX2 and F16C, and with `VNNI` AVX-512 F and VL (inlined into [`unpack_k_for`]).
+/// The features of [`Isa::Vnni`] (on AVX2 Q5_K runs on its tiles as they are).
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn unpack_k<const VNNI: bool>(
-    w: &[Tile8K],
-) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
     use super::quant::low_words;
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
-    // SAFETY: the caller has the features; each `sm` is eight u16; the stores fill `u`'s 32-byte-aligned
+    // SAFETY: the features are enabled here; each `sm` is eight u16; the stores fill `u`'s 32-byte-aligned
     // arrays.
     unsafe {
         let six = _mm256_set1_epi32(63);
@@ -574,8 +550,8 @@ unsafe fn unpack_k<const VNNI: bool>(
                     _mm256_sll_epi32(_mm256_srli_epi32(*s, 12), _mm_cvtsi32_si128(4 * p as i32)),
                 );
             }
-            let d = _mm256_cvtph_ps(low_words::<VNNI>(head));
-            let dmin = _mm256_cvtph_ps(low_words::<VNNI>(_mm256_srli_epi32(head, 16)));
+            let d = _mm256_cvtph_ps(low_words::<true>(head));
+            let dmin = _mm256_cvtph_ps(low_words::<true>(_mm256_srli_epi32(head, 16)));
             for (t, s) in sb.iter().zip(&sm) {
                 let sc = _mm256_cvtepi32_ps(_mm256_and_si256(*s, six));
                 let m = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(*s, 6), six));
@@ -585,7 +561,7 @@ unsafe fn unpack_k<const VNNI: bool>(
                     m: [0.0; 8],
                     tile: std::marker::PhantomData,
                 };
-                for (k, r) in load5::<VNNI>(&t.lo, &t.hi).iter().enumerate() {
+                for (k, r) in load5::<true>(&t.lo, &t.hi).iter().enumerate() {
                     _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
                 }
                 _mm256_store_ps(u.d.as_mut_ptr(), _mm256_mul_ps(d, sc));

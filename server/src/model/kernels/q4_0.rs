@@ -1,5 +1,5 @@
-//! Q4_0 weights × Q8_0 activations, with llama.cpp's numerics: a VNNI tile kernel where the CPU has it,
-//! candle's `vec_dot` ([`BlockMatrix`]) otherwise.
+//! Q4_0 weights × Q8_0 activations, with llama.cpp's numerics: the tile kernel where the CPU has AVX2 or
+//! AVX-512 VNNI, candle's `vec_dot` ([`BlockMatrix`]) otherwise.
 
 use candle_core::quantized::k_quants::BlockQ4_0;
 use candle_core::{Result, Tensor};
@@ -10,9 +10,9 @@ use super::{BlockMatrix, BlockQ8_1, Isa};
 /// A `[rows, cols]` Q4_0 matrix (value `j` of a block is `d · (q_j − 8)`, nibbles in GGML's layout).
 #[derive(Debug, Clone)]
 pub enum Q4_0Matrix {
-    /// candle's blocks and SIMD `vec_dot` (CPUs without AVX-512 VNNI, or rows not a multiple of 8).
+    /// candle's blocks and SIMD `vec_dot` (scalar CPUs, or rows not a multiple of 8).
     Candle(BlockMatrix<BlockQ4_0>),
-    /// Our VNNI tiles.
+    /// Our tiles (AVX2, VNNI).
     Tiles(QuantMatrix<Q4_0>),
 }
 
@@ -24,7 +24,7 @@ impl Q4_0Matrix {
 
     /// Like [`Q4_0Matrix::from_bytes`], for the kernel of `isa`.
     pub(super) fn from_bytes_for(isa: Isa, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        if isa == Isa::Vnni && rows.is_multiple_of(8) {
+        if Q4_0::tiles_on(isa) && rows.is_multiple_of(8) {
             Ok(Self::Tiles(QuantMatrix::from_bytes_for(
                 isa, bytes, rows, cols,
             )?))
@@ -84,6 +84,7 @@ impl GgufBlocks for Q4_0 {
 
 impl QuantType for Q4_0 {
     const NAME: &'static str = "Q4_0";
+    const AVX2_TILES: bool = true;
     type Block = Block;
     type Tile = Tile8;
 

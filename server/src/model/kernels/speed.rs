@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::Isa;
 use super::kquant_tests::random;
+use super::q4_0::Q4_0Matrix;
 use super::q4_1::Q4_1Matrix;
 use super::q4k::Q4KMatrix;
 use super::q5_tiles::{Q5_0Matrix, Q5KMatrix};
@@ -71,6 +73,26 @@ fn q5_speed() {
         rows,
         cols,
         &[("ours", &|x| ours.forward(x).expect("ours"))],
+    );
+}
+
+/// Q4_0 on its tiles and on candle's blocks (`vec_dot`), and candle's `QMatMul`, as [`q6k_speed`].
+#[test]
+#[ignore]
+fn q4_0_speed() {
+    let (rows, cols) = speed_shape();
+    let bytes = random(19, rows * cols / 32, 18, &[0]);
+    let ours = Q4_0Matrix::from_bytes(&bytes, rows, cols).expect("ours");
+    let blocks = Q4_0Matrix::from_bytes_for(Isa::Scalar, &bytes, rows, cols).expect("blocks");
+    compare_speed(
+        &bytes,
+        GgmlDType::Q4_0,
+        rows,
+        cols,
+        &[
+            ("ours", &|x| ours.forward(x).expect("ours")),
+            ("candle vec_dot", &|x| blocks.forward(x).expect("blocks")),
+        ],
     );
 }
 

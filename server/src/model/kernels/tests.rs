@@ -170,7 +170,7 @@ fn quantized_matmuls_match_dequantized_math_at_every_isa_and_token_count() {
                 Box::new(|isa| m80.forward_with(isa, &x)),
             ),
             (
-                "Q4_0 (tiles on VNNI)",
+                "Q4_0 (tiles on AVX2 and VNNI)",
                 reference(&w40t, &xs, rows41, cols),
                 Box::new(|isa| Q4_0Matrix::from_bytes_for(isa, &q40t, rows41, cols)?.forward(&x)),
             ),

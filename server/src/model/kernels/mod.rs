@@ -22,6 +22,7 @@ mod q5_tiles;
 mod q6k;
 mod q8_0;
 mod quant;
+mod regs;
 mod relayout;
 mod vec_ops;
 

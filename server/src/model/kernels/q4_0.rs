@@ -133,7 +133,7 @@ impl super::quant::VnniTile for Tile8 {
         // SAFETY: the caller has AVX2; `d` holds eight floats.
         unsafe {
             (
-                super::quant::unpack_nibbles(&self.qs),
+                super::regs::unpack_nibbles(&self.qs),
                 _mm256_loadu_ps(self.d.as_ptr()),
                 _mm256_setzero_ps(),
             )

@@ -93,7 +93,7 @@ impl super::quant::VnniTile for Tile8 {
         // SAFETY: the caller has AVX2; `d` and `m` hold eight floats each.
         unsafe {
             (
-                super::quant::unpack_nibbles(&self.qs),
+                super::regs::unpack_nibbles(&self.qs),
                 _mm256_loadu_ps(self.d.as_ptr()),
                 _mm256_loadu_ps(self.m.as_ptr()),
             )

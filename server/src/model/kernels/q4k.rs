@@ -163,7 +163,7 @@ impl KTile for Tile8 {
         // SAFETY: the caller has AVX2; `qs` is four 32-byte rows, `sm` eight u16.
         unsafe {
             (
-                super::quant::unpack_nibbles(&self.qs),
+                super::regs::unpack_nibbles(&self.qs),
                 _mm256_cvtepu16_epi32(_mm_loadu_si128(self.sm.as_ptr().cast())),
             )
         }
@@ -180,14 +180,14 @@ impl KTile for Tile8 {
         // SAFETY: the caller has the features.
         unsafe {
             if VNNI {
-                let (s0, s1) = super::quant::half_dots::<true>(wq, ab);
+                let (s0, s1) = super::regs::half_dots::<true>(wq, ab);
                 // each half's `Σ q·a` fits an i16 (|·| ≤ 16 · 15 · 128): both in one lane, times
                 // `(sc, sc)`
                 let pair = _mm256_mask_blend_epi16(0xAAAA, s0, _mm256_slli_epi32(s1, 16));
                 _mm256_dpwssd_epi32(iacc, pair, sc2)
             } else {
                 // all 32 products of a row in 16 bits (16 per lane, at most 15 · 128 each)
-                let s = super::quant::maddubs_sum16(wq, ab, 0, 8);
+                let s = super::regs::maddubs_sum16(wq, ab, 0, 8);
                 _mm256_add_epi32(iacc, _mm256_madd_epi16(s, sc2))
             }
         }
@@ -317,7 +317,7 @@ pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
     w: &[T],
     a: [&[BlockQ8_1]; N],
 ) -> [[f32; 8]; N] {
-    use super::quant::low_words;
+    use super::regs::low_words;
     use std::arch::x86_64::*;
 
     // the float sums stay in memory (touched once per super-block): the registers go to the integers

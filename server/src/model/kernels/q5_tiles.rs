@@ -61,7 +61,7 @@ unsafe fn load5<const VNNI: bool>(
     use std::arch::x86_64::*;
     // SAFETY: the caller has the features; `lo` is four 32-byte rows, `hi` 32 bytes.
     unsafe {
-        let nib = super::quant::unpack_nibbles(lo);
+        let nib = super::regs::unpack_nibbles(lo);
         let h = _mm256_loadu_si256(hi.as_ptr().cast());
         let mask = _mm256_set1_epi8(0x10);
         // bit `r` of each byte moved to bit 4 (16-bit shifts: what crosses a byte lands outside the mask;
@@ -78,7 +78,7 @@ unsafe fn load5<const VNNI: bool>(
         ];
         let mut out = nib;
         for r in 0..8 {
-            out[r] = super::quant::or_masked::<VNNI>(nib[r], shifted[r], mask);
+            out[r] = super::regs::or_masked::<VNNI>(nib[r], shifted[r], mask);
         }
         out
     }
@@ -509,7 +509,7 @@ impl super::q4k::KTile for Tile8K {
         ab: &BlockQ8_1,
         sc2: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
-        use super::quant::maddubs_sum16;
+        use super::regs::maddubs_sum16;
         use std::arch::x86_64::*;
         assert!(!VNNI, "Q5_K tiles run unpacked with VNNI");
         // SAFETY: the caller has AVX2.
@@ -530,7 +530,7 @@ impl super::q4k::KTile for Tile8K {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
-    use super::quant::low_words;
+    use super::regs::low_words;
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
     // SAFETY: the features are enabled here; each `sm` is eight u16; the stores fill `u`'s 32-byte-aligned

@@ -250,7 +250,7 @@ impl Q6Regs for Plain {
         // SAFETY: the caller has AVX2; the arrays are 32-byte aligned and 32 bytes each.
         unsafe {
             (
-                super::quant::load8(&self.w),
+                super::regs::load8(&self.w),
                 _mm256_load_si256(self.sc32.as_ptr().cast()),
                 _mm256_load_si256(self.dbits.as_ptr().cast()),
             )
@@ -330,7 +330,7 @@ impl Tile8 {
         use std::arch::x86_64::*;
         // SAFETY: the caller has the features; `lo` is four 32-byte rows, `hi` two, `sc` 16 bytes.
         unsafe {
-            let nib = super::quant::unpack_nibbles(&self.lo);
+            let nib = super::regs::unpack_nibbles(&self.lo);
             let h0 = _mm256_loadu_si256(self.hi[0].as_ptr().cast());
             let h1 = _mm256_loadu_si256(self.hi[1].as_ptr().cast());
             let mask = _mm256_set1_epi8(0x30);
@@ -348,7 +348,7 @@ impl Tile8 {
             ];
             let mut w = nib;
             for r in 0..8 {
-                w[r] = super::quant::or_masked::<VNNI>(nib[r], shifted[r], mask);
+                w[r] = super::regs::or_masked::<VNNI>(nib[r], shifted[r], mask);
             }
             (
                 w,
@@ -520,7 +520,7 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
                 _mm256_sll_epi32(dbits, _mm_cvtsi32_si128(2 * part as i32)),
             );
             let dv = if part == 7 {
-                let dv = _mm256_cvtph_ps(super::quant::low_words::<VNNI>(head));
+                let dv = _mm256_cvtph_ps(super::regs::low_words::<VNNI>(head));
                 head = _mm256_setzero_si256();
                 dv
             } else {
@@ -539,13 +539,13 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
                 let ab = a[t].get_unchecked(b);
                 let halves = _mm256_set1_epi32(ab.halves);
                 if VNNI {
-                    let (s0, s1) = super::quant::half_dots::<true>(&wq, ab);
+                    let (s0, s1) = super::regs::half_dots::<true>(&wq, ab);
                     let n = _mm256_dpwssd_epi32(neg[t], sc32, halves);
                     let n = _mm256_sub_epi32(n, _mm256_mullo_epi32(s0, sc0));
                     neg[t] = _mm256_sub_epi32(n, _mm256_mullo_epi32(s1, sc1));
                 } else {
                     let pair = |k: usize, sc: __m256i| {
-                        _mm256_madd_epi16(super::quant::maddubs_sum16(&wq, ab, k, 2), sc)
+                        _mm256_madd_epi16(super::regs::maddubs_sum16(&wq, ab, k, 2), sc)
                     };
                     let dots = _mm256_add_epi32(
                         _mm256_add_epi32(pair(0, sc0), pair(2, sc0)),
@@ -564,7 +564,7 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
                 }
             }
         }
-        super::quant::store_rows(acc)
+        super::regs::store_rows(acc)
     }
 }
 

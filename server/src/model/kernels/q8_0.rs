@@ -100,7 +100,7 @@ impl super::quant::VnniTile for Tile8 {
         // SAFETY: the caller has AVX2; each `qs[jj]` is 32 bytes and `d` eight floats.
         unsafe {
             (
-                super::quant::load8(&self.qs),
+                super::regs::load8(&self.qs),
                 _mm256_loadu_ps(self.d.as_ptr()),
                 _mm256_setzero_ps(),
             )

@@ -1,0 +1,181 @@
+//! Register-level steps the tile kernels share ([`super::quant`], [`super::q4k`], [`super::q6k`],
+//! [`super::q5_tiles`]), each in its VNNI and AVX2 form where the two differ. The kernels' bodies are
+//! `#[inline(always)]` and generic over `VNNI`; what would be a closure of intrinsics there is a function here
+//! (closures inside those bodies have no target features and are not inlined).
+
+use super::BlockQ8_1;
+
+/// An activation block as eight little-endian dwords of four i8 each (broadcast against a tile's
+/// registers).
+pub(super) fn act_dwords(ab: &BlockQ8_1) -> [i32; 8] {
+    std::array::from_fn(|i| {
+        i32::from_le_bytes([
+            ab.qs[4 * i] as u8,
+            ab.qs[4 * i + 1] as u8,
+            ab.qs[4 * i + 2] as u8,
+            ab.qs[4 * i + 3] as u8,
+        ])
+    })
+}
+
+/// Each row's `Σ u·a` over values 0..16 and 16..32 of a tile (weight registers 0–3 and 4–7, lane `i` = row
+/// `i`) with one token's activation block, whose dwords are broadcast: with `VNNI` two chains of four
+/// `vpdpbusd`; else per half four `vpmaddubsw` summed in 16 bits (eight products of at most 31 · 128 per
+/// lane: the weights must be at most 31) and one `vpmaddwd` by ones.
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 VNNI and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn half_dots<const VNNI: bool>(
+    wq: &[std::arch::x86_64::__m256i; 8],
+    ab: &BlockQ8_1,
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let q = act_dwords(ab);
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for k in 0..4 {
+                s0 = _mm256_dpbusd_epi32(s0, wq[k], _mm256_set1_epi32(q[k]));
+                s1 = _mm256_dpbusd_epi32(s1, wq[4 + k], _mm256_set1_epi32(q[4 + k]));
+            }
+            (s0, s1)
+        } else {
+            let ones = _mm256_set1_epi16(1);
+            (
+                _mm256_madd_epi16(maddubs_sum16(wq, ab, 0, 4), ones),
+                _mm256_madd_epi16(maddubs_sum16(wq, ab, 4, 4), ones),
+            )
+        }
+    }
+}
+
+/// `vpmaddubsw` of weight registers `k0..k0 + n` with the token's broadcast activation dwords, summed in
+/// 16 bits: lane `i` holds two words, each row `i`'s sum of `2n` products (the caller keeps that within an
+/// i16: `2n · max q · 128 < 2¹⁵`).
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn maddubs_sum16(
+    wq: &[std::arch::x86_64::__m256i; 8],
+    ab: &BlockQ8_1,
+    k0: usize,
+    n: usize,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let q = act_dwords(ab);
+    // SAFETY: the caller has AVX2.
+    unsafe {
+        let mut s = _mm256_maddubs_epi16(wq[k0], _mm256_set1_epi32(q[k0]));
+        for k in k0 + 1..k0 + n {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(wq[k], _mm256_set1_epi32(q[k])));
+        }
+        s
+    }
+}
+
+/// The low 16 bits of each of eight 32-bit lanes, packed into eight words (`vpmovdw` with AVX-512,
+/// a byte shuffle and a lane permute with AVX2).
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 F and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn low_words<const VNNI: bool>(
+    x: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            _mm256_cvtepi32_epi16(x)
+        } else {
+            let pick = _mm256_setr_epi8(
+                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13,
+                -1, -1, -1, -1, -1, -1, -1, -1,
+            );
+            let p = _mm256_shuffle_epi8(x, pick);
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b00_00_10_00>(p))
+        }
+    }
+}
+
+/// `nib | (shifted & mask)`: one `vpternlogd` with AVX-512, an `and` and an `or` with AVX2.
+///
+/// # Safety
+/// AVX2, and with `VNNI` AVX-512 F and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn or_masked<const VNNI: bool>(
+    nib: std::arch::x86_64::__m256i,
+    shifted: std::arch::x86_64::__m256i,
+    mask: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features.
+    unsafe {
+        if VNNI {
+            _mm256_ternarylogic_epi32::<0xF8>(nib, shifted, mask)
+        } else {
+            _mm256_or_si256(nib, _mm256_and_si256(shifted, mask))
+        }
+    }
+}
+
+/// Eight registers of 32 bytes each (a tile's weights), as plain loads: a `#[target_feature]` function,
+/// so that the kernels' `#[inline(always)]` bodies call no closures of intrinsics (which would not inline
+/// there).
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn load8(rows: &[[u8; 32]; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    // SAFETY: each row is 32 bytes, matching the unaligned 256-bit loads.
+    std::array::from_fn(|k| unsafe { _mm256_loadu_si256(rows[k].as_ptr().cast()) })
+}
+
+/// `N` registers of eight floats stored as arrays (a kernel's `[token][row]` result), as [`load8`].
+///
+/// # Safety
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_rows<const N: usize>(
+    acc: [std::arch::x86_64::__m256; N],
+) -> [[f32; 8]; N] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|t| {
+        let mut o = [0f32; 8];
+        // SAFETY: `o` holds eight floats, matching the unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
+}
+
+/// Splits four registers of packed nibbles into eight of values (low nibbles: values 0–15 of each row's
+/// block, lining up with activation dwords 0–3; high nibbles: values 16–31, dwords 4–7).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn unpack_nibbles(packed: &[[u8; 32]; 4]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let mask = _mm256_set1_epi8(0x0F);
+    // SAFETY: each row of `packed` is 32 bytes, matching the unaligned 256-bit loads.
+    let p = [0, 1, 2, 3].map(|k| unsafe { _mm256_loadu_si256(packed[k].as_ptr().cast()) });
+    std::array::from_fn(|k| {
+        if k < 4 {
+            _mm256_and_si256(p[k], mask)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(p[k - 4], 4), mask)
+        }
+    })
+}

@@ -60,7 +60,8 @@ pub enum Linear {
     /// Q5_1, Q5_K and Q6_K (at the file's size on AVX2 and AVX-512 VNNI CPUs, re-laid out exactly onto the
     /// Q4_1, Q8_0 or 5-bit kernel elsewhere).
     Kernel(Arc<dyn KernelMatrix>),
-    /// A Q4_0 matrix on the CPU (Q8_0 activations, candle's SIMD dot, rayon rows).
+    /// A Q4_0 matrix on the CPU (Q8_0 activations; our tiles on AVX2 and VNNI CPUs, candle's SIMD dot on
+    /// rayon rows elsewhere).
     Q4_0(Q4_0Matrix),
     /// Fused parts of different types (a Q4_K_M file's Q4_K query with its Q6_K value, say), each kept in its
     /// own type and multiplied by its own kernel; the outputs are concatenated.

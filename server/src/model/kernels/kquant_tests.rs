@@ -458,28 +458,15 @@ fn q8_0_and_q5_rows_gathered_from_either_layout_are_the_files_dequantized_rows()
     let mut rng = Rng(777);
     let (rows, cols) = (24, 3 * 32);
     let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
-    let q50 = QTensor::quantize(
-        &Tensor::from_vec(
-            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
-            (rows, cols),
-            &Device::Cpu,
-        )
-        .expect("w"),
-        GgmlDType::Q5_0,
-    )
-    .expect("q5_0");
-    let q50_bytes = q50.data().expect("bytes").to_vec();
-    let q51 = QTensor::quantize(
-        &Tensor::from_vec(
-            (0..rows * cols).map(|_| rng.unit()).collect::<Vec<f32>>(),
-            (rows, cols),
-            &Device::Cpu,
-        )
-        .expect("w"),
-        GgmlDType::Q5_1,
-    )
-    .expect("q5_1");
-    let q51_bytes = q51.data().expect("bytes").to_vec();
+    // random weights in −1..1 quantized by candle
+    let mut quantized = |dtype| {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        q.data().expect("bytes").to_vec()
+    };
+    let q50_bytes = quantized(GgmlDType::Q5_0);
+    let q51_bytes = quantized(GgmlDType::Q5_1);
     let dequant = |bytes: &[u8], dtype| -> Vec<f32> {
         let storage = QStorage::from_data(std::borrow::Cow::Borrowed(bytes), &Device::Cpu, dtype)
             .expect("storage");

@@ -164,7 +164,8 @@ fn relaid_blocks_hold_exactly_the_values_candle_dequantizes() {
 /// a batch of 13 tokens equal, bit for bit, to each token alone.
 #[test]
 fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
-    let (rows, cols) = (40, 512);
+    // 48 rows: sixteen-row kernels where AVX-512 VNNI is present
+    let (rows, cols) = (48, 512);
     let q4k = random(3, rows * cols / 256, 144, &[0, 2]);
     let q50 = random(4, rows * cols / 32, 22, &[0]);
     let q5k = random(7, rows * cols / 256, 176, &[0, 2]);
@@ -272,6 +273,66 @@ fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
                     "{name} {isa:?}: token {t} in a batch of {m} differs"
                 );
             }
+        }
+    }
+}
+
+/// The sixteen-row kernels ([`Isa::Vnni512`]: two row groups' tiles in 512-bit registers) give every
+/// tile type the eight-row VNNI kernels' bits, at token counts that take each path (single tokens, groups
+/// of 4 and 8, Q5_0/Q5_1/Q5_K unpacked above 8 tokens, Q6_K above 32), with the extreme activations.
+#[test]
+fn sixteen_row_kernels_equal_the_eight_row_ones_bit_for_bit() {
+    use super::q4_0::Q4_0Matrix;
+    if !isas().contains(&Isa::Vnni512) {
+        eprintln!("no AVX-512 VNNI here: the sixteen-row kernels are not run");
+        return;
+    }
+    let (rows, cols) = (32, 512);
+    let q40 = random(21, rows * cols / 32, 18, &[0]);
+    let q41 = random(22, rows * cols / 32, 20, &[0, 2]);
+    let q80 = random(23, rows * cols / 32, 34, &[0]);
+    let q50 = random(24, rows * cols / 32, 22, &[0]);
+    let q51 = random(25, rows * cols / 32, 24, &[0, 2]);
+    let q4k = random(26, rows * cols / 256, 144, &[0, 2]);
+    let q5k = random(27, rows * cols / 256, 176, &[0, 2]);
+    let q6k = random(28, rows * cols / 256, 210, &[208]);
+    type Run<'a> = Box<dyn Fn(Isa, &Tensor) -> Result<Tensor> + 'a>;
+    let v = Isa::Vnni;
+    let Q4_0Matrix::Tiles(q40m) = Q4_0Matrix::from_bytes_for(v, &q40, rows, cols).expect("q4_0")
+    else {
+        panic!("Q4_0 not on tiles")
+    };
+    let q41m = Q4_1Matrix::from_bytes_for(v, &q41, rows, cols).expect("q4_1");
+    let q80m = Q8_0Matrix::from_bytes_for(v, &q80, rows, cols).expect("q8_0");
+    let q50m = Q5_0Matrix::from_q5_0_for(v, &q50, rows, cols).expect("q5_0");
+    let q51m = Q5_1Matrix::from_bytes_for(v, &q51, rows, cols).expect("q5_1");
+    let q4km = Q4KMatrix::from_q4k_for(v, &q4k, rows, cols).expect("q4_k");
+    let q5km = Q5KMatrix::from_q5k_for(v, &q5k, rows, cols).expect("q5_k");
+    let q6km = Q6Matrix::from_q6k_for(v, &q6k, rows, cols).expect("q6_k");
+    let sides: [(&str, Run<'_>); 8] = [
+        ("Q4_0", Box::new(|i, x| q40m.forward_with(i, x))),
+        ("Q4_1", Box::new(|i, x| q41m.forward_with(i, x))),
+        ("Q8_0", Box::new(|i, x| q80m.forward_with(i, x))),
+        ("Q5_0", Box::new(|i, x| q50m.forward_with(i, x))),
+        ("Q5_1", Box::new(|i, x| q51m.forward_with(i, x))),
+        ("Q4_K", Box::new(|i, x| q4km.forward_with(i, x))),
+        ("Q5_K", Box::new(|i, x| q5km.forward_with(i, x))),
+        ("Q6_K", Box::new(|i, x| q6km.forward_with(i, x))),
+    ];
+    for m in [1, 4, 13, 40] {
+        let x = extreme_acts(31, m, cols);
+        for (name, run) in &sides {
+            let bits = |isa| {
+                run(isa, &x)
+                    .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+                    .expect("forward")
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            let (narrow, wide) = (bits(Isa::Vnni), bits(Isa::Vnni512));
+            assert!(narrow.iter().any(|&b| b != 0), "{name}: all zero");
+            assert_eq!(narrow, wide, "{name}, {m} tokens: 16-row kernel differs");
         }
     }
 }
@@ -426,7 +487,7 @@ fn q5k_tiles_exact(isa: Isa) {
                 .expect("forward")
         };
         let got = run(isa);
-        let want = if isa == Isa::Vnni {
+        let want = if isa.vnni() {
             run(Isa::Scalar)
         } else {
             let blocks = q5k_sub_blocks(&bytes);

@@ -55,6 +55,10 @@ pub enum Isa {
     Avx2,
     /// AVX2 + FMA + F16C + AVX-512 F/BW/VNNI/VL (`vpdpbusd` on 256-bit registers).
     Vnni,
+    /// The same features, with sixteen rows per kernel in 512-bit registers (two row groups' tiles side by
+    /// side) where the row count and the type allow, else as [`Isa::Vnni`]: the same integers and floats,
+    /// so the same bits. The default where AVX-512 VNNI is present; `LLAMA_SERVER_NO_ZMM` keeps 256 bits.
+    Vnni512,
 }
 
 impl Isa {
@@ -75,7 +79,10 @@ impl Isa {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("f16c");
                 if avx2 && vnni && std::env::var_os("LLAMA_SERVER_NO_VNNI").is_none() {
-                    return Self::Vnni;
+                    if std::env::var_os("LLAMA_SERVER_NO_ZMM").is_some() {
+                        return Self::Vnni;
+                    }
+                    return Self::Vnni512;
                 }
                 if avx2 {
                     return Self::Avx2;
@@ -83,6 +90,11 @@ impl Isa {
             }
             Self::Scalar
         })
+    }
+
+    /// Whether the tile kernels run with AVX-512 VNNI (at either width).
+    pub(crate) fn vnni(self) -> bool {
+        matches!(self, Self::Vnni | Self::Vnni512)
     }
 }
 
@@ -179,18 +191,18 @@ pub(crate) fn for_token_groups(
     }
 }
 
-/// Runs an eight-row tile kernel for the tokens of one row group in groups of 8, 4 and 1, writing
-/// `out[t * 8 + i]` (token `t`, row `i`) as [`matmul_rows`] wants it.
-pub(crate) fn tile_token_groups(
+/// Runs an `R`-row tile kernel (8 rows, or 16 in 512-bit registers) for the tokens of one row group in
+/// groups of 8, 4 and 1, writing `out[t * R + i]` (token `t`, row `i`) as [`matmul_rows`] wants it.
+pub(crate) fn tile_token_groups<const R: usize>(
     m: usize,
     out: &mut [f32],
-    mut k8: impl FnMut(usize) -> [[f32; 8]; 8],
-    mut k4: impl FnMut(usize) -> [[f32; 8]; 4],
-    mut k1: impl FnMut(usize) -> [[f32; 8]; 1],
+    mut k8: impl FnMut(usize) -> [[f32; R]; 8],
+    mut k4: impl FnMut(usize) -> [[f32; R]; 4],
+    mut k1: impl FnMut(usize) -> [[f32; R]; 1],
 ) {
-    let mut put = |t: usize, rows: &[[f32; 8]]| {
+    let mut put = |t: usize, rows: &[[f32; R]]| {
         for (i, r) in rows.iter().enumerate() {
-            out[(t + i) * 8..(t + i + 1) * 8].copy_from_slice(r);
+            out[(t + i) * R..(t + i + 1) * R].copy_from_slice(r);
         }
     };
     let mut t = 0;

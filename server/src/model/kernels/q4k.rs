@@ -126,6 +126,18 @@ impl super::quant::TileKernel for Tile8 {
             unsafe { tile_avx2::<Self, N>(w, a) }
         }
     }
+
+    const WIDE: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_zmm::<N>(lo, hi, a) }
+    }
 }
 
 /// A K-quant tile (Q4_K's, and Q5_K's on AVX2) as [`tile_kernel`] reads it: eight weight registers
@@ -406,4 +418,82 @@ pub(super) unsafe fn tile_avx2<T: KTile, const N: usize>(
 ) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
     unsafe { tile_kernel::<T, N, false>(w, a) }
+}
+
+/// [`tile_kernel`] with VNNI on sixteen rows: two row groups' tiles (`lo`, `hi`) loaded as [`KTile::load`]
+/// gives them and joined into 512-bit registers; per row the same integers and floats, so the same bits.
+///
+/// # Safety
+/// The features of [`Isa::Vnni`]; `hi.len() == lo.len()` and every `a[t]` has `lo.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn tile_zmm<const N: usize>(
+    lo: &[Tile8],
+    hi: &[Tile8],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 16]; N] {
+    use super::regs::{half_dots16, join, join8};
+    use std::arch::x86_64::*;
+
+    let mut out = [[0f32; 16]; N];
+    // SAFETY: the caller has the features and guarantees the lengths, so every `b` is in bounds; `out[t]`
+    // holds sixteen floats, matching the unaligned 512-bit loads and stores.
+    unsafe {
+        let mut iacc = [_mm512_setzero_si512(); N];
+        let mut macc = [_mm512_setzero_si512(); N];
+        let mut head = _mm512_setzero_si512();
+        let six = _mm512_set1_epi32(63);
+        for b in 0..lo.len() {
+            let (wl, sml) = KTile::load::<true>(lo.get_unchecked(b));
+            let (wh, smh) = KTile::load::<true>(hi.get_unchecked(b));
+            let (wq, sm) = (join8(wl, wh), join(sml, smh));
+            let sc = _mm512_and_si512(sm, six);
+            let sc2 = _mm512_or_si512(sc, _mm512_slli_epi32::<16>(sc));
+            let m = _mm512_and_si512(_mm512_srli_epi32::<6>(sm), six);
+            let m2 = _mm512_or_si512(m, _mm512_slli_epi32::<16>(m));
+            let part = b % 8;
+            let nibble = _mm512_srli_epi32::<12>(sm);
+            head = _mm512_or_si512(
+                head,
+                _mm512_sll_epi32(nibble, _mm_cvtsi32_si128(4 * part as i32)),
+            );
+            let last = part == 7;
+            let (dv, dminv) = if last {
+                (
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head)),
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(head))),
+                )
+            } else {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let halves = _mm512_set1_epi32(ab.halves);
+                let (s0, s1) = half_dots16(&wq, ab);
+                // as `add_dot`: both halves' `Σ q·a` in one lane, times `(sc, sc)`
+                let pair = _mm512_mask_blend_epi16(0xAAAA_AAAA, s0, _mm512_slli_epi32::<16>(s1));
+                iacc[t] = _mm512_dpwssd_epi32(iacc[t], pair, sc2);
+                macc[t] = _mm512_dpwssd_epi32(macc[t], m2, halves);
+                if last {
+                    let da = _mm512_set1_ps(ab.d);
+                    let o = out[t].as_mut_ptr();
+                    let acc = _mm512_loadu_ps(o);
+                    let acc =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t]), _mm512_mul_ps(dv, da), acc);
+                    let acc = _mm512_fnmadd_ps(
+                        _mm512_cvtepi32_ps(macc[t]),
+                        _mm512_mul_ps(dminv, da),
+                        acc,
+                    );
+                    _mm512_storeu_ps(o, acc);
+                    iacc[t] = _mm512_setzero_si512();
+                    macc[t] = _mm512_setzero_si512();
+                }
+            }
+            if last {
+                head = _mm512_setzero_si512();
+            }
+        }
+    }
+    out
 }

@@ -480,6 +480,40 @@ impl super::quant::TileKernel for Tile8K {
         }
         super::quant::token_groups(name, vnni, w, m, act, out);
     }
+
+    const WIDE: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        use super::quant::{TileKernel, Unpacked};
+        // SAFETY: forwarded from the caller (the features of `Isa::Vnni`).
+        unsafe {
+            let (lo, hi) = (unpack_k(lo), unpack_k(hi));
+            <Unpacked<super::q5::Tile8> as TileKernel>::dot16::<N>(&lo, &hi, a)
+        }
+    }
+
+    fn dot_tokens16<'a>(
+        name: &str,
+        lo: &[Self],
+        hi: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: sixteen-row kernels run only where `Isa::Vnni512` was detected.
+            let (lo, hi) = unsafe { (unpack_k(lo), unpack_k(hi)) };
+            super::quant::token_groups16(name, &lo, &hi, m, act, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        super::quant::token_groups16(name, lo, hi, m, act, out);
+    }
 }
 
 /// On AVX2 Q5_K runs on Q4_K's kernel, its integers over the super-block: each sub-block's `Σ q·a` as two

@@ -165,6 +165,36 @@ impl super::quant::TileKernel for Tile8 {
         }
         super::quant::token_groups(name, vnni, w, m, act, out);
     }
+
+    const WIDE: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_zmm::<Self, N>(lo, hi, a) }
+    }
+
+    fn dot_tokens16<'a>(
+        name: &str,
+        lo: &[Self],
+        hi: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        // as `dot_tokens`: prompt-sized matmuls unpack each tile once
+        #[cfg(target_arch = "x86_64")]
+        if m > 32 {
+            // SAFETY: sixteen-row kernels run only where `Isa::Vnni512` was detected.
+            let (lo, hi) = unsafe { (unpack_vnni(lo), unpack_vnni(hi)) };
+            return super::quant::token_groups16(name, &lo, &hi, m, act, out);
+        }
+        super::quant::token_groups16(name, lo, hi, m, act, out);
+    }
 }
 
 /// A tile as [`Tile8::load`] gives it, stored: the kernel then runs on plain loads (the same integers and
@@ -185,6 +215,18 @@ impl super::quant::TileKernel for Plain {
     ) -> [[f32; 8]; N] {
         // SAFETY: forwarded from the caller.
         unsafe { tile_dot::<Self, N, VNNI>(w, a) }
+    }
+
+    const WIDE: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_zmm::<Self, N>(lo, hi, a) }
     }
 }
 
@@ -588,4 +630,62 @@ unsafe fn tile_vnni<T: Q6Regs, const N: usize>(w: &[T], a: [&[BlockQ8_1]; N]) ->
 unsafe fn tile_avx2<T: Q6Regs, const N: usize>(w: &[T], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
     unsafe { tile_kernel::<T, N, false>(w, a) }
+}
+
+/// [`tile_kernel`] with VNNI on sixteen rows: two row groups' tiles (`lo`, `hi`) as [`Q6Regs::regs`] gives
+/// them, joined into 512-bit registers; per row the same integers and floats, so the same bits.
+///
+/// # Safety
+/// The features of [`Isa::Vnni`]; `hi.len() == lo.len()` and every `a[t]` has `lo.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn tile_zmm<T: Q6Regs, const N: usize>(
+    lo: &[T],
+    hi: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 16]; N] {
+    use super::regs::{half_dots16, join, join8, store_rows16};
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features and guarantees the lengths, so every `b` is in bounds.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut neg = [_mm512_setzero_si512(); N];
+        let mut head = _mm512_setzero_si512();
+        for b in 0..lo.len() {
+            let (wl, scl, dl) = lo.get_unchecked(b).regs::<true>();
+            let (wh, sch, dh) = hi.get_unchecked(b).regs::<true>();
+            let (wq, sc32, dbits) = (join8(wl, wh), join(scl, sch), join(dl, dh));
+            let part = b % 8;
+            head = _mm512_or_si512(
+                head,
+                _mm512_sll_epi32(dbits, _mm_cvtsi32_si128(2 * part as i32)),
+            );
+            let dv = if part == 7 {
+                let dv = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+                head = _mm512_setzero_si512();
+                dv
+            } else {
+                _mm512_setzero_ps()
+            };
+            let sc0 = _mm512_srai_epi32::<21>(_mm512_slli_epi32::<16>(sc32));
+            let sc1 = _mm512_srai_epi32::<21>(sc32);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let halves = _mm512_set1_epi32(ab.halves);
+                let (s0, s1) = half_dots16(&wq, ab);
+                let n = _mm512_dpwssd_epi32(neg[t], sc32, halves);
+                let n = _mm512_sub_epi32(n, _mm512_mullo_epi32(s0, sc0));
+                neg[t] = _mm512_sub_epi32(n, _mm512_mullo_epi32(s1, sc1));
+                if b % 8 == 7 {
+                    acc[t] = _mm512_fnmadd_ps(
+                        _mm512_cvtepi32_ps(neg[t]),
+                        _mm512_mul_ps(dv, _mm512_set1_ps(ab.d)),
+                        acc[t],
+                    );
+                    neg[t] = _mm512_setzero_si512();
+                }
+            }
+        }
+        store_rows16(acc)
+    }
 }

@@ -37,7 +37,7 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
     const AVX2_TILES: bool = false;
     /// Whether the kernel of `isa` runs this type on 8-row tiles (else on row-major blocks).
     fn tiles_on(isa: Isa) -> bool {
-        isa == Isa::Vnni || (isa == Isa::Avx2 && Self::AVX2_TILES)
+        isa.vnni() || (isa == Isa::Avx2 && Self::AVX2_TILES)
     }
     /// One row dotted with `N` tokens with AVX2 (+ AVX-512 VNNI when `VNNI`).
     ///
@@ -55,8 +55,9 @@ pub trait QuantType: Clone + std::fmt::Debug + 'static {
         check_blocks(Self::NAME, w.len(), &a);
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Vnni` is only detected with AVX2, FMA, AVX-512 VNNI and VL; lengths checked.
-            Isa::Vnni => unsafe { Self::dot_x86::<N, true>(w, a) },
+            // SAFETY: `Isa::Vnni` and `Isa::Vnni512` are only detected with AVX2, FMA, AVX-512 VNNI and
+            // VL; lengths checked above.
+            Isa::Vnni | Isa::Vnni512 => unsafe { Self::dot_x86::<N, true>(w, a) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only detected with AVX2 and FMA; lengths checked above.
             Isa::Avx2 => unsafe { Self::dot_x86::<N, false>(w, a) },
@@ -267,7 +268,15 @@ impl<Q: QuantType> QuantMatrix<Q> {
                         Q::NAME
                     );
                 }
-                let vnni = isa == Isa::Vnni;
+                let vnni = isa.vnni();
+                if isa == Isa::Vnni512 && Q::Tile::WIDE && self.rows.is_multiple_of(16) {
+                    // two row groups at once, in 512-bit registers
+                    return matmul_rows(self.rows, m, 16, x, |r0, out| {
+                        let lo = &tiles[r0 / 8 * kb..(r0 / 8 + 1) * kb];
+                        let hi = &tiles[(r0 / 8 + 1) * kb..(r0 / 8 + 2) * kb];
+                        Q::Tile::dot_tokens16(Q::NAME, lo, hi, m, act, out);
+                    });
+                }
                 matmul_rows(self.rows, m, 8, x, |r0, out| {
                     let w = &tiles[r0 / 8 * kb..(r0 / 8 + 1) * kb];
                     Q::Tile::dot_tokens(Q::NAME, vnni, w, m, act, out);
@@ -337,6 +346,77 @@ pub trait TileKernel: Sized {
         out: &mut [f32],
     ) {
         token_groups(name, vnni, w, m, act, out);
+    }
+
+    /// Whether the type has [`TileKernel::dot16`] (sixteen rows in 512-bit registers, [`Isa::Vnni512`]).
+    const WIDE: bool = false;
+
+    /// Rows 0–7 (`lo`, a row group's tiles) and 8–15 (`hi`, the next group's) dotted with `N` tokens in
+    /// 512-bit registers (`[token][row]`): per row the same integers and floats as [`TileKernel::dot`] with
+    /// VNNI, so the same bits. Types without [`TileKernel::WIDE`] never get here.
+    ///
+    /// # Safety
+    /// The features of [`Isa::Vnni`]; `hi.len() == lo.len()` and every `a[t]` has `lo.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        _lo: &[Self],
+        _hi: &[Self],
+        _a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        unreachable!("no sixteen-row kernel")
+    }
+
+    /// Two row groups' tiles (`lo`, `hi`) dotted with tokens `0..m`, written as `out[t * 16 + i]` (token
+    /// `t`, row `i`; rows 8–15 from `hi`): groups of 8, 4 and 1 tokens on [`TileKernel::dot16`].
+    fn dot_tokens16<'a>(
+        name: &str,
+        lo: &[Self],
+        hi: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        token_groups16(name, lo, hi, m, act, out);
+    }
+}
+
+/// [`TileKernel::dot_tokens16`]' default: groups of 8, 4 and 1 tokens on the tiles as they are.
+pub(super) fn token_groups16<'a, T: TileKernel>(
+    name: &str,
+    lo: &[T],
+    hi: &[T],
+    m: usize,
+    act: impl Fn(usize) -> &'a [BlockQ8_1],
+    out: &mut [f32],
+) {
+    tile_token_groups(
+        m,
+        out,
+        |t| tile_dot16::<_, 8>(name, lo, hi, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot16::<_, 4>(name, lo, hi, std::array::from_fn(|i| act(t + i))),
+        |t| tile_dot16::<_, 1>(name, lo, hi, [act(t)]),
+    );
+}
+
+/// Sixteen rows dotted with `N` tokens ([`TileKernel::dot16`]). Panics unless `hi` has as many blocks as
+/// `lo` and every `a[t]` as many; only called where [`Isa::Vnni512`] was detected.
+fn tile_dot16<T: TileKernel, const N: usize>(
+    name: &str,
+    lo: &[T],
+    hi: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 16]; N] {
+    check_blocks(name, lo.len(), &a);
+    assert_eq!(lo.len(), hi.len(), "{name} dot: row groups differ");
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: sixteen-row kernels run only where `Isa::Vnni512` (the features of `Isa::Vnni`) was
+        // detected; lengths checked above.
+        unsafe { T::dot16::<N>(lo, hi, a) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        unreachable!("tiles are only built on x86_64")
     }
 }
 
@@ -412,6 +492,35 @@ impl<T: VnniTile> TileKernel for T {
             return token_groups(name, vnni, &plain, m, act, out);
         }
         token_groups(name, vnni, w, m, act, out);
+    }
+
+    const WIDE: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_zmm::<Self, N>(lo, hi, a) }
+    }
+
+    fn dot_tokens16<'a>(
+        name: &str,
+        lo: &[Self],
+        hi: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if T::UNPACK && m > 8 {
+            // SAFETY: sixteen-row kernels run only where `Isa::Vnni512` was detected.
+            let (lo, hi) = unsafe { (unpack_vnni(lo), unpack_vnni(hi)) };
+            return token_groups16(name, &lo, &hi, m, act, out);
+        }
+        token_groups16(name, lo, hi, m, act, out);
     }
 }
 
@@ -571,4 +680,47 @@ pub(super) unsafe fn tile_avx2<T: VnniTile, const N: usize>(
 ) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
     unsafe { tile_kernel::<T, N, false>(w, a) }
+}
+
+/// [`tile_kernel`] with VNNI on sixteen rows: two row groups' tiles (`lo`, `hi`) loaded as
+/// [`VnniTile::load`] gives them and joined into 512-bit registers; per row the same integers and floats.
+///
+/// # Safety
+/// The features of [`Isa::Vnni`]; `hi.len() == lo.len()` and every `a[t]` has `lo.len()` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+pub(super) unsafe fn tile_zmm<T: VnniTile, const N: usize>(
+    lo: &[T],
+    hi: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 16]; N] {
+    use super::regs::{half_dots16, join_ps, join8, store_rows16};
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has the features and guarantees the lengths, so every `b` is in bounds.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..lo.len() {
+            let (wl, dl, ml) = lo.get_unchecked(b).load::<true>();
+            let (wh, dh, mh) = hi.get_unchecked(b).load::<true>();
+            let wq = join8(wl, wh);
+            let (dv, mv) = (join_ps(dl, dh), join_ps(ml, mh));
+            for t in 0..N {
+                let ab = a[t].get_unchecked(b);
+                let (s0, s1) = half_dots16(&wq, ab);
+                let mut isum = _mm512_add_epi32(s0, s1);
+                if T::OFFSET != 0 {
+                    isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(T::OFFSET * ab.sum));
+                }
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_mul_ps(dv, _mm512_set1_ps(ab.d)),
+                    acc[t],
+                );
+                if T::HAS_MIN {
+                    acc[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(ab.s), acc[t]);
+                }
+            }
+        }
+        store_rows16(acc)
+    }
 }

@@ -179,3 +179,92 @@ pub(super) unsafe fn unpack_nibbles(packed: &[[u8; 32]; 4]) -> [std::arch::x86_6
         }
     })
 }
+
+/// Two row groups' registers side by side in 512-bit ones (lanes 0–7: `lo`'s rows, 8–15: `hi`'s), for the
+/// sixteen-row kernels of [`super::Isa::Vnni512`].
+///
+/// # Safety
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn join8(
+    lo: [std::arch::x86_64::__m256i; 8],
+    hi: [std::arch::x86_64::__m256i; 8],
+) -> [std::arch::x86_64::__m512i; 8] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|k| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo[k]), hi[k]))
+}
+
+/// One register of each row group side by side, as [`join8`].
+///
+/// # Safety
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn join(
+    lo: std::arch::x86_64::__m256i,
+    hi: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Eight floats of each row group side by side, as [`join8`].
+///
+/// # Safety
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn join_ps(
+    lo: std::arch::x86_64::__m256,
+    hi: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+        _mm256_castps_pd(hi),
+    ))
+}
+
+/// Each row's `Σ u·a` over values 0..16 and 16..32 of sixteen rows ([`join8`]ed registers) with one
+/// token's activation block: [`half_dots`] with VNNI, at 512 bits (the same integers).
+///
+/// # Safety
+/// AVX-512 F and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn half_dots16(
+    wq: &[std::arch::x86_64::__m512i; 8],
+    ab: &BlockQ8_1,
+) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    let q = act_dwords(ab);
+    // SAFETY: the caller has the features.
+    unsafe {
+        let mut s0 = _mm512_setzero_si512();
+        let mut s1 = _mm512_setzero_si512();
+        for k in 0..4 {
+            s0 = _mm512_dpbusd_epi32(s0, wq[k], _mm512_set1_epi32(q[k]));
+            s1 = _mm512_dpbusd_epi32(s1, wq[4 + k], _mm512_set1_epi32(q[4 + k]));
+        }
+        (s0, s1)
+    }
+}
+
+/// `N` registers of sixteen floats stored as arrays (a sixteen-row kernel's `[token][row]` result).
+///
+/// # Safety
+/// AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store_rows16<const N: usize>(
+    acc: [std::arch::x86_64::__m512; N],
+) -> [[f32; 16]; N] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|t| {
+        let mut o = [0f32; 16];
+        // SAFETY: `o` holds sixteen floats, matching the unaligned 512-bit store.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
+}

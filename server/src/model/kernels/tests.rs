@@ -33,6 +33,7 @@ pub(super) fn isas() -> Vec<Isa> {
                 && is_x86_feature_detected!("f16c")
             {
                 v.push(Isa::Vnni);
+                v.push(Isa::Vnni512);
             }
         }
     }
@@ -322,7 +323,8 @@ fn vector_helpers_agree_with_plain_loops() {
 #[test]
 fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
     let mut rng = Rng(4242);
-    let (rows, cols, m) = (24, 4 * 32, 13);
+    // 48 rows: the sixteen-row kernels where AVX-512 VNNI is present
+    let (rows, cols, m) = (48, 4 * 32, 13);
     let q41 = q4_1_bytes(&mut rng, rows * cols / 32);
     let q80 = q8_0_bytes(&mut rng, rows * cols / 32);
     let q40 = q4_0_bytes(&mut rng, rows * cols / 32);

@@ -278,8 +278,9 @@ fn relaid_matmuls_match_dequantized_math_and_are_batch_invariant() {
 }
 
 /// The sixteen-row kernels ([`Isa::Vnni512`]: two row groups' tiles in 512-bit registers) give every
-/// tile type the eight-row VNNI kernels' bits, at token counts that take each path (single tokens, groups
-/// of 4 and 8, Q5_0/Q5_1/Q5_K unpacked above 8 tokens, Q6_K above 32), with the extreme activations.
+/// tile type the eight-row VNNI kernels' bits, at token counts that take each path (a single token stays on
+/// the 8-row kernels; 4 tokens, 13 in groups of 8, 4 and 1, Q5_0/Q5_1/Q5_K unpacked above 8 tokens, Q6_K
+/// above 32), with the extreme activations.
 #[test]
 fn sixteen_row_kernels_equal_the_eight_row_ones_bit_for_bit() {
     use super::q4_0::Q4_0Matrix;
@@ -462,9 +463,8 @@ fn q4k_tiles_exact(isa: Isa) {
 
 /// Q5_K on file-sized tiles gives, bit for bit, what a plain loop of exact integers gives on the row-major
 /// blocks, for one token and for batches, with the extreme scales and minimums (63) and values (31) a
-/// file may hold. The loop is the kernel's formulation: with VNNI (tiles unpacked per row group onto the
-/// 5-bit kernel) one `fma` per sub-block for the dot and one for the minimum, as the scalar kernel; with
-/// AVX2 (Q4_K's kernel) the super-block's integers, scaled once each.
+/// file may hold. The loop is the kernel's formulation at every tile ISA (Q4_K's kernel): the super-block's
+/// integers, scaled once each. 24 rows run eight at a time, 32 sixteen at a time with AVX-512 VNNI.
 #[test]
 fn q5k_file_sized_tiles_equal_the_plain_integer_loop_bit_for_bit() {
     for isa in tile_isas() {
@@ -473,7 +473,13 @@ fn q5k_file_sized_tiles_equal_the_plain_integer_loop_bit_for_bit() {
 }
 
 fn q5k_tiles_exact(isa: Isa) {
-    let (rows, cols) = (24, 1024);
+    for rows in [24, 32] {
+        q5k_tiles_exact_rows(isa, rows);
+    }
+}
+
+fn q5k_tiles_exact_rows(isa: Isa, rows: usize) {
+    let cols = 1024;
     let mut bytes = random(16, rows * cols / 256, 176, &[0, 2]);
     // row 0's first super-block: every scale and minimum 63, every value 31
     bytes[4..176].fill(0xFF);
@@ -487,9 +493,7 @@ fn q5k_tiles_exact(isa: Isa) {
                 .expect("forward")
         };
         let got = run(isa);
-        let want = if isa.vnni() {
-            run(Isa::Scalar)
-        } else {
+        let want: Vec<f32> = {
             let blocks = q5k_sub_blocks(&bytes);
             let (acts, _) = quantize_rows_with(&x, cols, "Q5_K", Acts::Per256).expect("acts");
             let kb = cols / 32;
@@ -504,7 +508,7 @@ fn q5k_tiles_exact(isa: Isa) {
             got.iter()
                 .zip(&want)
                 .all(|(g, w)| g.to_bits() == w.to_bits()),
-            "{isa:?}, {m} tokens: {:?} vs {:?}",
+            "{isa:?}, {rows} rows, {m} tokens: {:?} vs {:?}",
             &got[..4],
             &want[..4]
         );

@@ -120,7 +120,7 @@ impl super::quant::TileKernel for Tile8 {
     ) -> [[f32; 8]; N] {
         if VNNI {
             // SAFETY: forwarded from the caller.
-            unsafe { tile_vnni::<N>(w, a) }
+            unsafe { tile_vnni::<Self, N>(w, a) }
         } else {
             // SAFETY: forwarded from the caller.
             unsafe { tile_avx2::<Self, N>(w, a) }
@@ -136,7 +136,7 @@ impl super::quant::TileKernel for Tile8 {
         a: [&[BlockQ8_1]; N],
     ) -> [[f32; 16]; N] {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_zmm::<N>(lo, hi, a) }
+        unsafe { tile_zmm::<Self, N>(lo, hi, a) }
     }
 }
 
@@ -153,7 +153,7 @@ pub(super) trait KTile {
         &self,
     ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i);
 
-    /// `iacc + sc · Σ q·a` per row, `sc2` holding each row's `(sc, sc)` as two i16.
+    /// `iacc + sc · Σ q·a` per row, `sc` holding each row's scale as an i32 and `sc2` as two i16 `(sc, sc)`.
     ///
     /// # Safety
     /// As [`KTile::load`] (with `VNNI` also AVX-512 BW and VNNI).
@@ -161,8 +161,21 @@ pub(super) trait KTile {
         iacc: std::arch::x86_64::__m256i,
         wq: &[std::arch::x86_64::__m256i; 8],
         ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m256i,
         sc2: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i;
+
+    /// [`KTile::add_dot`] with VNNI on sixteen rows ([`super::regs::join8`]ed registers): the same integers.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI.
+    unsafe fn add_dot16(
+        iacc: std::arch::x86_64::__m512i,
+        wq: &[std::arch::x86_64::__m512i; 8],
+        ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m512i,
+        sc2: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -186,6 +199,7 @@ impl KTile for Tile8 {
         iacc: std::arch::x86_64::__m256i,
         wq: &[std::arch::x86_64::__m256i; 8],
         ab: &BlockQ8_1,
+        _sc: std::arch::x86_64::__m256i,
         sc2: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
@@ -204,6 +218,152 @@ impl KTile for Tile8 {
             }
         }
     }
+
+    #[inline(always)]
+    unsafe fn add_dot16(
+        iacc: std::arch::x86_64::__m512i,
+        wq: &[std::arch::x86_64::__m512i; 8],
+        ab: &BlockQ8_1,
+        _sc: std::arch::x86_64::__m512i,
+        sc2: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has the features.
+        unsafe {
+            let (s0, s1) = super::regs::half_dots16(wq, ab);
+            // as `add_dot`: both halves' `Σ q·a` in one lane, times `(sc, sc)`
+            let pair = _mm512_mask_blend_epi16(0xAAAA_AAAA, s0, _mm512_slli_epi32::<16>(s1));
+            _mm512_dpwssd_epi32(iacc, pair, sc2)
+        }
+    }
+}
+
+/// A K-quant tile as [`KTile::load`] gives it, stored (Q5_K's tiles in prompt-sized matmuls: the fifth bits
+/// joined once per matmul, not once per group of eight tokens); the kernel then runs on plain loads, with
+/// the same integers, so the same bits.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct KPlain<T> {
+    w: [[u8; 32]; 8],
+    sm: [i32; 8],
+    tile: std::marker::PhantomData<fn() -> T>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: KTile> KTile for KPlain<T> {
+    #[inline(always)]
+    unsafe fn load<const VNNI: bool>(
+        &self,
+    ) -> ([std::arch::x86_64::__m256i; 8], std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has AVX2; the arrays are 32-byte aligned and 32 bytes each.
+        unsafe {
+            (
+                super::regs::load8(&self.w),
+                _mm256_load_si256(self.sm.as_ptr().cast()),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot<const VNNI: bool>(
+        iacc: std::arch::x86_64::__m256i,
+        wq: &[std::arch::x86_64::__m256i; 8],
+        ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m256i,
+        sc2: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        // SAFETY: forwarded from the caller.
+        unsafe { T::add_dot::<VNNI>(iacc, wq, ab, sc, sc2) }
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot16(
+        iacc: std::arch::x86_64::__m512i,
+        wq: &[std::arch::x86_64::__m512i; 8],
+        ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m512i,
+        sc2: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        // SAFETY: forwarded from the caller.
+        unsafe { T::add_dot16(iacc, wq, ab, sc, sc2) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: KTile> super::quant::TileKernel for KPlain<T> {
+    unsafe fn dot<const N: usize, const VNNI: bool>(
+        w: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 8]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if VNNI {
+                tile_vnni::<Self, N>(w, a)
+            } else {
+                tile_avx2::<Self, N>(w, a)
+            }
+        }
+    }
+
+    const WIDE: bool = true;
+
+    unsafe fn dot16<const N: usize>(
+        lo: &[Self],
+        hi: &[Self],
+        a: [&[BlockQ8_1]; N],
+    ) -> [[f32; 16]; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe { tile_zmm::<Self, N>(lo, hi, a) }
+    }
+}
+
+/// A row group's K tiles, each loaded once and stored as [`KPlain`].
+///
+/// # Safety
+/// As [`KTile::load`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unpack<T: KTile, const VNNI: bool>(w: &[T]) -> Vec<KPlain<T>> {
+    use std::arch::x86_64::*;
+    let mut out = Vec::with_capacity(w.len());
+    for t in w {
+        let mut p = KPlain {
+            w: [[0u8; 32]; 8],
+            sm: [0; 8],
+            tile: std::marker::PhantomData,
+        };
+        // SAFETY: the caller has the features; the stores fill `p`'s 32-byte-aligned arrays.
+        unsafe {
+            let (regs, sm) = t.load::<VNNI>();
+            for (k, r) in regs.iter().enumerate() {
+                _mm256_store_si256(p.w[k].as_mut_ptr().cast(), *r);
+            }
+            _mm256_store_si256(p.sm.as_mut_ptr().cast(), sm);
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// [`unpack`] with the features of [`Isa::Vnni`] when `vnni`, else AVX2, FMA and F16C.
+///
+/// # Safety
+/// Those features.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn unpack_k<T: KTile>(vnni: bool, w: &[T]) -> Vec<KPlain<T>> {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    unsafe fn with_vnni<T: KTile>(w: &[T]) -> Vec<KPlain<T>> {
+        // SAFETY: forwarded from the caller.
+        unsafe { unpack::<T, true>(w) }
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn with_avx2<T: KTile>(w: &[T]) -> Vec<KPlain<T>> {
+        // SAFETY: forwarded from the caller.
+        unsafe { unpack::<T, false>(w) }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { if vnni { with_vnni(w) } else { with_avx2(w) } }
 }
 
 impl BlockQ4K {
@@ -312,9 +472,9 @@ impl Q4KMatrix {
 
 /// Eight rows × `N` tokens over a row group's tiles. Per sub-block and token, each row's exact
 /// `sc · Σ q·a` joins one integer ([`KTile::add_dot`]) and `m · Σ a` another:
-/// - with `VNNI` (Q4_K), eight `vpdpbusd` give each row's `Σ q·a` of both halves and one `vpdpwssd` adds
-///   them times the row's scale; one `vpdpwssd` of the rows' `(m, m)` pairs with the token's half sums
-///   adds `m · Σ a`;
+/// - with `VNNI`, eight `vpdpbusd` give each row's `Σ q·a` of both halves; Q4_K's join the integer times
+///   the row's scale in one `vpdpwssd` (each half fits an i16), Q5_K's by one `vpmulld`; one `vpdpwssd`
+///   of the rows' `(m, m)` pairs with the token's half sums adds `m · Σ a`;
 /// - with AVX2, eight `vpmaddubsw` summed in 16 bits and `vpmaddwd` by the rows' `(sc, sc)`; one
 ///   `vpmaddwd` of `(m, m)` with the half sums.
 ///
@@ -365,7 +525,7 @@ pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let halves = _mm256_set1_epi32(ab.halves);
-                iacc[t] = T::add_dot::<VNNI>(iacc[t], &wq, ab, sc2);
+                iacc[t] = T::add_dot::<VNNI>(iacc[t], &wq, ab, sc, sc2);
                 macc[t] = if VNNI {
                     _mm256_dpwssd_epi32(macc[t], m2, halves)
                 } else {
@@ -395,15 +555,18 @@ pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
     out
 }
 
-/// [`tile_kernel`] with `vpdpbusd` and `vpdpwssd`.
+/// [`tile_kernel`] with `vpdpbusd` and `vpdpwssd` (Q4_K's tiles and Q5_K's).
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F, BW, VNNI and VL; every `a[t]` has `w.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn tile_vnni<const N: usize>(w: &[Tile8], a: [&[BlockQ8_1]; N]) -> [[f32; 8]; N] {
+pub(super) unsafe fn tile_vnni<T: KTile, const N: usize>(
+    w: &[T],
+    a: [&[BlockQ8_1]; N],
+) -> [[f32; 8]; N] {
     // SAFETY: forwarded from the caller.
-    unsafe { tile_kernel::<Tile8, N, true>(w, a) }
+    unsafe { tile_kernel::<T, N, true>(w, a) }
 }
 
 /// [`tile_kernel`] with AVX2 only (Q4_K's tiles and Q5_K's).
@@ -420,19 +583,20 @@ pub(super) unsafe fn tile_avx2<T: KTile, const N: usize>(
     unsafe { tile_kernel::<T, N, false>(w, a) }
 }
 
-/// [`tile_kernel`] with VNNI on sixteen rows: two row groups' tiles (`lo`, `hi`) loaded as [`KTile::load`]
-/// gives them and joined into 512-bit registers; per row the same integers and floats, so the same bits.
+/// [`tile_kernel`] with VNNI on sixteen rows (Q4_K's tiles and Q5_K's): two row groups' tiles (`lo`, `hi`)
+/// loaded as [`KTile::load`] gives them and joined into 512-bit registers; per row the same integers and
+/// floats, so the same bits.
 ///
 /// # Safety
 /// The features of [`Isa::Vnni`]; `hi.len() == lo.len()` and every `a[t]` has `lo.len()` blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn tile_zmm<const N: usize>(
-    lo: &[Tile8],
-    hi: &[Tile8],
+pub(super) unsafe fn tile_zmm<T: KTile, const N: usize>(
+    lo: &[T],
+    hi: &[T],
     a: [&[BlockQ8_1]; N],
 ) -> [[f32; 16]; N] {
-    use super::regs::{half_dots16, join, join8};
+    use super::regs::{join, join8};
     use std::arch::x86_64::*;
 
     let mut out = [[0f32; 16]; N];
@@ -444,8 +608,8 @@ unsafe fn tile_zmm<const N: usize>(
         let mut head = _mm512_setzero_si512();
         let six = _mm512_set1_epi32(63);
         for b in 0..lo.len() {
-            let (wl, sml) = KTile::load::<true>(lo.get_unchecked(b));
-            let (wh, smh) = KTile::load::<true>(hi.get_unchecked(b));
+            let (wl, sml) = lo.get_unchecked(b).load::<true>();
+            let (wh, smh) = hi.get_unchecked(b).load::<true>();
             let (wq, sm) = (join8(wl, wh), join(sml, smh));
             let sc = _mm512_and_si512(sm, six);
             let sc2 = _mm512_or_si512(sc, _mm512_slli_epi32::<16>(sc));
@@ -469,10 +633,7 @@ unsafe fn tile_zmm<const N: usize>(
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let halves = _mm512_set1_epi32(ab.halves);
-                let (s0, s1) = half_dots16(&wq, ab);
-                // as `add_dot`: both halves' `Σ q·a` in one lane, times `(sc, sc)`
-                let pair = _mm512_mask_blend_epi16(0xAAAA_AAAA, s0, _mm512_slli_epi32::<16>(s1));
-                iacc[t] = _mm512_dpwssd_epi32(iacc[t], pair, sc2);
+                iacc[t] = T::add_dot16(iacc[t], &wq, ab, sc, sc2);
                 macc[t] = _mm512_dpwssd_epi32(macc[t], m2, halves);
                 if last {
                     let da = _mm512_set1_ps(ab.d);

@@ -11,10 +11,9 @@
 //! as int8, 36 bytes per 32 values) and [`super::q5`]'s (40 bytes) and run on their kernels.
 //!
 //! Q5_K (a Q5_K_M file's main type) keeps the file's 22 bytes per 32 values the same way, with Q4_K's
-//! per-row `sc | m << 6 | nibble << 12` ([`super::q4k`]). On AVX2 it runs Q4_K's kernel (the super-block's
-//! exact integers, scaled once). With VNNI a row group's tiles are unpacked once per matmul into
-//! [`super::q5`]'s tiles (one row group at a time, in L1/L2), `d · sc` and `−dmin · m` computed exactly,
-//! which that kernel then runs: bit for bit what it gives on Q5_K re-laid out at load.
+//! per-row `sc | m << 6 | nibble << 12` ([`super::q4k`]). On AVX2 and VNNI it runs Q4_K's kernel (the
+//! super-block's exact integers, scaled once, as llama.cpp does): the same bits at either ISA. Scalar CPUs
+//! re-lay it out onto [`super::q5`]'s blocks, scaled per sub-block.
 
 use candle_core::Result;
 
@@ -452,33 +451,14 @@ impl super::quant::TileKernel for Tile8K {
         w: &[Self],
         a: [&[BlockQ8_1]; N],
     ) -> [[f32; 8]; N] {
-        use super::quant::{TileKernel, Unpacked};
         // SAFETY: forwarded from the caller.
         unsafe {
             if VNNI {
-                let plain = unpack_k(w);
-                <Unpacked<super::q5::Tile8> as TileKernel>::dot::<N, true>(&plain, a)
+                super::q4k::tile_vnni::<Self, N>(w, a)
             } else {
                 super::q4k::tile_avx2::<Self, N>(w, a)
             }
         }
-    }
-
-    fn dot_tokens<'a>(
-        name: &str,
-        vnni: bool,
-        w: &[Self],
-        m: usize,
-        act: impl Fn(usize) -> &'a [BlockQ8_1],
-        out: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if vnni {
-            // SAFETY: `vnni` tiles run only where `Isa::Vnni` was detected.
-            let plain = unsafe { unpack_k(w) };
-            return super::quant::TileKernel::dot_tokens(name, vnni, &plain, m, act, out);
-        }
-        super::quant::token_groups(name, vnni, w, m, act, out);
     }
 
     const WIDE: bool = true;
@@ -489,12 +469,26 @@ impl super::quant::TileKernel for Tile8K {
         hi: &[Self],
         a: [&[BlockQ8_1]; N],
     ) -> [[f32; 16]; N] {
-        use super::quant::{TileKernel, Unpacked};
-        // SAFETY: forwarded from the caller (the features of `Isa::Vnni`).
-        unsafe {
-            let (lo, hi) = (unpack_k(lo), unpack_k(hi));
-            <Unpacked<super::q5::Tile8> as TileKernel>::dot16::<N>(&lo, &hi, a)
+        // SAFETY: forwarded from the caller.
+        unsafe { super::q4k::tile_zmm::<Self, N>(lo, hi, a) }
+    }
+
+    fn dot_tokens<'a>(
+        name: &str,
+        vnni: bool,
+        w: &[Self],
+        m: usize,
+        act: impl Fn(usize) -> &'a [BlockQ8_1],
+        out: &mut [f32],
+    ) {
+        // prompt-sized matmuls: the fifth bits joined once per tile, not once per group of 8 tokens
+        #[cfg(target_arch = "x86_64")]
+        if m > 8 {
+            // SAFETY: tiles run only where `Isa::Vnni` (`vnni`) or `Isa::Avx2` was detected.
+            let plain = unsafe { super::q4k::unpack_k(vnni, w) };
+            return super::quant::token_groups(name, vnni, &plain, m, act, out);
         }
+        super::quant::token_groups(name, vnni, w, m, act, out);
     }
 
     fn dot_tokens16<'a>(
@@ -506,20 +500,26 @@ impl super::quant::TileKernel for Tile8K {
         out: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        {
+        if m > 8 {
             // SAFETY: sixteen-row kernels run only where `Isa::Vnni512` was detected.
-            let (lo, hi) = unsafe { (unpack_k(lo), unpack_k(hi)) };
-            super::quant::token_groups16(name, &lo, &hi, m, act, out)
+            let (lo, hi) = unsafe {
+                (
+                    super::q4k::unpack_k(true, lo),
+                    super::q4k::unpack_k(true, hi),
+                )
+            };
+            return super::quant::token_groups16(name, &lo, &hi, m, act, out);
         }
-        #[cfg(not(target_arch = "x86_64"))]
         super::quant::token_groups16(name, lo, hi, m, act, out);
     }
 }
 
-/// On AVX2 Q5_K runs on Q4_K's kernel, its integers over the super-block: each sub-block's `Σ q·a` as two
-/// 16-bit sums of eight products each (at most 31 · 128 · 8 < 2¹⁵), each times `(sc, sc)` by `vpmaddwd`.
-/// (With VNNI a row group is unpacked onto the 5-bit kernel instead: its dots would need a `vpmulld`
-/// per token, and that path was measured there.)
+/// Q5_K runs on Q4_K's kernel, its integers over the super-block. Each sub-block's `Σ q·a` joins the integer
+/// times the row's scale: on AVX2 as two 16-bit sums of eight products each (at most 31 · 128 · 8 < 2¹⁵),
+/// each times `(sc, sc)` by `vpmaddwd`; with VNNI as the eight `vpdpbusd`'s i32 times `sc` by `vpmulld`
+/// (a half's sum, up to 16 · 31 · 128, does not fit Q4_K's i16 pairs). The same integers either way, so
+/// AVX2 and VNNI give the same bits. (VNNI CPUs used to unpack a row group onto the 5-bit kernel, scaling
+/// per sub-block in floats: at one token 0.47× llama.cpp's decode on the 1B Q5_K_M file.)
 #[cfg(target_arch = "x86_64")]
 impl super::q4k::KTile for Tile8K {
     #[inline(always)]
@@ -541,73 +541,39 @@ impl super::q4k::KTile for Tile8K {
         iacc: std::arch::x86_64::__m256i,
         wq: &[std::arch::x86_64::__m256i; 8],
         ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m256i,
         sc2: std::arch::x86_64::__m256i,
     ) -> std::arch::x86_64::__m256i {
-        use super::regs::maddubs_sum16;
+        use super::regs::{half_dots, maddubs_sum16};
         use std::arch::x86_64::*;
-        assert!(!VNNI, "Q5_K tiles run unpacked with VNNI");
-        // SAFETY: the caller has AVX2.
+        // SAFETY: the caller has the features.
         unsafe {
-            let lo = _mm256_madd_epi16(maddubs_sum16(wq, ab, 0, 4), sc2);
-            let hi = _mm256_madd_epi16(maddubs_sum16(wq, ab, 4, 4), sc2);
-            _mm256_add_epi32(iacc, _mm256_add_epi32(lo, hi))
+            if VNNI {
+                let (s0, s1) = half_dots::<true>(wq, ab);
+                _mm256_add_epi32(iacc, _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc))
+            } else {
+                let lo = _mm256_madd_epi16(maddubs_sum16(wq, ab, 0, 4), sc2);
+                let hi = _mm256_madd_epi16(maddubs_sum16(wq, ab, 4, 4), sc2);
+                _mm256_add_epi32(iacc, _mm256_add_epi32(lo, hi))
+            }
         }
     }
-}
 
-/// A row group's Q5_K tiles (whole super-blocks) as [`super::q5`]'s tiles, in registers' layout: values
-/// 0..31, scale `d · sc` and minimum `−dmin · m` per row (the products exact in f32, the negation a sign
-/// flip: the same floats as the re-layout at load).
-///
-/// # Safety
-/// The features of [`Isa::Vnni`] (on AVX2 Q5_K runs on its tiles as they are).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-unsafe fn unpack_k(w: &[Tile8K]) -> Vec<super::quant::Unpacked<super::q5::Tile8>> {
-    use super::regs::low_words;
-    use std::arch::x86_64::*;
-    let mut out = Vec::with_capacity(w.len());
-    // SAFETY: the features are enabled here; each `sm` is eight u16; the stores fill `u`'s 32-byte-aligned
-    // arrays.
-    unsafe {
-        let six = _mm256_set1_epi32(63);
-        let sign = _mm256_set1_ps(-0.0);
-        for sb in w.chunks_exact(8) {
-            let mut sm = [_mm256_setzero_si256(); 8];
-            for (s, t) in sm.iter_mut().zip(sb) {
-                *s = _mm256_cvtepu16_epi32(_mm_loadu_si128(t.sm.as_ptr().cast()));
-            }
-            let mut head = _mm256_setzero_si256();
-            for (p, s) in sm.iter().enumerate() {
-                head = _mm256_or_si256(
-                    head,
-                    _mm256_sll_epi32(_mm256_srli_epi32(*s, 12), _mm_cvtsi32_si128(4 * p as i32)),
-                );
-            }
-            let d = _mm256_cvtph_ps(low_words::<true>(head));
-            let dmin = _mm256_cvtph_ps(low_words::<true>(_mm256_srli_epi32(head, 16)));
-            for (t, s) in sb.iter().zip(&sm) {
-                let sc = _mm256_cvtepi32_ps(_mm256_and_si256(*s, six));
-                let m = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(*s, 6), six));
-                let mut u = super::quant::Unpacked {
-                    w: [[0u8; 32]; 8],
-                    d: [0.0; 8],
-                    m: [0.0; 8],
-                    tile: std::marker::PhantomData,
-                };
-                for (k, r) in load5::<true>(&t.lo, &t.hi).iter().enumerate() {
-                    _mm256_store_si256(u.w[k].as_mut_ptr().cast(), *r);
-                }
-                _mm256_store_ps(u.d.as_mut_ptr(), _mm256_mul_ps(d, sc));
-                _mm256_store_ps(
-                    u.m.as_mut_ptr(),
-                    _mm256_xor_ps(_mm256_mul_ps(dmin, m), sign),
-                );
-                out.push(u);
-            }
+    #[inline(always)]
+    unsafe fn add_dot16(
+        iacc: std::arch::x86_64::__m512i,
+        wq: &[std::arch::x86_64::__m512i; 8],
+        ab: &BlockQ8_1,
+        sc: std::arch::x86_64::__m512i,
+        _sc2: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller has the features.
+        unsafe {
+            let (s0, s1) = super::regs::half_dots16(wq, ab);
+            _mm512_add_epi32(iacc, _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc))
         }
     }
-    out
 }
 
 impl Q5KMatrix {

@@ -25,6 +25,7 @@ mod quant;
 mod regs;
 mod relayout;
 mod vec_ops;
+mod vnni_tile;
 
 use std::sync::OnceLock;
 

@@ -123,12 +123,12 @@ impl QuantType for Q4_0 {
     }
 }
 
-impl super::quant::VnniTile for Tile8 {
+impl super::vnni_tile::VnniTile for Tile8 {
     const OFFSET: i32 = 8;
     const HAS_MIN: bool = false;
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
+    unsafe fn load<const VNNI: bool>(&self) -> super::vnni_tile::TileRegs {
         use std::arch::x86_64::*;
         // SAFETY: the caller has AVX2; `d` holds eight floats.
         unsafe {

@@ -5,8 +5,8 @@
 //! Both hold 32 five-bit values `q` (0..31) per block with an f16 `d`: Q5_0's value is `d · (q − 16)`,
 //! Q5_1's `d · q + m` with an f16 minimum `m`. On AVX2 and VNNI CPUs a tile holds the low four bits as the
 //! Q4_1 tile packs its nibbles, the fifth bits in a plane of their own and the rows' f16 scales: 22 and 24
-//! bytes per 32 values, the files' sizes. The generic tile kernel ([`super::quant::tile_vnni`],
-//! [`super::quant::tile_avx2`]) runs them: for Q5_0 it subtracts `16 · Σ a` from `Σ q·a`, the same exact
+//! bytes per 32 values, the files' sizes. The generic tile kernel ([`super::vnni_tile::tile_vnni`],
+//! [`super::vnni_tile::tile_avx2`]) runs them: for Q5_0 it subtracts `16 · Σ a` from `Σ q·a`, the same exact
 //! integer as `Σ (q − 16)·a`. On scalar CPUs (and row counts not in eights) the blocks are Q8_0's (`q − 16`
 //! as int8, 36 bytes per 32 values) and [`super::q5`]'s (40 bytes) and run on their kernels.
 //!
@@ -147,13 +147,13 @@ impl QuantType for Q5_0 {
     }
 }
 
-impl super::quant::VnniTile for Tile8 {
+impl super::vnni_tile::VnniTile for Tile8 {
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
     const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
+    unsafe fn load<const VNNI: bool>(&self) -> super::vnni_tile::TileRegs {
         use std::arch::x86_64::*;
         // SAFETY: the caller has the features; `d` is eight f16.
         unsafe {
@@ -238,13 +238,13 @@ impl QuantType for Q5_1 {
     }
 }
 
-impl super::quant::VnniTile for Tile8M {
+impl super::vnni_tile::VnniTile for Tile8M {
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
     const UNPACK: bool = true;
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load<const VNNI: bool>(&self) -> super::quant::TileRegs {
+    unsafe fn load<const VNNI: bool>(&self) -> super::vnni_tile::TileRegs {
         use std::arch::x86_64::*;
         // SAFETY: the caller has the features; `d` and `m` are eight f16 each.
         unsafe {

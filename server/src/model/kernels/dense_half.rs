@@ -7,12 +7,17 @@
 //! BF16 weights on CPUs with AVX-512 BF16 take llama.cpp's route instead: activations rounded to bf16 once
 //! per matmul (nearest-even) and `vdpbf16ps` (pairs of bf16 products into f32), twice the FMA path's rate.
 //!
-//! A tile is `R` rows × `N` tokens: each loaded weight vector serves `N` tokens and each activation vector
-//! `R` rows, with `R · N` independent accumulators. Every output element is one accumulator run over the
-//! columns in order and reduced the same way, whatever the tile: a token gets the same bits alone or in a
-//! batch. Rows are stored in groups of four interleaved per 32 columns, so a tile reads one sequential
-//! stream (four separate row streams decoded at about half the bandwidth on the 1B shape), in memory
-//! advised to transparent huge pages.
+//! The kernel is an outer product, as BLAS packs it: a tile is one stored group of 16P rows (P 16-lane
+//! panels: 64, 32 or 16 rows) × N tokens. Per column it loads the group's P weight vectors (16 rows each,
+//! contiguous: the group is stored column after column) and broadcasts each token's value into P FMAs, so
+//! every lane is one output row and nothing is reduced across lanes. A 4 × 6 tile on AVX-512 makes 24 FMAs
+//! per 4 vector loads and 6 scalar broadcasts; the dot-product form it replaced (16 columns of 4 rows ×
+//! 6 tokens per step, reduced at the end) loaded four times the bytes per FMA from L2 and ran the 1B F16
+//! prefill at 0.76× this. Columns go in blocks of 128 KiB of the group's weights, which stay in L2 while
+//! every token tile runs over them; the accumulators go to the output between blocks and come back, exact.
+//!
+//! Every output element is one f32 accumulator run over the columns in order (`vdpbf16ps`: over column
+//! pairs), whatever tile or block it lands in: a token gets the same bits alone or in a batch.
 
 use std::sync::OnceLock;
 
@@ -100,21 +105,38 @@ impl HalfIsa {
     }
 }
 
-/// A `[rows, cols]` matrix of F16 or BF16 values as stored in the GGUF file, rows interleaved (see [`dot`]).
+/// A `[rows, cols]` matrix of F16 or BF16 values as stored in the GGUF file, laid out for [`Ctx::tile`]:
+/// rows padded with zero rows to a multiple of [`PANEL`] and stored in groups of `group` rows (64, 32 or 16),
+/// each group column after column (F16: `[cols][group]`; BF16: `[cols / 2][group][2]`, a column pair per
+/// 32-bit lane, as `vdpbf16ps` takes it).
 #[derive(Debug, Clone)]
 pub struct HalfMatrix {
     w: Vec<u16>,
     rows: usize,
+    /// `rows` padded to a multiple of [`PANEL`].
+    stored_rows: usize,
+    /// Rows per stored group.
+    group: usize,
     cols: usize,
     kind: HalfType,
     /// BF16 weights may round the activations to bf16 for `vdpbf16ps` (where the CPU has it).
     bf16_activations: bool,
 }
 
-/// Rows per tile when `rows` allows it (a multiple of four), else one.
-const ROWS: usize = 4;
-/// Columns per interleaved block of a row group.
-const BLOCK: usize = 32;
+/// Rows per panel: one 512-bit register of f32 outputs (two 256-bit ones).
+const PANEL: usize = 16;
+/// Bytes of one group's weights a column block spans: the block stays in L2 while every token tile of the
+/// matmul runs over it.
+const BLOCK_BYTES: usize = 128 << 10;
+
+/// Rows per stored group of a matrix of `stored_rows` rows: 64 (four panels: a tile of 4 × 6 tokens, 2.4
+/// FMAs per load) where that leaves at least 16 groups to share among threads, else 32, else 16.
+fn group_of(stored_rows: usize) -> usize {
+    [64, 32]
+        .into_iter()
+        .find(|g| stored_rows.is_multiple_of(*g) && stored_rows / g >= 16)
+        .unwrap_or(PANEL)
+}
 
 impl HalfMatrix {
     /// From the raw little-endian GGUF bytes of a `[rows, cols]` tensor (`cols` a multiple of 32).
@@ -130,24 +152,36 @@ impl HalfMatrix {
                 bytes.len()
             );
         }
-        let group = group_of(rows);
+        let stored_rows = rows.next_multiple_of(PANEL);
+        let group = group_of(stored_rows);
         let value = |r: usize, c: usize| {
+            if r >= rows {
+                return 0;
+            }
             let i = 2 * (r * cols + c);
             u16::from_le_bytes([bytes[i], bytes[i + 1]])
         };
-        // Each group of rows interleaved per 32 columns (row-major when `group` is 1): a tile's rows are
-        // one sequential stream.
-        let mut w = huge_page_vec(rows * cols);
-        for g in (0..rows).step_by(group) {
-            for c0 in (0..cols).step_by(BLOCK) {
-                for r in g..g + group {
-                    w.extend((c0..c0 + BLOCK).map(|c| value(r, c)));
+        // Written in stored order (one sequential stream), reading `group` rows at a time.
+        let mut w = huge_page_vec(stored_rows * cols);
+        for g in (0..stored_rows).step_by(group) {
+            match kind {
+                HalfType::F16 => {
+                    for c in 0..cols {
+                        w.extend((g..g + group).map(|r| value(r, c)));
+                    }
+                }
+                HalfType::Bf16 => {
+                    for c in (0..cols).step_by(2) {
+                        w.extend((g..g + group).flat_map(|r| [value(r, c), value(r, c + 1)]));
+                    }
                 }
             }
         }
         Ok(Self {
             w,
             rows,
+            stored_rows,
+            group,
             cols,
             kind,
             bf16_activations: true,
@@ -171,23 +205,31 @@ impl HalfMatrix {
         self.kind
     }
 
-    /// Bytes held (the weights themselves).
+    /// Bytes held (the weights, with the padding rows).
     pub fn bytes(&self) -> usize {
         self.w.len() * 2
     }
 
+    /// Where column `c` of row `r` is stored.
+    fn at(&self, r: usize, c: usize) -> usize {
+        let (g, i) = (r / self.group * self.group, r % self.group);
+        g * self.cols
+            + match self.kind {
+                HalfType::F16 => c * self.group + i,
+                HalfType::Bf16 => (c / 2) * 2 * self.group + 2 * i + c % 2,
+            }
+    }
+
     /// Rows `ids` widened to f32, one after the other (embedding lookups from a tied LM head).
     pub fn gather(&self, ids: &[u32]) -> Result<Vec<f32>> {
-        let (k, group) = (self.cols, group_of(self.rows));
+        let k = self.cols;
         let mut out = Vec::with_capacity(ids.len() * k);
         for &id in ids {
             let r = id as usize;
             if r >= self.rows {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", self.rows);
             }
-            let (g, i) = (r / group * group, r % group);
-            let rows = &self.w[g * k..][..group * k];
-            out.extend((0..k).map(|c| self.kind.widen(rows[index(group, c, i)])));
+            out.extend((0..k).map(|c| self.kind.widen(self.w[self.at(r, c)])));
         }
         Ok(out)
     }
@@ -207,22 +249,14 @@ impl HalfMatrix {
             );
         }
         let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-        let group = [16, ROWS, 1]
-            .into_iter()
-            .find(|g| self.rows.is_multiple_of(*g))
-            .unwrap_or(1);
-        // Tokens per block: one block's activations (about 128 KiB, at least 16 tokens) and the chunk's rows
-        // stay in L2 while every row group of the chunk runs over them (streaming all of a long prompt's
-        // activations past each row group instead ran at two thirds of the speed; blocks of 4 tokens for the
-        // 8192-wide down projection scaled 1.5× from one thread to two, blocks of 16 1.9×). The block never
-        // changes a result: each output is the same accumulator run whatever tile it lands in.
-        let block = (32768 / k).clamp(16, 64) / 4 * 4;
+        let g = self.group;
         let bf16_dot =
             isa == HalfIsa::Avx512Bf16 && self.kind == HalfType::Bf16 && self.bf16_activations;
         let ctx = Ctx {
             isa,
             kind: self.kind,
             k,
+            g,
             lhs_bf16: if bf16_dot {
                 round_to_bf16(&lhs)
             } else {
@@ -230,19 +264,20 @@ impl HalfMatrix {
             },
             lhs: &lhs,
         };
-        matmul_rows(self.rows, m, group, x, |r0, out| {
-            for t0 in (0..m).step_by(block) {
-                let tokens = t0..(t0 + block).min(m);
-                if group >= ROWS {
-                    for g0 in (0..group).step_by(ROWS) {
-                        let w = &self.w[(r0 + g0) * k..][..ROWS * k];
-                        ctx.tiles::<ROWS>(w, tokens.clone(), g0, group, out);
-                    }
-                } else {
-                    ctx.tiles::<1>(&self.w[r0 * k..][..k], tokens.clone(), 0, group, out);
-                }
+        // Columns per block: the group's block of weights stays in L2 while every token tile runs over it
+        // (the accumulators go to `out` and come back between blocks, exactly: the same bits).
+        let block = (BLOCK_BYTES / (2 * g)).min(k);
+        let out = matmul_rows(self.stored_rows, m, g, x, |r0, out| {
+            let w = &self.w[r0 * k..][..g * k];
+            for k0 in (0..k).step_by(block) {
+                ctx.block(w, k0, block.min(k - k0), m, out);
             }
-        })
+        })?;
+        if self.stored_rows == self.rows {
+            Ok(out)
+        } else {
+            out.narrow(1, 0, self.rows)?.contiguous()
+        }
     }
 }
 
@@ -265,255 +300,322 @@ struct Ctx<'a> {
     isa: HalfIsa,
     kind: HalfType,
     k: usize,
+    /// Rows per stored group.
+    g: usize,
     lhs: &'a [f32],
     /// The activations rounded to bf16 (BF16 weights on `Avx512Bf16` only; empty otherwise).
     lhs_bf16: Vec<u16>,
 }
 
+/// Where a tile reads and writes: the group's weights from its column block, each token's activations
+/// from the same column, and each token's `g` outputs (`out[t · g + row]`).
+struct TileArgs<const N: usize> {
+    w: *const u16,
+    x: [*const u16; N],
+    out: [*mut f32; N],
+    /// Columns in the block.
+    cols: usize,
+    /// Whether `out` holds the previous blocks' sums (else the tile starts from zero).
+    add: bool,
+}
+
 impl Ctx<'_> {
-    /// Rows `g0..g0 + R` of a `group`-row chunk for `tokens`, in tiles of `N` tokens (6 then 4 with AVX-512:
-    /// 24 accumulators, 2.4 FMAs per load, ran the 1B F16 prefill 1.15× and BF16 1.05× the 4 × 4 tiles; 2
-    /// with AVX2, then 1), writing `out[t * group + g0 + i]` (token `t`, row `g0 + i`).
-    #[allow(clippy::int_plus_one)] // `t + N <= end` reads the same for every tile width
-    fn tiles<const R: usize>(
-        &self,
-        w: &[u16],
-        tokens: std::ops::Range<usize>,
-        g0: usize,
-        group: usize,
-        out: &mut [f32],
-    ) {
-        let tok = |t: usize| &self.lhs[t * self.k..][..self.k];
-        let mut put = |t: usize, vals: &[[f32; R]]| {
-            for (j, v) in vals.iter().enumerate() {
-                out[(t + j) * group + g0..][..R].copy_from_slice(v);
+    /// Columns `k0..k0 + cols` of one `g`-row group (`w`, all its columns) for all `m` tokens, adding to
+    /// `out` after the first block. Each output is one f32 accumulator run over the columns in order
+    /// (`vdpbf16ps`: over column pairs), whatever tile it lands in: a token gets the same bits alone or in
+    /// a batch.
+    #[allow(clippy::int_plus_one)] // `t + N <= m` reads the same for every tile width
+    fn block(&self, w: &[u16], k0: usize, cols: usize, m: usize, out: &mut [f32]) {
+        assert!(w.len() == self.g * self.k && out.len() >= m * self.g && k0 + cols <= self.k);
+        let add = k0 > 0;
+        if self.isa == HalfIsa::Scalar {
+            for t in 0..m {
+                let x = &self.lhs[t * self.k..][k0..k0 + cols];
+                for i in 0..self.g {
+                    let o = &mut out[t * self.g + i];
+                    let mut acc = if add { *o } else { 0.0 };
+                    for (j, xc) in x.iter().enumerate() {
+                        let c = k0 + j;
+                        let at = match self.kind {
+                            HalfType::F16 => c * self.g + i,
+                            HalfType::Bf16 => (c - c % 2) * self.g + 2 * i + c % 2,
+                        };
+                        acc += self.kind.widen(w[at]) * xc;
+                    }
+                    *o = acc;
+                }
             }
+            return;
+        }
+        let x_base: *const u16 = if self.lhs_bf16.is_empty() {
+            self.lhs.as_ptr().cast()
+        } else {
+            self.lhs_bf16.as_ptr()
         };
-        let tok_bf16 = |t: usize| &self.lhs_bf16[t * self.k..][..self.k];
-        let mut t = tokens.start;
+        // u16 units per activation value.
+        let x_unit = if self.lhs_bf16.is_empty() { 2 } else { 1 };
+        let mut t = 0;
         macro_rules! tiles_of {
             ($n:literal) => {
-                while t + $n <= tokens.end {
-                    let vals = if self.lhs_bf16.is_empty() {
-                        let x: [&[f32]; $n] = std::array::from_fn(|j| tok(t + j));
-                        dot::<R, $n>(self.isa, self.kind, w, x)
-                    } else {
-                        dot_bf16::<R, $n>(self.isa, w, std::array::from_fn(|j| tok_bf16(t + j)))
+                while t + $n <= m {
+                    let args = TileArgs::<$n> {
+                        // SAFETY (all three): `k0 + cols <= k`, `t + N <= m`; the pointers stay inside `w`,
+                        // the activations (`m · k` values) and `out` (`m · g`), as asserted above.
+                        w: unsafe { w.as_ptr().add(k0 * self.g) },
+                        x: std::array::from_fn(|j| unsafe {
+                            x_base.add(((t + j) * self.k + k0) * x_unit)
+                        }),
+                        out: std::array::from_fn(|j| unsafe {
+                            out.as_mut_ptr().add((t + j) * self.g)
+                        }),
+                        cols,
+                        add,
                     };
-                    put(t, &vals);
+                    // SAFETY: as above; `self.isa` was detected on this CPU.
+                    unsafe { self.tile::<$n>(&args) };
                     t += $n;
                 }
             };
         }
-        match self.isa {
-            HalfIsa::Avx512 | HalfIsa::Avx512Bf16 => {
+        match (self.isa, self.g) {
+            (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 64) => {
                 tiles_of!(6);
-                tiles_of!(4);
+                tiles_of!(3);
             }
-            HalfIsa::Avx2 => tiles_of!(2),
-            HalfIsa::Scalar => {}
+            (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, _) => {
+                tiles_of!(12);
+                tiles_of!(6);
+                tiles_of!(3);
+            }
+            _ => {
+                tiles_of!(6);
+                tiles_of!(3);
+            }
         }
         tiles_of!(1);
     }
-}
 
-/// `R` weight rows (interleaved per 32 columns: column `c` of row `i` at `(c / 32) · 32R + 32i + c % 32`)
-/// dotted with `N` tokens (`[token][row]`). Panics unless every token has `k` values, a multiple of 32, and
-/// `w` has `R · k`.
-fn dot<const R: usize, const N: usize>(
-    isa: HalfIsa,
-    kind: HalfType,
-    w: &[u16],
-    x: [&[f32]; N],
-) -> [[f32; R]; N] {
-    let k = x[0].len();
-    assert!(
-        k.is_multiple_of(32) && w.len() == R * k && x.iter().all(|t| t.len() == k),
-        "half dot: lengths differ"
-    );
-    match (isa, kind) {
+    /// One tile: the whole group × `N` tokens (AVX2: in 16-row slices).
+    ///
+    /// # Safety
+    /// `args` as [`Ctx::block`] makes them; `self.isa` is not `Scalar` and was detected on this CPU.
+    unsafe fn tile<const N: usize>(&self, a: &TileArgs<N>) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `HalfIsa::Avx512` is only detected with AVX-512F and VL; lengths checked above.
-        (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, HalfType::F16) => unsafe {
-            dot_avx512::<R, N, false>(w, x)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, HalfType::Bf16) => unsafe {
-            dot_avx512::<R, N, true>(w, x)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `HalfIsa::Avx2` is only detected with AVX2, FMA and F16C; lengths checked above.
-        (HalfIsa::Avx2, HalfType::F16) => unsafe { dot_avx2::<R, N, false>(w, x) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (HalfIsa::Avx2, HalfType::Bf16) => unsafe { dot_avx2::<R, N, true>(w, x) },
-        _ => std::array::from_fn(|t| {
-            std::array::from_fn(|i| {
-                let mut lanes = [0f32; 8];
-                for (c, xc) in x[t].chunks_exact(8).enumerate() {
-                    let wc = &w[at::<R>(8 * c, i)..][..8];
-                    for l in 0..8 {
-                        lanes[l] += kind.widen(wc[l]) * xc[l];
+        {
+            let bf16 = self.kind == HalfType::Bf16;
+            let dot = !self.lhs_bf16.is_empty();
+            // SAFETY: the caller's contract; each kernel's features are those `self.isa` was detected with.
+            unsafe {
+                match (self.isa, self.g, bf16, dot) {
+                    (_, 64, _, true) => tile_bf16_dot::<4, N>(a),
+                    (_, 32, _, true) => tile_bf16_dot::<2, N>(a),
+                    (_, _, _, true) => tile_bf16_dot::<1, N>(a),
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 64, b, _) => tile_avx512::<4, N>(a, b),
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 32, b, _) => tile_avx512::<2, N>(a, b),
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, _, b, _) => tile_avx512::<1, N>(a, b),
+                    // One token: the whole group at once (up to eight registers), one pass over its weights.
+                    (_, 64, b, _) if N == 1 => tile_avx2::<8, N>(a, 64, b),
+                    (_, 32, b, _) if N == 1 => tile_avx2::<4, N>(a, 32, b),
+                    (_, g, b, _) => {
+                        for s in 0..g / PANEL {
+                            let slice = TileArgs::<N> {
+                                w: a.w.add(s * PANEL * if b { 2 } else { 1 }),
+                                x: a.x,
+                                out: a.out.map(|o| o.add(s * PANEL)),
+                                cols: a.cols,
+                                add: a.add,
+                            };
+                            tile_avx2::<2, N>(&slice, g, b);
+                        }
                     }
                 }
-                lanes.iter().sum()
-            })
-        }),
-    }
-}
-
-/// Rows per interleaved group of a matrix of `rows` rows.
-fn group_of(rows: usize) -> usize {
-    if rows.is_multiple_of(ROWS) { ROWS } else { 1 }
-}
-
-/// Where column `c` of row `i` of a `group`-row group is stored, from the group's start.
-#[inline(always)]
-fn index(group: usize, c: usize, i: usize) -> usize {
-    (c / BLOCK) * BLOCK * group + i * BLOCK + c % BLOCK
-}
-
-/// [`index`] for a tile of `R` rows.
-#[inline(always)]
-fn at<const R: usize>(c: usize, i: usize) -> usize {
-    index(R, c, i)
-}
-
-/// `R` BF16 weight rows dotted with `N` tokens' bf16-rounded activations by `vdpbf16ps`. Panics as [`dot`].
-fn dot_bf16<const R: usize, const N: usize>(
-    isa: HalfIsa,
-    w: &[u16],
-    x: [&[u16]; N],
-) -> [[f32; R]; N] {
-    let k = x[0].len();
-    assert!(
-        k.is_multiple_of(32) && w.len() == R * k && x.iter().all(|t| t.len() == k),
-        "half dot: lengths differ"
-    );
-    assert_eq!(
-        isa,
-        HalfIsa::Avx512Bf16,
-        "bf16 activations need AVX-512 BF16"
-    );
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `HalfIsa::Avx512Bf16` is only detected with AVX-512F, VL and BF16; lengths checked above.
-        unsafe { dot_avx512_bf16::<R, N>(w, x) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        unreachable!("AVX-512 BF16 is x86_64 only")
-    }
-}
-
-/// # Safety
-/// AVX-512F, VL and BF16; every token has `k` values, a multiple of 32, and `w` has `R · k`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
-unsafe fn dot_avx512_bf16<const R: usize, const N: usize>(
-    w: &[u16],
-    x: [&[u16]; N],
-) -> [[f32; R]; N] {
-    use std::arch::x86_64::*;
-    let k = x[0].len();
-    let mut acc = [[_mm512_setzero_ps(); R]; N];
-    let mut c = 0;
-    while c < k {
-        let wv: [__m512bh; R] = std::array::from_fn(|i| {
-            // SAFETY: `c + 32 <= k` (a multiple of 32) and `w.len() == R * k`: row `i`'s 32 values of this
-            // column block, a 512-bit load; `__m512bh` is 32 bf16 bit patterns, like the 16-bit integers.
-            unsafe {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                    w.as_ptr().add(at::<R>(c, i)).cast(),
-                ))
-            }
-        });
-        for t in 0..N {
-            // SAFETY: `c + 32 <= k == x[t].len()`: a 512-bit load of 32 bf16 values.
-            let xv = unsafe {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                    x[t].as_ptr().add(c).cast(),
-                ))
-            };
-            for i in 0..R {
-                acc[t][i] = _mm512_dpbf16_ps(acc[t][i], wv[i], xv);
             }
         }
-        c += 32;
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = a;
+            unreachable!("vector half kernels are x86_64 only")
+        }
     }
-    std::array::from_fn(|t| std::array::from_fn(|i| _mm512_reduce_add_ps(acc[t][i])))
 }
 
+/// `P` panels (`16P` rows, the whole group) × `N` tokens, f32 activations: per column, `P` weight vectors
+/// widened in registers (F16C's `vcvtph2ps`; BF16: a shift or a mask of the column pair) and each token's
+/// value broadcast into `P` FMAs.
+///
 /// # Safety
-/// AVX-512F and VL (VL gives the register allocator all 32 vector registers for 256-bit loads: without it
-/// a 4 × 4 tile spilled its accumulators); every row and token has the same length, a multiple of 16.
+/// AVX-512F and VL; `a` as [`Ctx::block`] makes it for a `16P`-row group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn dot_avx512<const R: usize, const N: usize, const BF16: bool>(
-    w: &[u16],
-    x: [&[f32]; N],
-) -> [[f32; R]; N] {
+#[allow(clippy::needless_range_loop)] // `acc[t][p]`: token and panel read clearer as indices
+unsafe fn tile_avx512<const P: usize, const N: usize>(a: &TileArgs<N>, bf16: bool) {
     use std::arch::x86_64::*;
-    let k = x[0].len();
-    let mut acc = [[_mm512_setzero_ps(); R]; N];
-    let mut c = 0;
-    while c < k {
-        let wv: [__m512; R] = std::array::from_fn(|i| {
-            // SAFETY: `c + 16 <= k` (a multiple of 16) and `w.len() == R * k`: row `i`'s 16 values of this
-            // column block, a 256-bit load.
-            let h = unsafe { _mm256_loadu_si256(w.as_ptr().add(at::<R>(c, i)).cast()) };
-            if BF16 {
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    let g = PANEL * P;
+    let x: [*const f32; N] = a.x.map(|p| p.cast::<f32>());
+    // SAFETY (loads and stores): `a` spans `cols` columns of a `g`-row group, `cols` activations per token
+    // and `g` outputs per token.
+    let mut acc: [[__m512; P]; N] = std::array::from_fn(|t| {
+        std::array::from_fn(|p| unsafe {
+            if a.add {
+                _mm512_loadu_ps(a.out[t].add(PANEL * p))
             } else {
-                _mm512_cvtph_ps(h)
+                _mm512_setzero_ps()
             }
-        });
-        for t in 0..N {
-            // SAFETY: `c + 16 <= k == x[t].len()`: a 512-bit load.
-            let xv = unsafe { _mm512_loadu_ps(x[t].as_ptr().add(c)) };
-            for i in 0..R {
-                acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
+        })
+    });
+    if bf16 {
+        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        for j in 0..a.cols / 2 {
+            let pair = unsafe { a.w.add(j * 2 * g) };
+            let raw: [__m512i; P] = std::array::from_fn(|p| unsafe {
+                _mm512_loadu_si512(pair.add(2 * PANEL * p).cast())
+            });
+            let even: [__m512; P] =
+                std::array::from_fn(|p| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(raw[p])));
+            for t in 0..N {
+                let xv = _mm512_set1_ps(unsafe { *x[t].add(2 * j) });
+                for p in 0..P {
+                    acc[t][p] = _mm512_fmadd_ps(even[p], xv, acc[t][p]);
+                }
+            }
+            let odd: [__m512; P] =
+                std::array::from_fn(|p| _mm512_castsi512_ps(_mm512_and_si512(raw[p], high)));
+            for t in 0..N {
+                let xv = _mm512_set1_ps(unsafe { *x[t].add(2 * j + 1) });
+                for p in 0..P {
+                    acc[t][p] = _mm512_fmadd_ps(odd[p], xv, acc[t][p]);
+                }
             }
         }
-        c += 16;
+    } else {
+        for c in 0..a.cols {
+            let col = unsafe { a.w.add(c * g) };
+            let wv: [__m512; P] = std::array::from_fn(|p| unsafe {
+                _mm512_cvtph_ps(_mm256_loadu_si256(col.add(PANEL * p).cast()))
+            });
+            for t in 0..N {
+                let xv = _mm512_set1_ps(unsafe { *x[t].add(c) });
+                for p in 0..P {
+                    acc[t][p] = _mm512_fmadd_ps(wv[p], xv, acc[t][p]);
+                }
+            }
+        }
     }
-    std::array::from_fn(|t| std::array::from_fn(|i| _mm512_reduce_add_ps(acc[t][i])))
+    for t in 0..N {
+        for p in 0..P {
+            unsafe { _mm512_storeu_ps(a.out[t].add(PANEL * p), acc[t][p]) };
+        }
+    }
 }
 
+/// `P` panels × `N` tokens of BF16 weights and bf16-rounded activations by `vdpbf16ps`: per column pair,
+/// `P` weight loads and each token's pair broadcast into `P` dot products.
+///
 /// # Safety
-/// AVX2, FMA and F16C; every token has `k` values, a multiple of 16, and `w` has `R · k`.
+/// AVX-512F, VL and BF16; `a` as [`Ctx::block`] makes it for a `16P`-row BF16 group, `a.x` bf16 values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2<const R: usize, const N: usize, const BF16: bool>(
-    w: &[u16],
-    x: [&[f32]; N],
-) -> [[f32; R]; N] {
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+#[allow(clippy::needless_range_loop)] // `acc[t][p]`: token and panel read clearer as indices
+unsafe fn tile_bf16_dot<const P: usize, const N: usize>(a: &TileArgs<N>) {
     use std::arch::x86_64::*;
-    let k = x[0].len();
-    let mut acc = [[_mm256_setzero_ps(); R]; N];
-    let mut c = 0;
-    while c < k {
-        let wv: [__m256; R] = std::array::from_fn(|i| {
-            // SAFETY: `c + 8 <= k` (a multiple of 16) and `w.len() == R * k`: eight of row `i`'s values in
-            // this column block, a 128-bit load.
-            let h = unsafe { _mm_loadu_si128(w.as_ptr().add(at::<R>(c, i)).cast()) };
-            if BF16 {
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    let g = PANEL * P;
+    // SAFETY (loads and stores): as in `tile_avx512`; a column pair of bf16 activations is 32 bits
+    // (`k0` and `k` are even, so the pair never straddles a token).
+    let mut acc: [[__m512; P]; N] = std::array::from_fn(|t| {
+        std::array::from_fn(|p| unsafe {
+            if a.add {
+                _mm512_loadu_ps(a.out[t].add(PANEL * p))
             } else {
-                _mm256_cvtph_ps(h)
+                _mm512_setzero_ps()
             }
+        })
+    });
+    for j in 0..a.cols / 2 {
+        let pair = unsafe { a.w.add(j * 2 * g) };
+        let wv: [__m512bh; P] = std::array::from_fn(|p| unsafe {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                pair.add(2 * PANEL * p).cast(),
+            ))
         });
         for t in 0..N {
-            // SAFETY: `c + 8 <= k == x[t].len()`: a 256-bit load.
-            let xv = unsafe { _mm256_loadu_ps(x[t].as_ptr().add(c)) };
-            for i in 0..R {
-                acc[t][i] = _mm256_fmadd_ps(wv[i], xv, acc[t][i]);
+            let xp = unsafe { a.x[t].add(2 * j).cast::<i32>().read_unaligned() };
+            // SAFETY: `__m512bh` is 32 bf16 bit patterns, like the 16 32-bit integers.
+            let xv = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(xp)) };
+            for p in 0..P {
+                acc[t][p] = _mm512_dpbf16_ps(acc[t][p], wv[p], xv);
             }
         }
-        c += 8;
     }
-    std::array::from_fn(|t| std::array::from_fn(|i| super::hsum(acc[t][i])))
+    for t in 0..N {
+        for p in 0..P {
+            unsafe { _mm512_storeu_ps(a.out[t].add(PANEL * p), acc[t][p]) };
+        }
+    }
+}
+
+/// `P` 8-row panels of a `g`-row group (two, a 16-row slice, for several tokens; the whole group for one)
+/// × `N` tokens, f32 activations, as [`tile_avx512`] with 256-bit registers.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `a` as [`Ctx::block`] makes it, moved to the slice's first row; `8P <= g`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // `acc[t][p]`: token and panel read clearer as indices
+unsafe fn tile_avx2<const P: usize, const N: usize>(a: &TileArgs<N>, g: usize, bf16: bool) {
+    use std::arch::x86_64::*;
+    let x: [*const f32; N] = a.x.map(|p| p.cast::<f32>());
+    // SAFETY (loads and stores): as in `tile_avx512`, for 16 of the group's rows.
+    let mut acc: [[__m256; P]; N] = std::array::from_fn(|t| {
+        std::array::from_fn(|p| unsafe {
+            if a.add {
+                _mm256_loadu_ps(a.out[t].add(8 * p))
+            } else {
+                _mm256_setzero_ps()
+            }
+        })
+    });
+    if bf16 {
+        let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        for j in 0..a.cols / 2 {
+            let pair = unsafe { a.w.add(j * 2 * g) };
+            let raw: [__m256i; P] =
+                std::array::from_fn(|p| unsafe { _mm256_loadu_si256(pair.add(16 * p).cast()) });
+            let even: [__m256; P] =
+                std::array::from_fn(|p| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(raw[p])));
+            for t in 0..N {
+                let xv = _mm256_set1_ps(unsafe { *x[t].add(2 * j) });
+                for p in 0..P {
+                    acc[t][p] = _mm256_fmadd_ps(even[p], xv, acc[t][p]);
+                }
+            }
+            let odd: [__m256; P] =
+                std::array::from_fn(|p| _mm256_castsi256_ps(_mm256_and_si256(raw[p], high)));
+            for t in 0..N {
+                let xv = _mm256_set1_ps(unsafe { *x[t].add(2 * j + 1) });
+                for p in 0..P {
+                    acc[t][p] = _mm256_fmadd_ps(odd[p], xv, acc[t][p]);
+                }
+            }
+        }
+    } else {
+        for c in 0..a.cols {
+            let col = unsafe { a.w.add(c * g) };
+            let wv: [__m256; P] = std::array::from_fn(|p| unsafe {
+                _mm256_cvtph_ps(_mm_loadu_si128(col.add(8 * p).cast()))
+            });
+            for t in 0..N {
+                let xv = _mm256_set1_ps(unsafe { *x[t].add(c) });
+                for p in 0..P {
+                    acc[t][p] = _mm256_fmadd_ps(wv[p], xv, acc[t][p]);
+                }
+            }
+        }
+    }
+    for t in 0..N {
+        for p in 0..P {
+            unsafe { _mm256_storeu_ps(a.out[t].add(8 * p), acc[t][p]) };
+        }
+    }
 }
 
 #[cfg(test)]

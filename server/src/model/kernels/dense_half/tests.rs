@@ -31,27 +31,36 @@ fn run(mat: &HalfMatrix, isa: HalfIsa, x: &[f32], m: usize) -> Vec<f32> {
         .expect("forward")
 }
 
-/// Every row-group shape (16-row chunks, groups of four, single rows), token counts that exercise the
-/// 4/2/1 tiles and two token blocks, both formats, at every instruction set: within f32 rounding of
-/// exact f64 math on the stored weights (within bf16 rounding of the activations on the `vdpbf16ps`
-/// path), and the weights held at two bytes each.
+/// Every group shape (64, 32 and 16 rows, and rows padded up to 16), token counts that exercise every
+/// tile width, matrices one and several column blocks wide, both formats, at every instruction set: within
+/// f32 rounding of exact f64 math on the stored weights (within bf16 rounding of the activations on the
+/// `vdpbf16ps` path), and the weights held at two bytes each.
 #[test]
 fn half_matmuls_match_f64_math_on_the_stored_weights_at_every_isa() {
-    let cols = 96;
-    for (rows, kind) in [
-        (48, HalfType::F16),
-        (40, HalfType::Bf16),
-        (37, HalfType::F16),
-        (48, HalfType::Bf16),
+    let few: &[usize] = &[1, 7, 13];
+    let many: &[usize] = &[1, 2, 3, 5, 8, 13, 345];
+    for (rows, cols, kind, ms) in [
+        (48, 96, HalfType::F16, many),
+        (40, 96, HalfType::Bf16, many),
+        (37, 96, HalfType::F16, many),
+        (48, 96, HalfType::Bf16, many),
+        (1024, 2080, HalfType::F16, few),
+        (1024, 2080, HalfType::Bf16, few),
+        (512, 2144, HalfType::Bf16, few),
+        (512, 2144, HalfType::F16, few),
     ] {
         let bytes = encode(kind, &values(rows as u32, rows * cols));
         let mat = HalfMatrix::from_bytes(kind, &bytes, rows, cols).expect("matrix");
-        assert_eq!(mat.bytes(), bytes.len(), "held in half precision");
+        assert_eq!(
+            mat.bytes(),
+            rows.next_multiple_of(16) * cols * 2,
+            "held in half precision (rows padded to a multiple of 16)"
+        );
         let stored: Vec<f64> = bytes
             .chunks_exact(2)
             .map(|b| f64::from(kind.widen(u16::from_le_bytes([b[0], b[1]]))))
             .collect();
-        for m in [1usize, 2, 3, 5, 8, 13, 345] {
+        for &m in ms {
             let x = values(7 + m as u32, m * cols);
             for isa in HalfIsa::available() {
                 let got = run(&mat, isa, &x, m);
@@ -79,12 +88,15 @@ fn half_matmuls_match_f64_math_on_the_stored_weights_at_every_isa() {
 /// set, for both formats and every row-group shape.
 #[test]
 fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
-    let (cols, m) = (64, 13);
-    for (rows, kind) in [
-        (32, HalfType::F16),
-        (12, HalfType::Bf16),
-        (7, HalfType::Bf16),
-        (7, HalfType::F16),
+    let m = 13;
+    for (rows, cols, kind) in [
+        (32, 64, HalfType::F16),
+        (12, 64, HalfType::Bf16),
+        (7, 64, HalfType::Bf16),
+        (7, 64, HalfType::F16),
+        (1024, 2080, HalfType::F16),
+        (1024, 2080, HalfType::Bf16),
+        (512, 2144, HalfType::Bf16),
     ] {
         let mat = HalfMatrix::from_bytes(kind, &encode(kind, &values(3, rows * cols)), rows, cols)
             .expect("matrix");
@@ -103,25 +115,33 @@ fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
     }
 }
 
-/// Gathered rows are the stored values of those rows, widened (every row-group shape).
+/// Gathered rows are the stored values of those rows, widened (every group shape, both formats).
 #[test]
 fn gathered_rows_are_the_stored_rows() {
     let cols = 64;
-    for rows in [8, 7] {
+    for (rows, kind) in [
+        (8, HalfType::F16),
+        (7, HalfType::Bf16),
+        (1024, HalfType::F16),
+        (1024, HalfType::Bf16),
+        (512, HalfType::Bf16),
+    ] {
         let vals = values(5, rows * cols);
-        let mat = HalfMatrix::from_bytes(HalfType::F16, &encode(HalfType::F16, &vals), rows, cols)
-            .expect("matrix");
-        let ids = [3u32, 0, (rows - 1) as u32, 3];
+        let mat = HalfMatrix::from_bytes(kind, &encode(kind, &vals), rows, cols).expect("matrix");
+        let ids = [3u32, 0, (rows - 1) as u32, 3, (rows / 2 + 1) as u32];
         let got = mat.gather(&ids).expect("gather");
         for (j, &id) in ids.iter().enumerate() {
             let want: Vec<f32> = vals[id as usize * cols..][..cols]
                 .iter()
-                .map(|&v| half::f16::from_f32(v).to_f32())
+                .map(|&v| match kind {
+                    HalfType::F16 => half::f16::from_f32(v).to_f32(),
+                    HalfType::Bf16 => half::bf16::from_f32(v).to_f32(),
+                })
                 .collect();
             assert_eq!(
                 got[j * cols..(j + 1) * cols],
                 want[..],
-                "{rows} rows, id {id}"
+                "{kind:?} {rows} rows, id {id}"
             );
         }
         let e = mat.gather(&[rows as u32]).expect_err("outside");

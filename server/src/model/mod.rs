@@ -141,6 +141,9 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.ffn_gate_up.forward(x)?;
+        if gate_up.device().is_cpu() {
+            return self.ffn_down.forward(&kernels::silu_mul(&gate_up)?);
+        }
         let (_tokens, width) = gate_up.dims2()?;
         let hidden = width / 2;
         let gate = gate_up.narrow(1, 0, hidden)?;

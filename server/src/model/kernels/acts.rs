@@ -248,13 +248,39 @@ pub(crate) fn quantize_rows_with(
     if k != cols || !k.is_multiple_of(256) {
         candle_core::bail!("{what} matmul: input has {k} features, weight {cols}");
     }
-    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = Vec::with_capacity(m * k / 32);
     let isa = Isa::detect();
-    for row in lhs.chunks_exact(k) {
-        quantize_row_q8k(row, isa, &mut out);
-    }
+    let out = super::with_f32(x, |lhs| {
+        by_rows(lhs, k, |row, out| {
+            let mut v = Vec::with_capacity(k / 32);
+            quantize_row_q8k(row, isa, &mut v);
+            out.copy_from_slice(&v);
+        })
+    })?;
     Ok((out, m))
+}
+
+/// The Q8_1 blocks of `lhs`'s rows of `k` values, `quantize(row, blocks)` filling each row's `k / 32`
+/// blocks; rows split over the rayon pool for prompts (serially, the quantization kept one thread busy
+/// while the other waited).
+fn by_rows(
+    lhs: &[f32],
+    k: usize,
+    quantize: impl Fn(&[f32], &mut [BlockQ8_1]) + Sync,
+) -> Vec<BlockQ8_1> {
+    let mut out = vec![BlockQ8_1::default(); lhs.len() / 32];
+    let rows = lhs.len() / k.max(1);
+    if rows <= 1 || rayon::current_num_threads() <= 1 {
+        for (row, o) in lhs.chunks_exact(k).zip(out.chunks_exact_mut(k / 32)) {
+            quantize(row, o);
+        }
+    } else {
+        use rayon::prelude::*;
+        lhs.par_chunks_exact(k)
+            .zip(out.par_chunks_exact_mut(k / 32))
+            .with_min_len(4)
+            .for_each(|(row, o)| quantize(row, o));
+    }
+    out
 }
 
 /// Quantizes `x: [m, k]` row by row into Q8_1 blocks (`m * k / 32` of them).
@@ -267,12 +293,13 @@ pub(crate) fn quantize_rows(
     if k != cols {
         candle_core::bail!("{what} matmul: input has {k} features, weight {cols}");
     }
-    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
     let isa = Isa::detect();
-    Ok((
-        lhs.chunks_exact(32)
-            .map(|b| quantize_block(b, isa))
-            .collect(),
-        m,
-    ))
+    let out = super::with_f32(x, |lhs| {
+        by_rows(lhs, k, |row, out| {
+            for (b, o) in row.chunks_exact(32).zip(out) {
+                *o = quantize_block(b, isa);
+            }
+        })
+    })?;
+    Ok((out, m))
 }

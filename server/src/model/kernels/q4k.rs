@@ -502,6 +502,7 @@ pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
         let mut head = _mm256_setzero_si256();
         let six = _mm256_set1_epi32(63);
         for (b, tile) in w.iter().enumerate() {
+            super::regs::prefetch_ahead(tile);
             let (wq, sm) = tile.load::<VNNI>();
             let sc = _mm256_and_si256(sm, six);
             let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
@@ -608,6 +609,8 @@ pub(super) unsafe fn tile_zmm<T: KTile, const N: usize>(
         let mut head = _mm512_setzero_si512();
         let six = _mm512_set1_epi32(63);
         for b in 0..lo.len() {
+            super::regs::prefetch_ahead(lo.get_unchecked(b));
+            super::regs::prefetch_ahead(hi.get_unchecked(b));
             let (wl, sml) = lo.get_unchecked(b).load::<true>();
             let (wh, smh) = hi.get_unchecked(b).load::<true>();
             let (wq, sm) = (join8(wl, wh), join(sml, smh));

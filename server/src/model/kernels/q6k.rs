@@ -555,6 +555,7 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
         );
         let run1 = _mm256_add_epi8(run0, _mm256_set1_epi8(2));
         for (b, tile) in w.iter().enumerate() {
+            super::regs::prefetch_ahead(tile);
             let (wq, sc32, dbits) = tile.regs::<VNNI>();
             let part = b % 8;
             head = _mm256_or_si256(
@@ -652,6 +653,8 @@ unsafe fn tile_zmm<T: Q6Regs, const N: usize>(
         let mut neg = [_mm512_setzero_si512(); N];
         let mut head = _mm512_setzero_si512();
         for b in 0..lo.len() {
+            super::regs::prefetch_ahead(lo.get_unchecked(b));
+            super::regs::prefetch_ahead(hi.get_unchecked(b));
             let (wl, scl, dl) = lo.get_unchecked(b).regs::<true>();
             let (wh, sch, dh) = hi.get_unchecked(b).regs::<true>();
             let (wq, sc32, dbits) = (join8(wl, wh), join(scl, sch), join(dl, dh));

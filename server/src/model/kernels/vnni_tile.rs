@@ -202,6 +202,7 @@ unsafe fn tile_kernel<T: VnniTile, const N: usize, const VNNI: bool>(
     unsafe {
         let mut acc = [_mm256_setzero_ps(); N];
         for (b, tile) in w.iter().enumerate() {
+            super::regs::prefetch_ahead(tile);
             let (wq, dv, mv) = tile.load::<VNNI>();
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
@@ -270,6 +271,8 @@ pub(super) unsafe fn tile_zmm<T: VnniTile, const N: usize>(
     unsafe {
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..lo.len() {
+            super::regs::prefetch_ahead(lo.get_unchecked(b));
+            super::regs::prefetch_ahead(hi.get_unchecked(b));
             let (wl, dl, ml) = lo.get_unchecked(b).load::<true>();
             let (wh, dh, mh) = hi.get_unchecked(b).load::<true>();
             let wq = join8(wl, wh);

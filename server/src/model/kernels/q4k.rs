@@ -145,6 +145,10 @@ impl super::quant::TileKernel for Tile8 {
 /// ([`sm_word`]), and how a sub-block's `sc · Σ q·a` joins the integer.
 #[cfg(target_arch = "x86_64")]
 pub(super) trait KTile {
+    /// Whether the kernels prefetch these tiles ahead ([`super::regs::prefetch_ahead`]): the file's tiles,
+    /// streamed from memory; not the ones unpacked per matmul, already in cache (prefetching those cost a
+    /// 1B Q6_K or Q5_K_M prompt 7 %).
+    const STREAMED: bool = true;
     /// The weight registers and the rows' words, one i32 lane per row.
     ///
     /// # Safety
@@ -251,6 +255,8 @@ pub struct KPlain<T> {
 
 #[cfg(target_arch = "x86_64")]
 impl<T: KTile> KTile for KPlain<T> {
+    const STREAMED: bool = false;
+
     #[inline(always)]
     unsafe fn load<const VNNI: bool>(
         &self,
@@ -328,6 +334,9 @@ unsafe fn unpack<T: KTile, const VNNI: bool>(w: &[T]) -> Vec<KPlain<T>> {
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
     for t in w {
+        if T::STREAMED {
+            super::regs::prefetch_ahead(t);
+        }
         let mut p = KPlain {
             w: [[0u8; 32]; 8],
             sm: [0; 8],
@@ -502,7 +511,9 @@ pub(super) unsafe fn tile_kernel<T: KTile, const N: usize, const VNNI: bool>(
         let mut head = _mm256_setzero_si256();
         let six = _mm256_set1_epi32(63);
         for (b, tile) in w.iter().enumerate() {
-            super::regs::prefetch_ahead(tile);
+            if T::STREAMED {
+                super::regs::prefetch_ahead(tile);
+            }
             let (wq, sm) = tile.load::<VNNI>();
             let sc = _mm256_and_si256(sm, six);
             let sc2 = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
@@ -609,8 +620,10 @@ pub(super) unsafe fn tile_zmm<T: KTile, const N: usize>(
         let mut head = _mm512_setzero_si512();
         let six = _mm512_set1_epi32(63);
         for b in 0..lo.len() {
-            super::regs::prefetch_ahead(lo.get_unchecked(b));
-            super::regs::prefetch_ahead(hi.get_unchecked(b));
+            if T::STREAMED {
+                super::regs::prefetch_ahead(lo.get_unchecked(b));
+                super::regs::prefetch_ahead(hi.get_unchecked(b));
+            }
             let (wl, sml) = lo.get_unchecked(b).load::<true>();
             let (wh, smh) = hi.get_unchecked(b).load::<true>();
             let (wq, sm) = (join8(wl, wh), join(sml, smh));

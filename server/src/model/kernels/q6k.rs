@@ -252,6 +252,10 @@ unsafe fn tile_dot<T: Q6Regs, const N: usize, const VNNI: bool>(
 /// ([`Tile8::load`]).
 #[cfg(target_arch = "x86_64")]
 trait Q6Regs {
+    /// Whether the kernels prefetch these tiles ahead ([`super::regs::prefetch_ahead`]): the file's tiles,
+    /// streamed from memory; not the ones unpacked per matmul, already in cache (prefetching those cost a
+    /// 1B Q6_K or Q5_K_M prompt 7 %).
+    const STREAMED: bool = true;
     /// # Safety
     /// AVX2, and with `VNNI` AVX-512 F and VL (inlined into a kernel that has them).
     unsafe fn regs<const VNNI: bool>(
@@ -280,6 +284,8 @@ impl Q6Regs for Tile8 {
 
 #[cfg(target_arch = "x86_64")]
 impl Q6Regs for Plain {
+    const STREAMED: bool = false;
+
     #[inline(always)]
     unsafe fn regs<const VNNI: bool>(
         &self,
@@ -310,6 +316,7 @@ unsafe fn unpack<const VNNI: bool>(w: &[Tile8]) -> Vec<Plain> {
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
     for t in w {
+        super::regs::prefetch_ahead(t);
         let mut p = Plain {
             w: [[0u8; 32]; 8],
             sc32: [0; 8],
@@ -555,7 +562,9 @@ unsafe fn tile_kernel<T: Q6Regs, const N: usize, const VNNI: bool>(
         );
         let run1 = _mm256_add_epi8(run0, _mm256_set1_epi8(2));
         for (b, tile) in w.iter().enumerate() {
-            super::regs::prefetch_ahead(tile);
+            if T::STREAMED {
+                super::regs::prefetch_ahead(tile);
+            }
             let (wq, sc32, dbits) = tile.regs::<VNNI>();
             let part = b % 8;
             head = _mm256_or_si256(
@@ -653,8 +662,10 @@ unsafe fn tile_zmm<T: Q6Regs, const N: usize>(
         let mut neg = [_mm512_setzero_si512(); N];
         let mut head = _mm512_setzero_si512();
         for b in 0..lo.len() {
-            super::regs::prefetch_ahead(lo.get_unchecked(b));
-            super::regs::prefetch_ahead(hi.get_unchecked(b));
+            if T::STREAMED {
+                super::regs::prefetch_ahead(lo.get_unchecked(b));
+                super::regs::prefetch_ahead(hi.get_unchecked(b));
+            }
             let (wl, scl, dl) = lo.get_unchecked(b).regs::<true>();
             let (wh, sch, dh) = hi.get_unchecked(b).regs::<true>();
             let (wq, sc32, dbits) = (join8(wl, wh), join(scl, sch), join(dl, dh));

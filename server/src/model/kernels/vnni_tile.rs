@@ -13,6 +13,10 @@ use super::regs::{half_dots, load8, store_rows};
 /// the unsigned encoding adds (`w = d · (u − OFFSET) + m`). On AVX2 ([`super::quant::QuantType::AVX2_TILES`]) the
 /// weights must be at most 31 (`vpmaddubsw` pairs summed over four registers in 16 bits).
 pub trait VnniTile {
+    /// Whether the kernels prefetch these tiles ahead ([`super::regs::prefetch_ahead`]): the file's tiles,
+    /// streamed from memory; not the ones unpacked per matmul, already in cache (prefetching those cost a
+    /// 1B Q6_K or Q5_K_M prompt 7 %).
+    const STREAMED: bool = true;
     /// 0 for Q4_1, 8 for Q4_0, 128 for Q8_0 (stored as `q + 128`).
     const OFFSET: i32;
     /// Whether the rows have a minimum term (`m · s`, Q4_1).
@@ -106,6 +110,7 @@ pub struct Unpacked<T> {
 }
 
 impl<T: VnniTile> VnniTile for Unpacked<T> {
+    const STREAMED: bool = false;
     const OFFSET: i32 = T::OFFSET;
     const HAS_MIN: bool = T::HAS_MIN;
     #[cfg(target_arch = "x86_64")]
@@ -133,6 +138,9 @@ unsafe fn unpack<T: VnniTile, const VNNI: bool>(w: &[T]) -> Vec<Unpacked<T>> {
     use std::arch::x86_64::*;
     let mut out = Vec::with_capacity(w.len());
     for t in w {
+        if T::STREAMED {
+            super::regs::prefetch_ahead(t);
+        }
         let mut u = Unpacked {
             w: [[0u8; 32]; 8],
             d: [0.0; 8],
@@ -202,7 +210,9 @@ unsafe fn tile_kernel<T: VnniTile, const N: usize, const VNNI: bool>(
     unsafe {
         let mut acc = [_mm256_setzero_ps(); N];
         for (b, tile) in w.iter().enumerate() {
-            super::regs::prefetch_ahead(tile);
+            if T::STREAMED {
+                super::regs::prefetch_ahead(tile);
+            }
             let (wq, dv, mv) = tile.load::<VNNI>();
             for t in 0..N {
                 let ab = a[t].get_unchecked(b);
@@ -271,8 +281,10 @@ pub(super) unsafe fn tile_zmm<T: VnniTile, const N: usize>(
     unsafe {
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..lo.len() {
-            super::regs::prefetch_ahead(lo.get_unchecked(b));
-            super::regs::prefetch_ahead(hi.get_unchecked(b));
+            if T::STREAMED {
+                super::regs::prefetch_ahead(lo.get_unchecked(b));
+                super::regs::prefetch_ahead(hi.get_unchecked(b));
+            }
             let (wl, dl, ml) = lo.get_unchecked(b).load::<true>();
             let (wh, dh, mh) = hi.get_unchecked(b).load::<true>();
             let wq = join8(wl, wh);

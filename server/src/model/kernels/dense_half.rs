@@ -410,9 +410,15 @@ impl Ctx<'_> {
                     (_, 64, _, true) => tile_bf16_dot::<4, N>(a),
                     (_, 32, _, true) => tile_bf16_dot::<2, N>(a),
                     (_, _, _, true) => tile_bf16_dot::<1, N>(a),
-                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 64, b, _) => tile_avx512::<4, N>(a, b),
-                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 32, b, _) => tile_avx512::<2, N>(a, b),
-                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, _, b, _) => tile_avx512::<1, N>(a, b),
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 64, b, _) => {
+                        tile_avx512::<4, N>(a, 64, b)
+                    }
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, 32, b, _) => {
+                        tile_avx512::<2, N>(a, 32, b)
+                    }
+                    (HalfIsa::Avx512 | HalfIsa::Avx512Bf16, _, b, _) => {
+                        tile_avx512::<1, N>(a, 16, b)
+                    }
                     // One token: the whole group at once (up to eight registers), one pass over its weights.
                     (_, 64, b, _) if N == 1 => tile_avx2::<8, N>(a, 64, b),
                     (_, 32, b, _) if N == 1 => tile_avx2::<4, N>(a, 32, b),

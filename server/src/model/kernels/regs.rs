@@ -274,20 +274,25 @@ pub(super) unsafe fn store_rows16<const N: usize>(
 /// 35–41 at 8 KiB, 46.1 at 16 KiB, 42.6 at 24 KiB (plain streaming reads reach 37–39 GB/s here: the
 /// hardware prefetcher alone keeps too few lines in flight). Q4_K: 27.7 → 50.6 GB/s. The 1B Q4_K_M file,
 /// 1 thread: decode 39.1 → 49.2 tok/s, 16 sequences' batched decode 119.8 → 157.9 (2 threads 210 → 279).
+///
+/// Into L2, not L1 (`prefetcht1`): on a Zen 4 (32 KiB L1, where the Zen 5 above has 48) `prefetcht0` 16 KiB
+/// ahead lost to no prefetch at all (presumably evicting lines still in use); `prefetcht1` beat both. Same matrix shapes, 1 thread, two runs each:
+/// Q4_K 16.1, 15.7 → 20.4, 17.3 GB/s, Q6_K 19.4, 16.8 → 23.9, 20.3; the 1B Q4_K_M file's decode 26.0, 26.3 →
+/// 29.2, 28.8 tok/s, Q6_K 19.9, 20.1 → 24.1, 25.2. Not re-measured on the Zen 5.
 pub(super) const PREFETCH_AHEAD: usize = 16 << 10;
 
-/// Prefetches (into L1) the bytes [`PREFETCH_AHEAD`] past `tile`, as many lines as the tile spans. Rows
+/// Prefetches (into L2) the bytes [`PREFETCH_AHEAD`] past `tile`, as many lines as the tile spans. Rows
 /// are stored group after group, so past a row group's last tile this is the next group's first: the
 /// next call's weights. A prefetch never faults, whatever the address.
 #[inline(always)]
 pub(super) fn prefetch_ahead<T>(tile: &T) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         let ahead = (tile as *const T).cast::<i8>().wrapping_add(PREFETCH_AHEAD);
         for l in 0..std::mem::size_of::<T>().div_ceil(64) {
             // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

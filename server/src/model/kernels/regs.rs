@@ -276,9 +276,10 @@ pub(super) unsafe fn store_rows16<const N: usize>(
 /// 1 thread: decode 39.1 → 49.2 tok/s, 16 sequences' batched decode 119.8 → 157.9 (2 threads 210 → 279).
 ///
 /// Into L2, not L1 (`prefetcht1`): on a Zen 4 (32 KiB L1, where the Zen 5 above has 48) `prefetcht0` 16 KiB
-/// ahead lost to no prefetch at all (presumably evicting lines still in use); `prefetcht1` beat both. Same matrix shapes, 1 thread, two runs each:
-/// Q4_K 16.1, 15.7 → 20.4, 17.3 GB/s, Q6_K 19.4, 16.8 → 23.9, 20.3; the 1B Q4_K_M file's decode 26.0, 26.3 →
-/// 29.2, 28.8 tok/s, Q6_K 19.9, 20.1 → 24.1, 25.2. Not re-measured on the Zen 5.
+/// ahead lost to no prefetch at all (presumably evicting lines still in use); `prefetcht1` beat both. Same
+/// matrix shapes, 1 thread, two runs each: Q4_K 16.1, 15.7 → 20.4, 17.3 GB/s, Q6_K 19.4, 16.8 → 23.9, 20.3;
+/// the 1B Q4_K_M file's decode 26.0, 26.3 → 29.2, 28.8 tok/s, Q6_K 19.9, 20.1 → 24.1, 25.2. Not re-measured
+/// on the Zen 5.
 pub(super) const PREFETCH_AHEAD: usize = 16 << 10;
 
 /// Prefetches (into L2) the bytes [`PREFETCH_AHEAD`] past `tile`, as many lines as the tile spans. Rows

@@ -318,8 +318,6 @@ fn vector_helpers_agree_with_plain_loops() {
     }
 }
 
-/// A batch of tokens gets, token by token, bit-for-bit what each token gets alone, at every instruction
-/// set and layout (13 tokens: groups of 8, 4 and 1).
 /// The fused SwiGLU gives, bit for bit, candle's `silu(gate) * up` on the same rows, for one token and for
 /// a prompt split over the pool (chunks that straddle rows), and reads a non-contiguous input too.
 #[test]
@@ -359,6 +357,8 @@ fn fused_silu_mul_equals_candles_ops_bit_for_bit() {
     }
 }
 
+/// A batch of tokens gets, token by token, bit-for-bit what each token gets alone, at every instruction
+/// set and layout (13 tokens: groups of 8, 4 and 1).
 #[test]
 fn batched_matmul_rows_equal_single_token_matmuls_bit_for_bit() {
     let mut rng = Rng(4242);
